@@ -1,0 +1,78 @@
+"""The exception tree of tepo-agent.
+
+Every error the library raises on purpose derives from :class:`TepoError`, so an application can
+catch one type. Messages say what was wrong and what to do about it.
+
+    TepoError
+    ├── ConfigError            bad configuration or arguments (also a ValueError)
+    ├── ModelLoadError         a model or tokenizer directory cannot be loaded
+    ├── ChatFormatError        a conversation cannot be rendered to tokens
+    ├── BackendError           generation failed
+    │   └── BackendUnavailableError   the server cannot be reached / timed out (retryable)
+    ├── ToolError              a tool failed (becomes an error tool message inside the agent)
+    │   └── SandboxError       the python sandbox could not run or contain the code
+    ├── StoreError             the trajectory store cannot be opened, migrated or written
+    └── TrainerError           training, checkpointing or publishing failed
+        └── PublishError       a candidate policy could not be registered or made live
+"""
+
+from __future__ import annotations
+
+
+class TepoError(Exception):
+    """Root of every error tepo-agent raises on purpose."""
+
+
+class ConfigError(TepoError, ValueError):
+    """A configuration value or argument is invalid."""
+
+
+class ModelLoadError(TepoError):
+    """A model or tokenizer directory cannot be loaded."""
+
+
+class ChatFormatError(TepoError):
+    """A conversation cannot be rendered into token ids."""
+
+
+class BackendError(TepoError):
+    """The model backend failed to generate."""
+
+
+class BackendUnavailableError(BackendError):
+    """The backend cannot be reached (connection refused, timeout, 5xx after retries)."""
+
+
+class ToolError(TepoError):
+    """A tool failed; inside the agent this becomes an error tool message."""
+
+
+class SandboxError(ToolError):
+    """The python sandbox could not run or contain the submitted code."""
+
+
+class StoreError(TepoError):
+    """The trajectory store cannot be opened, migrated or written."""
+
+
+class TrainerError(TepoError):
+    """Training, checkpointing or evaluation failed."""
+
+
+class PublishError(TrainerError):
+    """A candidate policy could not be registered, published or rolled back."""
+
+
+__all__ = [
+    "BackendError",
+    "BackendUnavailableError",
+    "ChatFormatError",
+    "ConfigError",
+    "ModelLoadError",
+    "PublishError",
+    "SandboxError",
+    "StoreError",
+    "TepoError",
+    "ToolError",
+    "TrainerError",
+]

@@ -1,0 +1,1 @@
+"""``tepo-agent serve``: the in-process backend behind an OpenAI/vLLM-compatible HTTP server."""

@@ -1,0 +1,1 @@
+"""Tools the agent calls, each a LangChain tool (installed as ``tepo_agent.tools``)."""
