@@ -7,5 +7,14 @@ from tepo_agent.backends.base import (
     Generation,
     SamplingParams,
 )
+from tepo_agent.backends.transformers_backend import BackendStats, TransformersBackend
 
-__all__ = ["Backend", "EntropyKind", "FinishReason", "Generation", "SamplingParams"]
+__all__ = [
+    "Backend",
+    "BackendStats",
+    "EntropyKind",
+    "FinishReason",
+    "Generation",
+    "SamplingParams",
+    "TransformersBackend",
+]
