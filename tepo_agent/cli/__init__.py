@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from tepo_agent.errors import TepoError
 
-_COMMANDS: tuple[str, ...] = ()
+_COMMANDS: tuple[str, ...] = ("feedback", "trajectories")
 
 
 def build_parser() -> argparse.ArgumentParser:

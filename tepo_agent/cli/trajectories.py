@@ -1,0 +1,121 @@
+"""``tepo-agent trajectories list|show|export``: look at what the agent has recorded.
+
+    tepo-agent trajectories list [--limit N] [--json]     newest first
+    tepo-agent trajectories show ID [--json]              every turn, with H and ΔH
+    tepo-agent trajectories export --out FILE.jsonl       everything, one JSON line each
+
+``--db`` defaults to ``$TEPO_AGENT_DB`` or ``./tepo-agent.db``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from tepo_agent.store import TrajectoryStore, default_db_path
+from tepo_agent.trajectory import Trajectory, Turn
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "trajectories",
+        help="list, show or export stored trajectories",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    db_help = "database file (default: $TEPO_AGENT_DB or ./tepo-agent.db)"
+
+    ls = actions.add_parser("list", help="the most recent trajectories")
+    ls.add_argument("--db", default=None, help=db_help)
+    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--json", action="store_true", help="one JSON object per line")
+    ls.set_defaults(func=run_list)
+
+    show = actions.add_parser("show", help="one trajectory turn by turn")
+    show.add_argument("id", metavar="ID")
+    show.add_argument("--db", default=None, help=db_help)
+    show.add_argument("--json", action="store_true", help="the full record as JSON")
+    show.set_defaults(func=run_show)
+
+    export = actions.add_parser("export", help="every trajectory as JSON lines")
+    export.add_argument("--out", required=True, help="output .jsonl file")
+    export.add_argument("--db", default=None, help=db_help)
+    export.set_defaults(func=run_export)
+
+
+def _open(args: argparse.Namespace) -> TrajectoryStore:
+    return TrajectoryStore(args.db or default_db_path(), create=False)
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        rows = store.list(limit=args.limit, newest_first=True)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row.to_dict(), ensure_ascii=False))
+        return 0
+    print(f"{'seq':>6}  {'id':32}  {'policy':>6}  {'calls':>5}  {'↓H':>3}  {'score':>5}  task")
+    for r in rows:
+        task = r.task.replace("\n", " ")
+        task = task if len(task) <= 50 else task[:49] + "…"
+        policy = "-" if r.policy_version is None else str(r.policy_version)
+        print(
+            f"{r.seq:>6}  {r.id:32}  {policy:>6}  {r.num_tool_calls:>5}  "
+            f"{r.num_entropy_reducing_calls:>3}  {_fmt(r.score, '.2f'):>5}  {task}"
+        )
+    return 0
+
+
+def _turn_lines(idx: int, turn: Turn) -> list[str]:
+    if turn.role == "assistant":
+        policy = "-" if turn.policy_version is None else str(turn.policy_version)
+        head = (
+            f"[{idx}] assistant  policy={policy}"
+            f"  tokens={len(turn.token_ids)}  H={_fmt(turn.entropy_mean)}"
+            f"  finish={turn.finish_reason or '-'}"
+        )
+        return [head, *("    " + line for line in turn.text.splitlines() or [""])]
+    args = json.dumps(turn.tool_args, ensure_ascii=False) if turn.tool_args is not None else ""
+    head = f"[{idx}] tool {turn.tool_name or '?'}({args})  ΔH={_fmt(turn.delta_entropy, '+.3f')}"
+    outcome = f"error: {turn.tool_error}" if turn.tool_error else (turn.tool_result or "")
+    return [head, *("    → " + line for line in outcome.splitlines() or [""])]
+
+
+def _show_text(traj: Trajectory) -> list[str]:
+    lines = [
+        f"id: {traj.id}",
+        f"task: {traj.task}",
+        f"group: {traj.group_id or '-'}  policy: {traj.policy_version}  status: {traj.status}"
+        f"  score: {_fmt(traj.score, '.2f')}",
+        f"prompt tokens: {len(traj.prompt_token_ids)}",
+    ]
+    for idx, turn in enumerate(traj.turns):
+        lines.extend(_turn_lines(idx, turn))
+    lines.append(f"answer: {traj.answer if traj.answer is not None else '-'}")
+    return lines
+
+
+def run_show(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        traj = store.get(args.id)
+        feedback = store.feedback(args.id)
+    if args.json:
+        print(json.dumps({**asdict(traj), "feedback": feedback}, ensure_ascii=False, indent=2))
+        return 0
+    lines = _show_text(traj)
+    lines.extend(f"feedback: {f['value']:g} from {f['source']}" for f in feedback)
+    print("\n".join(lines))
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    with _open(args) as store:
+        count = store.export_jsonl(args.out)
+    print(f"exported {count} trajectories to {args.out}")
+    return 0
