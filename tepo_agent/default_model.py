@@ -1,0 +1,366 @@
+"""The embedded default model: a byte-level BPE tokenizer with a Qwen-style chat template and a tiny
+random-weight Qwen2 causal LM, built locally (no download ever).
+
+A newcomer must see the whole loop run on a laptop, and no weights can be fetched, so the project
+builds its own starting point::
+
+    from tepo_agent.default_model import ensure_default_model, init_model
+    path = ensure_default_model()          # ~/.cache/tepo-agent/models/default-init, built once
+    init_model("/tmp/my-model", seed=1)     # or build one anywhere (also `tepo-agent init-model`)
+
+The result is an ordinary Hugging Face model directory: ``model_io.load_causal_lm`` and
+``ChatFormat.from_pretrained`` load it exactly like a downloaded Qwen2.5.
+
+The tokenizer:
+- byte-level BPE (all 256 byte symbols in the alphabet, so any text round-trips exactly), 512 ids
+  in total, merges trained deterministically on a built-in synthetic chat / tool-use corpus;
+- special tokens (Qwen style) ``<|endoftext|>`` (pad and eos), ``<|im_start|>``, ``<|im_end|>``
+  (end of turn); atomic, non-special added tokens ``<tool_call>``, ``</tool_call>``,
+  ``<tool_response>``, ``</tool_response>``;
+- a ChatML chat template with Qwen2.5's tool-call markup (``DEFAULT_CHAT_TEMPLATE``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedTokenizerFast, Qwen2Config
+
+from tepo_agent.errors import ConfigError
+
+VOCAB_SIZE = 512
+"""Total ids of the default tokenizer (256 bytes + merges + 7 added tokens)."""
+
+ENDOFTEXT = "<|endoftext|>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS: tuple[str, ...] = (ENDOFTEXT, IM_START, IM_END)
+TOOL_MARKUP_TOKENS: tuple[str, ...] = (
+    "<tool_call>",
+    "</tool_call>",
+    "<tool_response>",
+    "</tool_response>",
+)
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+
+# ChatML with Qwen2.5's tool-call markup, shortened: the model is tiny, so the tool instructions
+# are one line. Structure (roles, <tools> list, <tool_call> JSON, tool results as a user turn of
+# <tool_response> blocks that consecutive tool messages share) follows Qwen2.5-Instruct.
+DEFAULT_CHAT_TEMPLATE = """\
+{%- if messages and messages[0].role == 'system' %}
+    {%- set system_message = messages[0].content %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set system_message = '@SYSTEM@' %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- '<|im_start|>system\\n' + system_message }}
+{%- if tools %}
+    {{- '\\n\\n# Tools\\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\\n' }}{{- tool | tojson }}
+    {%- endfor %}
+    {{- '\\n</tools>\\nTo call a tool, answer with <tool_call>\\n\
+{"name": <name>, "arguments": <args>}\\n</tool_call>' }}
+{%- endif %}
+{{- '<|im_end|>\\n' }}
+{%- for message in loop_messages %}
+    {%- if message.role == 'assistant' %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- if message.tool_calls %}
+            {%- for tool_call in message.tool_calls %}
+                {%- if tool_call.function is defined %}
+                    {%- set tool_call = tool_call.function %}
+                {%- endif %}
+                {{- '\\n<tool_call>\\n{"name": "' + tool_call.name + '", "arguments": ' }}
+                {{- tool_call.arguments | tojson }}
+                {{- '}\\n</tool_call>' }}
+            {%- endfor %}
+        {%- elif not message.content %}
+            {{- '\\n' }}
+        {%- endif %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or loop_messages[loop.index0 - 1].role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response>\\n' + message.content + '\\n</tool_response>' }}
+        {%- if loop.last or loop_messages[loop.index0 + 1].role != 'tool' %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+""".replace("@SYSTEM@", DEFAULT_SYSTEM_PROMPT)
+
+_CORPUS_SEED = 1234
+_NAMES = ("Ada", "Bo", "Cy", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Juno", "Kai", "Lea")
+_PLACES = ("Paris", "Oslo", "Lima", "Cairo", "Quito", "Tokyo", "Rome", "Nairobi", "Perth")
+_THINGS = ("river", "tower", "bridge", "museum", "company", "book", "song", "lake", "city")
+_RELATIONS = ("founded", "built", "wrote", "designed", "named", "discovered", "painted")
+_TOOL_SCHEMAS = (
+    '{"type": "function", "function": {"name": "calculator", "description": "Evaluate an '
+    'arithmetic expression.", "parameters": {"type": "object", "properties": {"expression": '
+    '{"type": "string", "description": "e.g. 2 * (3 + 4)"}}, "required": ["expression"]}}}',
+    '{"type": "function", "function": {"name": "search", "description": "Search the knowledge '
+    'base and return the best matching passages.", "parameters": {"type": "object", '
+    '"properties": {"query": {"type": "string"}}, "required": ["query"]}}}',
+    '{"type": "function", "function": {"name": "python", "description": "Run Python code and '
+    'return what it prints.", "parameters": {"type": "object", "properties": {"code": '
+    '{"type": "string"}}, "required": ["code"]}}}',
+)
+
+
+def synthetic_corpus(n_dialogues: int = 1500, seed: int = _CORPUS_SEED) -> list[str]:
+    """Deterministic chat / tool-use text the default tokenizer's merges are trained on.
+
+    Arithmetic with calculator calls, short knowledge questions with search calls, python calls,
+    tool responses and final answers, plus the chat template's fixed phrases. Markup tokens
+    (``<tool_call>``...) are added tokens, so they are left out of the text.
+    """
+    rng = random.Random(seed)
+    lines = [
+        "system",
+        "user",
+        "assistant",
+        DEFAULT_SYSTEM_PROMPT,
+        "# Tools",
+        'To call a tool, answer with {"name": <name>, "arguments": <args>}',
+        *_TOOL_SCHEMAS,
+    ]
+    for _ in range(n_dialogues):
+        kind = rng.randrange(3)
+        if kind == 0:
+            a, b = rng.randint(0, 999), rng.randint(1, 99)
+            op = rng.choice("+-*/")
+            expr = f"{a} {op} {b}"
+            value = {"+": a + b, "-": a - b, "*": a * b, "/": round(a / b, 4)}[op]
+            lines += [
+                rng.choice(("What is", "Compute", "Calculate", "How much is")) + f" {expr}?",
+                f'{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}',
+                str(value),
+                rng.choice(("The answer is", "It is", "Result:")) + f" {value}.",
+            ]
+        elif kind == 1:
+            who, place = rng.choice(_NAMES), rng.choice(_PLACES)
+            thing, rel = rng.choice(_THINGS), rng.choice(_RELATIONS)
+            query = f"who {rel} the {thing} in {place}"
+            lines += [
+                f"Who {rel} the {thing} in {place}?",
+                f'{{"name": "search", "arguments": {{"query": "{query}"}}}}',
+                f"[1] The {thing} in {place} was {rel} by {who} in {rng.randint(1500, 2020)}.",
+                f"{who} {rel} the {thing} in {place}.",
+                f"The answer is {who}.",
+            ]
+        else:
+            n, k = rng.randint(2, 40), rng.randint(2, 9)
+            expr, result = rng.choice(
+                ((f"{n} ** {k}", n**k), (f"sum(range({n}))", sum(range(n))), (f"{n} % {k}", n % k))
+            )
+            code = f"print({expr})"
+            lines += [
+                f"Use python to evaluate {expr}.",
+                f'{{"name": "python", "arguments": {{"code": "{code}"}}}}',
+                f"{result}\n",
+                f"The result is {result}.",
+            ]
+    return lines
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """Train the default byte-level BPE tokenizer (deterministic) and wrap it for transformers."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    n_added = len(SPECIAL_TOKENS) + len(TOOL_MARKUP_TOKENS)
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE - n_added,
+        min_frequency=2,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(synthetic_corpus(), trainer=trainer)
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False) for t in SPECIAL_TOKENS])
+    tokenizer.add_tokens(
+        [AddedToken(t, normalized=False, special=False) for t in TOOL_MARKUP_TOKENS]
+    )
+    if tokenizer.get_vocab_size() != VOCAB_SIZE:
+        raise ConfigError(
+            f"the default tokenizer came out with {tokenizer.get_vocab_size()} ids instead of "
+            f"{VOCAB_SIZE}: the synthetic corpus is too small for the requested merges"
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=ENDOFTEXT,
+        pad_token=ENDOFTEXT,
+        additional_special_tokens=[IM_START, IM_END],
+        chat_template=DEFAULT_CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+    )
+
+
+@dataclass(frozen=True)
+class DefaultModelConfig:
+    """Shape of the default Qwen2-architecture causal LM (3.28 M parameters by default).
+
+    The vocabulary is the default tokenizer's (``VOCAB_SIZE`` = 512), never configured here: a
+    larger output layer would put probability mass on ids no text maps to and bias the entropy.
+
+    Attributes:
+        hidden_size: Width of the residual stream; must divide by ``num_attention_heads``.
+        intermediate_size: Width of the SwiGLU MLP.
+        num_hidden_layers: Transformer blocks.
+        num_attention_heads: Query heads.
+        num_key_value_heads: Key/value heads (grouped-query attention); must divide the query heads.
+        max_position_embeddings: Longest sequence (prompt + generation) the model is built for.
+        rope_theta: RoPE base frequency.
+        rms_norm_eps: RMSNorm epsilon.
+        initializer_range: Standard deviation of the random initial weights.
+        tie_word_embeddings: Share the input embedding with the output layer (saves 131 k params).
+    """
+
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-6
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        for name in (
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"hidden_size ({self.hidden_size}) must be a multiple of num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_key_value_heads})"
+            )
+        if not (self.rope_theta > 0 and self.rms_norm_eps > 0 and self.initializer_range > 0):
+            raise ConfigError("rope_theta, rms_norm_eps and initializer_range must be > 0")
+
+    def to_qwen2_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
+        """The transformers config of this shape, with the tokenizer's special token ids."""
+        endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+        return Qwen2Config(
+            vocab_size=VOCAB_SIZE,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            max_position_embeddings=self.max_position_embeddings,
+            rope_theta=self.rope_theta,
+            rms_norm_eps=self.rms_norm_eps,
+            initializer_range=self.initializer_range,
+            tie_word_embeddings=self.tie_word_embeddings,
+            bos_token_id=endoftext,
+            eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+            pad_token_id=endoftext,
+            use_cache=True,
+        )
+
+
+def init_model(
+    out_dir: str | os.PathLike[str],
+    *,
+    seed: int = 0,
+    config: DefaultModelConfig = DefaultModelConfig(),
+) -> Path:
+    """Write the default tokenizer and a random-weight ``Qwen2ForCausalLM`` into ``out_dir``.
+
+    Weights are drawn from ``seed`` (the global torch RNG is left untouched), so two calls with the
+    same seed and config write identical weights. ``out_dir`` must not exist or be empty. Returns
+    the directory, loadable with ``model_io.load_causal_lm`` / ``ChatFormat.from_pretrained``.
+    """
+    import torch
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} already exists and is not an empty directory; choose a new one")
+    tokenizer = build_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2ForCausalLM(config.to_qwen2_config(tokenizer))
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT)],
+        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def parameter_count(config: DefaultModelConfig = DefaultModelConfig()) -> int:
+    """Number of parameters of the model ``config`` describes (tied weights counted once)."""
+    h, m, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    kv = h // config.num_attention_heads * config.num_key_value_heads
+    attention = h * h + h + 2 * (h * kv + kv) + h * h  # q (+bias), k and v (+bias), o
+    block = attention + 3 * h * m + 2 * h  # SwiGLU gate/up/down, two RMSNorm weights
+    embeddings = VOCAB_SIZE * h * (1 if config.tie_word_embeddings else 2)
+    return embeddings + layers * block + h  # final RMSNorm
+
+
+def default_home() -> Path:
+    """``$TEPO_AGENT_HOME`` if set, else ``~/.cache/tepo-agent`` (read at call time)."""
+    home = os.environ.get("TEPO_AGENT_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "tepo-agent"
+
+
+def ensure_default_model() -> Path:
+    """``default_home()/models/default-init``, built with ``init_model`` on first use.
+
+    The model is written into a temporary sibling directory and moved into place with
+    ``os.replace``, so concurrent first calls (several processes) are safe: one wins, the others
+    discard their copy, and no reader ever sees a half-written directory.
+    """
+    target = default_home() / "models" / "default-init"
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".default-init-", dir=target.parent))
+    try:
+        init_model(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise  # not a lost race: a real failure to move the directory into place
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
