@@ -40,11 +40,9 @@ from transformers import DynamicCache, PreTrainedModel
 from tepo_agent.backends.base import Generation, SamplingParams
 from tepo_agent.entropy import token_logprobs_and_entropy
 from tepo_agent.errors import BackendError, ConfigError, ModelLoadError
+from tepo_agent.model_io import DType, load_causal_lm, load_tokenizer
 
 __all__ = ["BackendStats", "TransformersBackend"]
-
-DeviceChoice = Literal["cpu", "cuda", "auto"]
-DtypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 
 
 @dataclass(frozen=True)
@@ -146,26 +144,30 @@ class TransformersBackend:
         cls,
         path: str | Path,
         *,
-        device: DeviceChoice = "auto",
-        dtype: DtypeChoice = "auto",
+        device: str = "auto",
+        dtype: DType = "auto",
         max_batch_size: int = 8,
         policy_version: int = 0,
         **kw: Any,
     ) -> TransformersBackend:
-        """Load a Hugging Face model directory and serve it.
+        """Load a Hugging Face model directory (:func:`tepo_agent.model_io.load_causal_lm`).
 
-        ``device="auto"`` picks CUDA when available; ``dtype="auto"`` is bf16 on CUDA and float32
-        on CPU. End ids come from ``generation_config.json`` (else ``config.json``); the pad id
-        from the same, else the first end id. ``kw`` goes to the constructor.
+        Args:
+            path: a directory written by ``save_pretrained``.
+            device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+            dtype: ``auto`` is bf16 on CUDA and float32 on CPU; or ``float32``/``bfloat16``/
+                ``float16``.
+            max_batch_size, policy_version, kw: passed to the constructor. Unless given in
+                ``kw``, end ids come from ``generation_config.json`` (else ``config.json``, else
+                the tokenizer's eos token) and the pad id from the same, else the first end id.
         """
-        resolved = _resolve_device(device)
-        torch_dtype = _resolve_dtype(dtype, resolved)
-        model = _load_causal_lm(path, device=resolved, dtype=torch_dtype)
+        model = load_causal_lm(path, device=device, dtype=dtype)
         eos = _config_ids(model, "eos_token_id")
+        if not eos:
+            eos = _tokenizer_eos(path)
         pads = _config_ids(model, "pad_token_id")
-        pad = pads[0] if pads else (eos[0] if eos else 0)
         kw.setdefault("eos_token_ids", eos)
-        kw.setdefault("pad_token_id", pad)
+        kw.setdefault("pad_token_id", pads[0] if pads else (eos[0] if eos else 0))
         return cls(model, max_batch_size=max_batch_size, policy_version=policy_version, **kw)
 
     # ---------------------------------------------------------------- properties
@@ -315,6 +317,12 @@ class TransformersBackend:
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> TransformersBackend:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def _put(self, item: _Request | _Control) -> None:
         with self._close_lock:
@@ -506,36 +514,13 @@ class TransformersBackend:
         return chosen
 
 
-def _resolve_device(device: DeviceChoice) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' was asked for but CUDA is not available: use 'cpu'")
-    if device not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {device!r}")
-    return device
-
-
-def _resolve_dtype(dtype: DtypeChoice, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in choices:
-        raise ConfigError(f"dtype must be one of auto, {', '.join(choices)}; got {dtype!r}")
-    return choices[dtype]
-
-
-def _load_causal_lm(path: str | Path, *, device: str, dtype: torch.dtype) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
-
+def _tokenizer_eos(path: str | Path) -> list[int]:
+    """The tokenizer's eos id, for model directories whose configs name none."""
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"cannot load a causal LM from {path}: {exc}. Pass a directory written by "
-            "save_pretrained (config.json and *.safetensors)"
-        ) from exc
-    return model.to(device)
+        eos = load_tokenizer(path).eos_token_id
+    except ModelLoadError:
+        return []
+    return [] if eos is None else [int(eos)]
 
 
 def _config_ids(model: PreTrainedModel, name: str) -> list[int]:
