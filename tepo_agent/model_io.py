@@ -50,7 +50,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # transformers/tokenizers raise many unrelated types here
         raise ModelLoadError(f"cannot load the tokenizer in {directory}: {exc}") from exc
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise ModelLoadError(
@@ -111,7 +111,7 @@ def load_causal_lm(
         model = AutoModelForCausalLM.from_pretrained(
             directory, local_files_only=True, dtype=torch_dtype
         )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # OSError, ValueError, SafetensorError, torch RuntimeError, ...
         raise ModelLoadError(f"cannot load the model in {directory}: {exc}") from exc
     return model.to(torch_device).eval()
 
