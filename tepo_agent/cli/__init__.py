@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from tepo_agent.errors import TepoError
 
-_COMMANDS: tuple[str, ...] = ("feedback", "trajectories")
+_COMMANDS: tuple[str, ...] = ("feedback", "trajectories", "init_model")
 
 
 def build_parser() -> argparse.ArgumentParser:
