@@ -363,7 +363,7 @@ class TransformersBackend:
         try:
             control.run()
         except Exception as exc:
-            control.future.set_exception(exc)
+            control.future.set_exception(_wrap(exc, "weight load failed"))
         else:
             control.future.set_result(None)
 
@@ -374,10 +374,7 @@ class TransformersBackend:
         try:
             results: list[Generation | BaseException] = list(self._decode(live))
         except Exception as exc:  # never kill the worker: fail this batch's requests instead
-            error = BackendError(f"generation failed: {type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            results = [error] * len(live)
-        failed = 0
+            results = [_wrap(exc, "generation failed") for _ in live]
         with self._stats_lock:
             tokens = sum(len(g.token_ids) for g in results if isinstance(g, Generation))
             failed = sum(1 for g in results if not isinstance(g, Generation))
@@ -512,6 +509,15 @@ class TransformersBackend:
                 probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0.0))
             chosen[j] = torch.multinomial(probs, 1, generator=gen)[0]
         return chosen
+
+
+def _wrap(exc: Exception, what: str) -> BackendError:
+    """``exc`` as the BackendError callers catch (one object per request: tracebacks differ)."""
+    if isinstance(exc, BackendError):
+        return exc
+    error = BackendError(f"{what}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def _tokenizer_eos(path: str | Path) -> list[int]:
