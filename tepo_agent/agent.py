@@ -1,0 +1,366 @@
+"""TepoAgent: the tool-using agent as a compiled LangGraph ``StateGraph``.
+
+::
+
+    START → model ─┬─ tools → model → …
+                   └─ finish → END
+
+``model`` samples one assistant turn with :class:`~tepo_agent.chat_model.TepoChatModel`
+(token-exact, with per-token logprobs and entropy); ``tools`` executes the calls it asked for;
+``finish`` sets the answer and the status. Model output never crashes a run: a malformed call,
+an unknown tool or a tool that raises becomes an error tool message the model reads on its next
+turn. The limits of :class:`~tepo_agent.agent_state.AgentConfig` end a run with status
+``max_tool_calls`` or ``max_tokens``.
+
+Each finished run becomes a token-exact :class:`~tepo_agent.trajectory.Trajectory` (with ΔH_k per
+tool call) and, when a store is given, is committed to it atomically.
+
+Example::
+
+    agent = TepoAgent(backend, chat_format, [make_calculator_tool()], store=TrajectoryStore(db))
+    result = agent.run("What is 17 * 23?")
+    result.answer, result.trajectory_id, [c["delta_entropy"] for c in result.tool_calls]
+    results = agent.run_group("What is 17 * 23?", n=8)      # one GRPO group, batched sampling
+    async for update in agent.astream("What is 17 * 23?"): ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+
+from tepo_agent.agent_state import (
+    AgentConfig,
+    AgentState,
+    ToolCallRecord,
+    final_status,
+    route_after_model,
+)
+from tepo_agent.agent_trajectory import build_trajectory
+from tepo_agent.backends.base import Backend
+from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat_model import TepoChatModel, run_sync
+from tepo_agent.errors import ConfigError
+from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
+
+if TYPE_CHECKING:
+    from tepo_agent.store import TrajectoryStore
+
+
+@dataclass
+class AgentResult:
+    """What one run produced.
+
+    Attributes:
+        answer: The final turn's text (None when the run ended before an answer).
+        status: ``ok``, ``max_tool_calls``, ``max_tokens`` or ``error``.
+        trajectory: The token-exact record of the run.
+        trajectory_id: Its id in the store, or None when the agent has no store.
+        tool_calls: Every executed call with its result or error, latency and ΔH_k.
+        turn_entropies: H(t_k) of every assistant turn.
+    """
+
+    answer: str | None
+    status: TrajectoryStatus
+    trajectory: Trajectory
+    trajectory_id: str | None
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    turn_entropies: list[float] = field(default_factory=list)
+
+
+class TepoAgent:
+    """A LangGraph tool-calling agent over a tepo-agent backend, recording token-exact runs."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        chat_format: ChatFormat,
+        tools: Sequence[BaseTool],
+        config: AgentConfig | None = None,
+        store: TrajectoryStore | None = None,
+    ) -> None:
+        self.config = config or AgentConfig()
+        self.store = store
+        self.chat_format = chat_format
+        self.tools = {t.name: t for t in tools}
+        if len(self.tools) != len(tools):
+            raise ConfigError("tool names must be unique; rename the duplicate tools")
+        self.tool_schemas = [convert_to_openai_tool(t) for t in tools]
+        cfg = self.config
+        self.model = TepoChatModel(
+            backend=backend,
+            chat_format=chat_format,
+            max_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k,
+            entropy_window=cfg.entropy_window,
+        )
+        self.graph: CompiledStateGraph[Any, Any, Any, Any] = self._build_graph()
+
+    # -- the graph ---------------------------------------------------------------------------
+
+    def _build_graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
+        graph = StateGraph(AgentState)
+        graph.add_node("model", self._model_node)
+        graph.add_node("tools", self._tools_node)
+        graph.add_node("finish", self._finish_node)
+        graph.add_edge(START, "model")
+        graph.add_conditional_edges(
+            "model", partial(route_after_model, limits=self.config), ["tools", "finish"]
+        )
+        graph.add_edge("tools", "model")
+        graph.add_edge("finish", END)
+        return graph.compile()
+
+    async def _model_node(self, state: AgentState) -> dict[str, Any]:
+        messages = state["messages"]
+        prompt = self.model.render_prompt(messages, self.tool_schemas)
+        left = self.config.max_total_tokens - len(prompt.token_ids)
+        if left < 1:
+            return {"status": "max_tokens", "prompt_tokens": len(prompt.token_ids)}
+        turn = len(state.get("turn_entropies", []))
+        reply = await self.model.ainvoke(
+            messages,
+            tools=self.tool_schemas,
+            max_tokens=min(self.config.max_new_tokens, left),
+            seed=self.config.turn_seed(state.get("sample", 0), turn),
+        )
+        meta = reply.response_metadata
+        h = float(meta["turn_entropy"]) if meta["turn_entropy"] is not None else float("nan")
+        previous = state.get("turn_entropies", [])
+        delta = h - previous[-1] if previous else None
+        finished = [{**record, "delta_entropy": delta} for record in state.get("pending_calls", [])]
+        return {
+            "messages": [reply],
+            "turn_entropies": [h],
+            "tool_calls": finished,
+            "pending_calls": [],
+            "prompt_tokens": len(meta["prompt_token_ids"]),
+            "generated_tokens": len(meta["token_ids"]),
+            "total_tokens": len(meta["prompt_token_ids"]) + len(meta["token_ids"]),
+        }
+
+    async def _tools_node(self, state: AgentState) -> dict[str, Any]:
+        last = state["messages"][-1]
+        assert isinstance(last, AIMessage)
+        jobs = [self._call_tool(c["id"] or new_id(), c["name"], c["args"]) for c in last.tool_calls]
+        results = list(await asyncio.gather(*jobs))
+        for call in last.invalid_tool_calls:
+            error = (
+                f"error: malformed tool call ({call.get('error') or 'unparseable'}). "
+                "Call a tool as "
+                '<tool_call>\n{"name": "<tool>", "arguments": {...}}\n</tool_call>'
+            )
+            results.append(_error(f"invalid-{new_id()[:8]}", call.get("name"), None, error, 0.0))
+        return {
+            "messages": [message for message, _ in results],
+            "pending_calls": [record for _, record in results],
+        }
+
+    async def _call_tool(
+        self, call_id: str, name: str, args: dict[str, Any]
+    ) -> tuple[ToolMessage, ToolCallRecord]:
+        tool = self.tools.get(name)
+        if tool is None:
+            known = ", ".join(sorted(self.tools)) or "none"
+            return _error(call_id, name, args, f"error: unknown tool {name!r}; tools: {known}", 0.0)
+        start = time.perf_counter()
+        try:
+            output = await tool.ainvoke(args)
+        except Exception as exc:  # any tool failure is shown to the model, never raised
+            latency = time.perf_counter() - start
+            return _error(call_id, name, args, f"error: {type(exc).__name__}: {exc}", latency)
+        latency = time.perf_counter() - start
+        text = output if isinstance(output, str) else str(output)
+        record = ToolCallRecord(
+            tool_call_id=call_id,
+            name=name,
+            args=args,
+            result=text,
+            error=None,
+            latency_s=latency,
+            delta_entropy=None,
+        )
+        return ToolMessage(content=text, tool_call_id=call_id, name=name), record
+
+    async def _finish_node(self, state: AgentState) -> dict[str, Any]:
+        last = state["messages"][-1]
+        answer = last.text if isinstance(last, AIMessage) and last.text else None
+        # calls whose following turn was never sampled keep ΔH = None
+        return {
+            "status": final_status(state, self.config),
+            "answer": answer,
+            "tool_calls": list(state.get("pending_calls", [])),
+            "pending_calls": [],
+        }
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _initial_state(self, question: str, sample: int) -> AgentState:
+        messages: list[BaseMessage] = []
+        if self.config.system_prompt is not None:
+            messages.append(SystemMessage(self.config.system_prompt))
+        messages.append(HumanMessage(question))
+        return {"messages": messages, "sample": sample}  # type: ignore[typeddict-item]
+
+    def _run_config(self) -> dict[str, Any]:
+        return {"recursion_limit": 2 * self.config.max_tool_calls + 10}
+
+    def _result(
+        self,
+        question: str,
+        state: AgentState,
+        *,
+        group_id: str | None,
+        task_id: str | None,
+        app_tag: str | None,
+    ) -> AgentResult:
+        status = state.get("status") or "error"
+        records = {r["tool_call_id"]: r for r in state.get("tool_calls", [])}
+        trajectory = build_trajectory(
+            question,
+            state["messages"],
+            self.chat_format,
+            self.tool_schemas,
+            records=records,
+            status=status,
+            answer=state.get("answer"),
+            group_id=group_id,
+            task_id=task_id,
+            app_tag=app_tag,
+        )
+        trajectory.created_at = time.time()
+        stored = self.store.add(trajectory) if self.store is not None else None
+        return AgentResult(
+            answer=state.get("answer"),
+            status=status,
+            trajectory=trajectory,
+            trajectory_id=stored,
+            tool_calls=list(state.get("tool_calls", [])),
+            turn_entropies=list(state.get("turn_entropies", [])),
+        )
+
+    async def arun(
+        self,
+        question: str,
+        *,
+        group_id: str | None = None,
+        task_id: str | None = None,
+        app_tag: str | None = None,
+        sample: int = 0,
+    ) -> AgentResult:
+        """Answer ``question`` with tools; record (and store) the trajectory."""
+        state = await self.graph.ainvoke(
+            self._initial_state(question, sample), config=self._run_config()
+        )
+        return self._result(question, state, group_id=group_id, task_id=task_id, app_tag=app_tag)
+
+    def run(
+        self,
+        question: str,
+        *,
+        group_id: str | None = None,
+        task_id: str | None = None,
+        app_tag: str | None = None,
+    ) -> AgentResult:
+        """Synchronous :meth:`arun`."""
+        result: AgentResult = run_sync(
+            self.arun(question, group_id=group_id, task_id=task_id, app_tag=app_tag)
+        )
+        return result
+
+    async def arun_group(
+        self,
+        question: str,
+        n: int,
+        *,
+        group_id: str | None = None,
+        task_id: str | None = None,
+        app_tag: str | None = None,
+    ) -> list[AgentResult]:
+        """``n`` concurrent samples of one question under one group id (the backend batches)."""
+        if n < 1:
+            raise ConfigError(f"a group needs n >= 1 samples, got {n}")
+        group_id = group_id or new_id()
+        runs = [
+            self.arun(question, group_id=group_id, task_id=task_id, app_tag=app_tag, sample=i)
+            for i in range(n)
+        ]
+        return list(await asyncio.gather(*runs))
+
+    def run_group(
+        self,
+        question: str,
+        n: int,
+        *,
+        group_id: str | None = None,
+        task_id: str | None = None,
+        app_tag: str | None = None,
+    ) -> list[AgentResult]:
+        """Synchronous :meth:`arun_group`."""
+        results: list[AgentResult] = run_sync(
+            self.arun_group(question, n, group_id=group_id, task_id=task_id, app_tag=app_tag)
+        )
+        return results
+
+    async def astream(
+        self,
+        question: str,
+        *,
+        group_id: str | None = None,
+        task_id: str | None = None,
+        app_tag: str | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the graph's updates as they happen, then ``{"result": AgentResult}``.
+
+        Each update is ``{node_name: partial_state}``: ``model`` updates carry the new turn's
+        entropy (``turn_entropies``) and the ΔH of the calls before it (``tool_calls``), ``tools``
+        updates the tool results (``pending_calls``).
+        """
+        state: AgentState = {}  # type: ignore[typeddict-item]
+        async for mode, chunk in self.graph.astream(
+            self._initial_state(question, 0),
+            config=self._run_config(),
+            stream_mode=["updates", "values"],
+        ):
+            if mode == "updates":
+                yield chunk
+            else:
+                state = chunk
+        yield {
+            "result": self._result(
+                question, state, group_id=group_id, task_id=task_id, app_tag=app_tag
+            )
+        }
+
+
+def _error(
+    call_id: str, name: str | None, args: dict[str, Any] | None, message: str, latency: float
+) -> tuple[ToolMessage, ToolCallRecord]:
+    record = ToolCallRecord(
+        tool_call_id=call_id,
+        name=name,
+        args=args,
+        result=None,
+        error=message,
+        latency_s=latency,
+        delta_entropy=None,
+    )
+    tool_message = ToolMessage(
+        content=message, tool_call_id=call_id, name=name or "invalid_tool_call", status="error"
+    )
+    return tool_message, record
+
+
+__all__ = ["AgentConfig", "AgentResult", "TepoAgent"]
