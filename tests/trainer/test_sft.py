@@ -1,0 +1,93 @@
+"""Demonstrations tokenize token-exactly and SFT teaches a tiny model to follow them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from tepo_agent.chat_format import ChatFormat
+from tepo_agent.default_model import DefaultModelConfig, init_model
+from tepo_agent.model_io import load_causal_lm
+from tepo_agent.tasks import KnowledgeBase, deep_search_suite, math_suite
+from tepo_agent.tasks.traces import solve_with_tools
+from tepo_agent.trainer.bootstrap import BootstrapConfig, bootstrap_model, build_world, world_tools
+from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
+
+TINY = DefaultModelConfig(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    model_dir = init_model(root / "model", seed=0, config=TINY)
+    kb = build_world(0, root / "world")
+    tools = world_tools(root / "world")
+    by_name = {t.name: (lambda args, t=t: str(t.invoke(args))) for t in tools}
+    return {
+        "fmt": ChatFormat.from_pretrained(model_dir),
+        "model_dir": model_dir,
+        "kb": kb,
+        "schemas": [convert_to_openai_tool(t) for t in tools],
+        "by_name": by_name,
+    }
+
+
+def test_trace_tokens_equal_the_full_rendering(world):
+    fmt, kb = world["fmt"], world["kb"]
+    for task in math_suite(4, seed=1) + deep_search_suite(kb, 2, seed=1):
+        messages = solve_with_tools(task, world["by_name"], kb)
+        trace = tokenize_trace(fmt, messages, world["schemas"])
+        full = fmt.render(messages, world["schemas"], add_generation_prompt=False)
+        # The full rendering closes the last turn with "<|im_end|>\n"; the trace stops at the
+        # end-of-turn token the model samples.
+        assert trace.input_ids + fmt.encode("\n") == full
+        assert len(trace.loss_mask) == len(trace.input_ids)
+
+
+def test_loss_mask_covers_exactly_the_assistant_turns(world):
+    fmt, kb = world["fmt"], world["kb"]
+    task = deep_search_suite(kb, 1, seed=2)[0]
+    messages = solve_with_tools(task, world["by_name"], kb)
+    trace = tokenize_trace(fmt, messages, world["schemas"])
+    trained = fmt.decode([i for i, m in zip(trace.input_ids, trace.loss_mask, strict=True) if m])
+    assert "<tool_call>" in trained and task.answer in trained
+    assert "<tool_response>" not in trained and task.question not in trained
+    assert trained.count("<|im_end|>") == sum(m["role"] == "assistant" for m in messages)
+
+
+def test_sft_lowers_the_loss_on_demonstrations(world):
+    fmt = world["fmt"]
+    traces = [
+        tokenize_trace(fmt, solve_with_tools(t, world["by_name"]), world["schemas"])
+        for t in math_suite(4, seed=3)
+    ]
+    model = load_causal_lm(world["model_dir"])
+    losses = sft(model, traces, SFTConfig(steps=30, batch_size=4, lr=1e-2, warmup_steps=2))
+    assert losses[-1] < 0.5 * losses[0]
+    assert not model.training
+
+
+def test_bootstrap_writes_a_loadable_model_with_its_world(tmp_path):
+    cfg = BootstrapConfig(
+        math_items=3,
+        knowledge_items=2,
+        deep_search_items=1,
+        model=TINY,
+        sft=SFTConfig(steps=2, batch_size=2),
+    )
+    out = bootstrap_model(tmp_path / "boot", cfg)
+    info = json.loads((out / "bootstrap.json").read_text())
+    assert info["demonstrations"] == 6
+    assert Path(out / "world" / "search.db").is_file()
+    ChatFormat.from_pretrained(out)
+    load_causal_lm(out)
+    assert KnowledgeBase(seed=0).people  # the world is reproducible from its seed

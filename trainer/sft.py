@@ -1,0 +1,165 @@
+"""Supervised fine-tuning on tool-use demonstrations (how the default model is bootstrapped).
+
+A demonstration is an OpenAI-style message list. It is tokenized exactly the way the agent sees
+a conversation at run time (``ChatFormat.render`` for the prompt, the template's rendering of each
+assistant message up to and including its end-of-turn token as the "sampled" ids, and
+``ChatFormat.environment_tokens`` for the tool results in between), so what the model is taught
+is token for token what it will later read and write. The loss is next-token cross-entropy on
+assistant tokens only; prompt and environment tokens are masked.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from tepo_agent.chat_format import ChatFormat
+from tepo_agent.errors import ConfigError, TrainerError
+
+Message = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TokenizedTrace:
+    """A demonstration as token ids with a loss mask (1 on assistant tokens)."""
+
+    input_ids: list[int]
+    loss_mask: list[int]
+
+
+def tokenize_trace(
+    fmt: ChatFormat, messages: Sequence[Message], tools: Sequence[Mapping[str, Any]] | None
+) -> TokenizedTrace:
+    """Tokenize a demonstration token-exactly as the agent would build it turn by turn."""
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+    if first is None:
+        raise ConfigError("a demonstration needs at least one assistant message")
+    ids = fmt.render(messages[:first], tools, add_generation_prompt=True)
+    mask = [0] * len(ids)
+    end_text = fmt.decode([fmt.end_of_turn_id])
+    i = first
+    while i < len(messages):
+        if messages[i]["role"] != "assistant":
+            raise ConfigError(f"message {i} should be an assistant turn, got {messages[i]['role']}")
+        before = fmt.render_text(messages[:i], tools, add_generation_prompt=True)
+        with_turn = fmt.render_text(messages[: i + 1], tools, add_generation_prompt=False)
+        turn_text = with_turn[len(before) :]
+        cut = turn_text.find(end_text)
+        if not with_turn.startswith(before) or cut < 0:
+            raise ConfigError("the chat template does not render this demonstration incrementally")
+        sampled = fmt.encode(turn_text[: cut + len(end_text)])
+        ids += sampled
+        mask += [1] * len(sampled)
+        j = i + 1
+        while j < len(messages) and messages[j]["role"] == "tool":
+            j += 1
+        if j > i + 1:
+            env = fmt.environment_tokens(
+                messages[: i + 1], messages[i + 1 : j], tools, sampled_end_of_turn=True
+            )
+            ids += env
+            mask += [0] * len(env)
+        i = j
+    return TokenizedTrace(ids, mask)
+
+
+@dataclass(frozen=True)
+class SFTConfig:
+    """Supervised fine-tuning settings.
+
+    Attributes:
+        steps: Optimiser steps.
+        batch_size: Demonstrations per step (right-padded into one batch).
+        lr: Peak AdamW learning rate (a 3 M-parameter model tolerates a high one).
+        warmup_steps: Linear warm-up, then cosine decay to 10% of ``lr``.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: Gradient clipping.
+        seed: Shuffling and dropout seed.
+    """
+
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be >= 1")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+def _lr_at(step: int, cfg: SFTConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _collate(
+    traces: Sequence[TokenizedTrace], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(t.input_ids) for t in traces)
+    ids = torch.full((len(traces), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(traces), width), dtype=torch.float32)  # (B, T) loss on target t
+    attn = torch.zeros((len(traces), width), dtype=torch.long)
+    for row, t in enumerate(traces):
+        n = len(t.input_ids)
+        ids[row, :n] = torch.tensor(t.input_ids)
+        mask[row, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        attn[row, :n] = 1
+    return ids.to(device), mask.to(device), attn.to(device)
+
+
+def sft(
+    model: PreTrainedModel,
+    traces: Sequence[TokenizedTrace],
+    cfg: SFTConfig = SFTConfig(),
+    *,
+    pad_token_id: int = 0,
+    on_step: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on ``traces``; returns the loss of every step."""
+    if not traces:
+        raise TrainerError("no demonstrations to train on")
+    device = next(model.parameters()).device
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    losses = []
+    for step in range(cfg.steps):
+        if len(order) < cfg.batch_size:
+            fresh = list(range(len(traces)))
+            rng.shuffle(fresh)
+            order += fresh
+        batch = [traces[i] for i in order[: cfg.batch_size]]
+        del order[: cfg.batch_size]
+        ids, mask, attn = _collate(batch, pad_token_id, device)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # (B, T-1, V)
+        targets = ids[:, 1:]
+        target_mask = mask[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none"
+        ).view_as(targets)
+        loss = (nll * target_mask).sum() / target_mask.sum().clamp(min=1)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        opt.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, float(loss))
+    model.eval()
+    return losses
