@@ -15,7 +15,16 @@ from collections.abc import Sequence
 
 from tepo_agent.errors import TepoError
 
-_COMMANDS: tuple[str, ...] = ("feedback", "trajectories", "init_model")
+_COMMANDS: tuple[str, ...] = (
+    "generate",
+    "feedback",
+    "trajectories",
+    "tool",
+    "index",
+    "serve",
+    "init_model",
+    "vllm",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,9 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress_bars() -> None:
+    """transformers draws a bar for every weight load and save; commands draw their own."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_library_progress_bars()
     try:
         return int(args.func(args) or 0)
     except TepoError as exc:

@@ -1,0 +1,20 @@
+"""Which model directory a command uses when ``--model`` is not given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tepo_agent.default_model import default_home, ensure_default_model
+
+BOOTSTRAPPED = ("models", "default-sft-v1")
+
+
+def resolve_model_dir(model: str | None) -> Path:
+    """``model`` if given; else the bootstrapped default model if ``tepo-agent bootstrap`` (or
+    the demo) has built it; else the random-weight default model (built on first use)."""
+    if model:
+        return Path(model)
+    boot = default_home().joinpath(*BOOTSTRAPPED)
+    if (boot / "bootstrap.json").is_file():
+        return boot
+    return ensure_default_model()
