@@ -118,7 +118,7 @@ class PolicyRegistry:
                 return
             has_live = db.execute("SELECT 1 FROM policies WHERE status = 'live'").fetchone()
             now = time.time()
-            db["policies"].insert(
+            db.table("policies").insert(
                 {"version": 0, "parent": None, "path": path, "kind": kind,
                  "status": "retired" if has_live else "live", "metrics": "{}",
                  "reason": None, "created_at": now, "updated_at": now}
@@ -146,7 +146,9 @@ class PolicyRegistry:
             top = db.execute("SELECT MAX(version) FROM policies").fetchone()[0]
             version = 1 if top is None else int(top) + 1
             now = time.time()
-            db["policies"].insert({**row, "version": version, "created_at": now, "updated_at": now})
+            db.table("policies").insert(
+                {**row, "version": version, "created_at": now, "updated_at": now}
+            )
             return version
 
         return self.store.write(apply)

@@ -145,6 +145,11 @@ def test_summary_counts_come_from_the_turns(store: TrajectoryStore) -> None:
     assert row.seq == 1 and row.score_seq is None
 
 
+def test_add_many_of_nothing_writes_nothing(store: TrajectoryStore) -> None:
+    assert store.add_many([]) == []
+    assert store.count() == 0
+
+
 def test_missing_created_at_is_filled_at_write_time(store: TrajectoryStore) -> None:
     traj = Trajectory(task="t", prompt_token_ids=[1])
     store.add(traj)

@@ -23,6 +23,7 @@ must open its own (a SQLite connection must not cross ``fork``).
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import os
@@ -190,6 +191,8 @@ class TrajectoryStore:
         Add the n samples of a GRPO group this way, so that a polling trainer never sees half
         a group.
         """
+        if not trajectories:
+            return []
         ids = [t.id for t in trajectories]
         if len(set(ids)) != len(ids):
             raise StoreError("add_many got the same trajectory id twice; every run needs new_id()")
@@ -216,9 +219,15 @@ class TrajectoryStore:
                 if row["score"] is not None:
                     row["score_seq"] = score_seq
                     score_seq += 1
-            db["trajectories"].insert_all(rows)
+            # Plain executemany on the hot path: sqlite-utils' insert_all re-inspects the table
+            # on every call, which held the write lock ~40% longer.
+            db.conn.executemany(
+                _insert_sql("trajectories", rows[0]), [tuple(r.values()) for r in rows]
+            )
             if turns:
-                db["turns"].insert_all(turns)
+                db.conn.executemany(
+                    _insert_sql("turns", turns[0]), [tuple(r.values()) for r in turns]
+                )
 
         self.write(insert)
         return ids
@@ -285,7 +294,7 @@ class TrajectoryStore:
                     "name a stored trajectory (the id the agent returned)"
                 )
             score_seq = row[0] if row[0] is not None else _next(db, "score_seq")
-            db["feedback"].insert(
+            db.table("feedback").insert(
                 {
                     "trajectory_id": trajectory_id,
                     "source": source,
@@ -300,7 +309,7 @@ class TrajectoryStore:
 
         self.write(apply)
 
-    def feedback(self, trajectory_id: str) -> list[dict[str, Any]]:
+    def feedback(self, trajectory_id: str) -> builtins.list[dict[str, Any]]:
         """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
         return self.read(
             "SELECT source, value, created_at FROM feedback WHERE trajectory_id = ? ORDER BY id",
@@ -322,7 +331,7 @@ class TrajectoryStore:
 
         self.write(apply)
 
-    def scored_since(self, seq: int, *, limit: int | None = None) -> list[TrajectoryGroup]:
+    def scored_since(self, seq: int, *, limit: int | None = None) -> builtins.list[TrajectoryGroup]:
         """Scored trajectories with ``score_seq > seq``, grouped by ``group_id``.
 
         Groups come in the order of their first member; an ungrouped trajectory is a group of
@@ -380,11 +389,11 @@ class TrajectoryStore:
         def insert(db: sqlite_utils.Database) -> None:
             if db.execute("SELECT 1 FROM train_steps WHERE step = ?", [row["step"]]).fetchone():
                 raise StoreError(f"train step {step} is already recorded; steps are unique")
-            db["train_steps"].insert(row)
+            db.table("train_steps").insert(row)
 
         self.write(insert)
 
-    def train_steps(self) -> list[TrainStep]:
+    def train_steps(self) -> builtins.list[TrainStep]:
         rows = self.read("SELECT * FROM train_steps ORDER BY step")
         return [TrainStep(**{**r, "metrics": load_json(r["metrics"]) or {}}) for r in rows]
 
@@ -436,3 +445,8 @@ def _next(db: sqlite_utils.Database, column: str) -> int:
     """The next value of a cursor column (call under the write lock: max + 1 is then unique)."""
     value = db.execute(f"SELECT MAX({column}) FROM trajectories").fetchone()[0]
     return 1 if value is None else int(value) + 1
+
+
+def _insert_sql(table: str, row: dict[str, Any]) -> str:
+    """``INSERT`` for rows shaped like ``row`` (all rows built by one function: same key order)."""
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
