@@ -221,9 +221,12 @@ class ChatFormat:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids``, special tokens kept, no clean-up (so it inverts :meth:`encode`)."""
-        return self.tokenizer.decode(
+        text = self.tokenizer.decode(
             list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False
         )
+        if not isinstance(text, str):
+            raise ChatFormatError(f"the tokenizer decoded {list(ids)[:8]}... to a list, not text")
+        return text
 
     def environment_tokens(
         self,

@@ -215,6 +215,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    """The id of one token of the default tokenizer."""
+    found = tokenizer.convert_tokens_to_ids(token)
+    if not isinstance(found, int):
+        raise ConfigError(f"{token!r} is not a single token of this tokenizer")
+    return found
+
+
 @dataclass(frozen=True)
 class DefaultModelConfig:
     """Shape of the default Qwen2-architecture causal LM (3.28 M parameters by default).
@@ -272,7 +280,7 @@ class DefaultModelConfig:
 
     def to_qwen2_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
         """The transformers config of this shape, with the tokenizer's special token ids."""
-        endoftext = tokenizer.convert_tokens_to_ids(ENDOFTEXT)
+        endoftext = token_id(tokenizer, ENDOFTEXT)
         return Qwen2Config(
             vocab_size=VOCAB_SIZE,
             hidden_size=self.hidden_size,
@@ -281,12 +289,12 @@ class DefaultModelConfig:
             num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads,
             max_position_embeddings=self.max_position_embeddings,
-            rope_theta=self.rope_theta,
+            rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta},
             rms_norm_eps=self.rms_norm_eps,
             initializer_range=self.initializer_range,
             tie_word_embeddings=self.tie_word_embeddings,
             bos_token_id=endoftext,
-            eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+            eos_token_id=token_id(tokenizer, IM_END),
             pad_token_id=endoftext,
             use_cache=True,
         )
@@ -315,9 +323,9 @@ def init_model(
         torch.manual_seed(seed)
         model = Qwen2ForCausalLM(config.to_qwen2_config(tokenizer))
     model.generation_config = GenerationConfig(
-        eos_token_id=[tokenizer.convert_tokens_to_ids(t) for t in (IM_END, ENDOFTEXT)],
-        pad_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
-        bos_token_id=tokenizer.convert_tokens_to_ids(ENDOFTEXT),
+        eos_token_id=[token_id(tokenizer, t) for t in (IM_END, ENDOFTEXT)],
+        pad_token_id=token_id(tokenizer, ENDOFTEXT),
+        bos_token_id=token_id(tokenizer, ENDOFTEXT),
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

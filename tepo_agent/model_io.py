@@ -113,7 +113,9 @@ def load_causal_lm(
         )
     except Exception as exc:  # OSError, ValueError, SafetensorError, torch RuntimeError, ...
         raise ModelLoadError(f"cannot load the model in {directory}: {exc}") from exc
-    return model.to(torch_device).eval()
+    model.to(torch_device)  # type: ignore[arg-type]  # transformers wraps .to; mypy sees the wrapper
+    model.eval()
+    return model
 
 
 __all__ = ["DType", "load_causal_lm", "load_tokenizer", "resolve_device", "resolve_dtype"]
