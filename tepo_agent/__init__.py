@@ -14,6 +14,8 @@ from tepo_agent.errors import (
     ToolError,
     TrainerError,
 )
+from tepo_agent.registry import PolicyRecord, PolicyRegistry
+from tepo_agent.store import TrajectoryStore
 from tepo_agent.trajectory import Trajectory, Turn
 
 __version__ = "0.1.0"
@@ -26,14 +28,17 @@ __all__ = [
     "ConfigError",
     "Generation",
     "ModelLoadError",
+    "PolicyRecord",
+    "PolicyRegistry",
     "PublishError",
     "SamplingParams",
     "SandboxError",
     "StoreError",
     "TepoError",
     "ToolError",
-    "Trajectory",
     "TrainerError",
+    "Trajectory",
+    "TrajectoryStore",
     "Turn",
     "__version__",
 ]
