@@ -1,0 +1,47 @@
+"""The default tool set and lookup by name, shared by the agent and ``tepo-agent tool``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from langchain_core.tools import BaseTool
+
+from tepo_agent.errors import ConfigError
+from tepo_agent.tools.calculator import make_calculator_tool
+from tepo_agent.tools.python_tool import make_python_tool
+from tepo_agent.tools.sandbox import SandboxConfig
+from tepo_agent.tools.search import make_search_tool
+
+TOOL_NAMES: tuple[str, ...] = ("calculator", "python", "search")
+"""Names of the built-in tools."""
+
+
+def default_tools(
+    search_db: str | Path | None = None, sandbox: SandboxConfig | None = None
+) -> list[BaseTool]:
+    """``calculator`` and ``python`` (limits from ``sandbox``), plus ``search`` over the index
+    at ``search_db`` when one is given."""
+    tools = [make_calculator_tool(), make_python_tool(config=sandbox)]
+    if search_db is not None:
+        tools.append(make_search_tool(search_db))
+    return tools
+
+
+def make_tool(
+    name: str,
+    search_db: str | Path | None = None,
+    sandbox: SandboxConfig | None = None,
+) -> BaseTool:
+    """Build the one built-in tool called ``name`` (only that one: no sandbox for calculator)."""
+    if name == "calculator":
+        return make_calculator_tool()
+    if name == "python":
+        return make_python_tool(config=sandbox)
+    if name == "search":
+        if search_db is None:
+            raise ConfigError("the search tool needs an index: pass search_db (--search-db PATH)")
+        return make_search_tool(search_db)
+    raise ConfigError(f"unknown tool {name!r}; built-in tools: {', '.join(TOOL_NAMES)}")
+
+
+__all__ = ["TOOL_NAMES", "default_tools", "make_tool"]
