@@ -13,12 +13,12 @@ from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemM
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
-from tepo_agent.tools import make_calculator_tool
 
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat_format import ChatFormat
 from tepo_agent.chat_model import TepoChatModel, message_to_openai
 from tepo_agent.errors import ConfigError
+from tepo_agent.tools import make_calculator_tool
 
 __all__ = ["chat_format", "tiny_model_dir"]  # fixtures
 
