@@ -319,8 +319,8 @@ class HttpBackend:
         generation that straddles a swap is attributed to its *oldest* version, so staleness is
         never under-estimated; the behaviour logprobs are per token either way.
         """
-        versions = [_parse_version(span.get("version")) for span in spans or ()]
-        versions = [v for v in versions if v is not None]
+        parsed = [_parse_version(span.get("version")) for span in spans or ()]
+        versions = [v for v in parsed if v is not None]
         if not versions:
             return self._policy_version
         self._policy_version = max(self._policy_version, versions[-1])

@@ -1,0 +1,387 @@
+"""``tepo-agent serve``: the in-process backend behind a vLLM/OpenAI-compatible FastAPI app.
+
+Several application processes can share one local model through it, and the HTTP backend is
+tested against it. Routes (a subset of vLLM 0.33's server, its extensions included):
+
+- ``GET /health``, ``GET /v1/models`` (the served model, plus the loaded LoRA adapter);
+- ``POST /v1/completions``: token-id or text prompt, ``logprobs=k``, ``return_token_ids``,
+  ``return_tokens_as_token_ids``, ``return_weight_versions``, ``stream``;
+- ``POST /v1/chat/completions``: messages + tools rendered with the model's chat template, tool
+  calls parsed into ``message.tool_calls``, ``logprobs``/``top_logprobs``, ``stream``;
+- ``POST /v1/load_lora_adapter`` / ``POST /v1/unload_lora_adapter`` (adapter merged into the base
+  weights) and ``POST /v1/reload_weights {"weights_path", "version"}`` (full weights).
+
+Every choice also carries ``entropies``: the EXACT per-token entropy (see :mod:`.responses`).
+Requests go to one shared :class:`~tepo_agent.backends.transformers_backend.TransformersBackend`,
+so concurrent HTTP requests are decoded in the same batches. Weight swaps wait for the requests
+in flight and hold new ones back until the new weights serve (ARCHITECTURE.md, invariant 7).
+Streaming answers are sent once a choice has been decoded (the backend decodes whole batches), in
+vLLM's SSE chunk format ending with ``data: [DONE]``.
+
+Usage::
+
+    app = create_app(backend, ChatFormat.from_pretrained(path), model_name="tepo-default")
+    uvicorn.run(app, host="127.0.0.1", port=8000)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from torch import Tensor
+
+from tepo_agent.backends.base import Generation, SamplingParams
+from tepo_agent.backends.transformers_backend import TransformersBackend
+from tepo_agent.chat_format import ChatFormat
+from tepo_agent.errors import BackendError, ChatFormatError, ModelLoadError
+from tepo_agent.server import responses as r
+from tepo_agent.server.gate import SwapGate
+from tepo_agent.server.lora import merged_lora_weights, snapshot_weights
+from tepo_agent.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    LoadLoRAAdapterRequest,
+    OpenAIHTTPError,
+    ReloadWeightsRequest,
+    UnloadLoRAAdapterRequest,
+    error_body,
+)
+from tepo_agent.server.topk import TopK, topk_alternatives
+
+_TRAILING_INT = re.compile(r"(\d+)$")
+
+
+@dataclass
+class _State:
+    backend: TransformersBackend
+    chat_format: ChatFormat
+    model_name: str
+    gate: SwapGate = field(default_factory=SwapGate)
+    base_weights: dict[str, Tensor] | None = None  # set when the first adapter is merged
+    lora: tuple[str, str] | None = None  # (lora_name, lora_path) of the merged adapter
+
+    @property
+    def max_positions(self) -> int | None:
+        return getattr(self.backend.model.config, "max_position_embeddings", None)
+
+    def check_model(self, name: str | None) -> None:
+        names = {self.model_name} | ({self.lora[0]} if self.lora else set())
+        if name is not None and name not in names:
+            raise OpenAIHTTPError(
+                404,
+                f"The model `{name}` does not exist (served: {sorted(names)}).",
+                "NotFoundError",
+            )
+
+    def check_prompt(self, prompt: list[int]) -> None:
+        if not prompt:
+            raise OpenAIHTTPError(400, "the prompt is empty")
+        vocab = self.backend.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise OpenAIHTTPError(
+                400, f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})"
+            )
+        limit = self.max_positions
+        if limit is not None and len(prompt) >= limit:
+            raise OpenAIHTTPError(
+                400,
+                f"This model's maximum context length is {limit} tokens; the prompt has "
+                f"{len(prompt)} tokens (leave room for at least one new token).",
+            )
+
+    def sampling(
+        self, req: CompletionRequest | ChatCompletionRequest, max_tokens: int, i: int
+    ) -> SamplingParams:
+        """Sampling parameters of choice ``i`` (its seed is ``seed + i``)."""
+        seed = None if req.seed is None else req.seed + i
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=-1 if req.top_k in (None, 0) else req.top_k,
+            seed=seed,
+            stop_token_ids=tuple(req.stop_token_ids or ()),
+        )
+
+    async def run(
+        self,
+        prompt: list[int],
+        req: CompletionRequest | ChatCompletionRequest,
+        max_tokens: int,
+        k: int,
+    ) -> list[tuple[Generation, TopK | None]]:
+        """``req.n`` generations (+ top-k alternatives when k > 0), all on the same weights."""
+        async with self.gate.request():
+            try:
+                gens = await asyncio.gather(
+                    *(
+                        self.backend.generate(prompt, self.sampling(req, max_tokens, i))
+                        for i in range(req.n)
+                    )
+                )
+            except ValueError as exc:  # ConfigError from SamplingParams
+                raise OpenAIHTTPError(400, str(exc)) from exc
+            if k <= 0:
+                return [(g, None) for g in gens]
+            model = self.backend.model
+            tops = [
+                await asyncio.to_thread(topk_alternatives, model, prompt, g.token_ids, k)
+                for g in gens
+            ]
+            return list(zip(gens, tops, strict=True))
+
+
+def _decode_for(state: _State, skip_special: bool) -> Callable[[list[int]], str]:
+    if not skip_special:
+        return state.chat_format.decode
+    tokenizer = state.chat_format.tokenizer
+
+    def decode(ids: list[int]) -> str:
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    return decode
+
+
+async def _parse(request: Request, model: type[BaseModel]) -> Any:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise OpenAIHTTPError(400, f"the request body is not valid JSON: {exc}") from exc
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise OpenAIHTTPError(400, f"invalid {model.__name__}: {details}") from exc
+
+
+def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
+    async def events() -> AsyncIterator[str]:
+        for chunk in chunks:
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def create_app(
+    backend: TransformersBackend,
+    chat_format: ChatFormat,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+) -> Any:
+    """The FastAPI app serving ``backend`` as ``model_name`` (Bearer ``api_key`` when set).
+
+    The app does not own the backend: close it after the server stops.
+    """
+    state = _State(backend, chat_format, model_name)
+    app = FastAPI(title="tepo-agent serve")
+    app.state.tepo = state
+
+    @app.exception_handler(OpenAIHTTPError)
+    async def _openai_error(_: Request, exc: OpenAIHTTPError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "NotFoundError" if exc.status_code == 404 else "BadRequestError"
+        return JSONResponse(error_body(exc.status_code, str(exc.detail), kind), exc.status_code)
+
+    @app.middleware("http")
+    async def _auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+                body = error_body(401, "invalid or missing API key", "AuthenticationError")
+                return JSONResponse(body, status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(BackendError)
+    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
+        return JSONResponse(error_body(500, str(exc), "InternalServerError"), 500)
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        card = {
+            "id": model_name,
+            "object": "model",
+            "created": r.now(),
+            "owned_by": "tepo-agent",
+            "root": model_name,
+            "parent": None,
+            "max_model_len": state.max_positions,
+            "policy_version": backend.policy_version,
+        }
+        data = [card]
+        if state.lora:
+            data.append({**card, "id": state.lora[0], "root": state.lora[1], "parent": model_name})
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        req: CompletionRequest = await _parse(request, CompletionRequest)
+        state.check_model(req.model)
+        prompt = req.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
+            if len(prompt) != 1:
+                raise OpenAIHTTPError(400, "send one prompt per request (got a batch)")
+            prompt = prompt[0]
+        ids = (
+            chat_format.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]  # type: ignore[arg-type]
+        )
+        state.check_prompt(ids)
+        results = await state.run(ids, req, req.max_tokens or 16, req.logprobs or 0)
+        decode = _decode_for(state, req.skip_special_tokens is not False)
+        as_ids = bool(req.return_tokens_as_token_ids)
+        choices = []
+        for index, (gen, top) in enumerate(results):
+            choice: dict[str, Any] = {"index": index, "text": decode(list(gen.token_ids))}
+            choice["logprobs"] = (
+                None if req.logprobs is None else r.completion_logprobs(gen, top, decode, as_ids)
+            )
+            choice.update(r.finish_fields(gen))
+            choice.update(
+                r.extension_fields(
+                    gen,
+                    return_token_ids=bool(req.return_token_ids),
+                    return_weight_versions=req.return_weight_versions,
+                )
+            )
+            if req.return_token_ids:
+                choice["prompt_token_ids"] = ids
+            choices.append(choice)
+        head = {"id": r.new_id("cmpl"), "created": r.now(), "model": req.model or model_name}
+        used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
+        if not req.stream:
+            return {**head, "object": "text_completion", "choices": choices, "usage": used}
+        chunks = []
+        for choice in choices:
+            finish = {k: choice.pop(k) for k in ("finish_reason", "stop_reason")}
+            versions = choice.pop("weight_versions", None)
+            chunks.append({**head, "object": "text_completion", "choices": [choice]})
+            last = {"index": choice["index"], "text": "", **finish}
+            if versions is not None:
+                last["weight_versions"] = versions
+            chunks.append({**head, "object": "text_completion", "choices": [last]})
+        if req.stream_options and req.stream_options.include_usage:
+            chunks.append({**head, "object": "text_completion", "choices": [], "usage": used})
+        return _sse(chunks)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
+        state.check_model(req.model)
+        tools = None if req.tool_choice == "none" else req.tools
+        try:
+            ids = chat_format.render(r.text_messages(req.messages), tools)
+        except ChatFormatError as exc:
+            raise OpenAIHTTPError(400, str(exc)) from exc
+        state.check_prompt(ids)
+        limit = state.max_positions
+        default_max = (limit - len(ids)) if limit is not None else 256
+        max_tokens = req.max_completion_tokens or req.max_tokens or default_max
+        k = (req.top_logprobs or 0) if req.logprobs else 0
+        results = await state.run(ids, req, max_tokens, k)
+        decode = _decode_for(state, req.skip_special_tokens is not False)
+        as_ids = bool(req.return_tokens_as_token_ids)
+        choices = []
+        for index, (gen, top) in enumerate(results):
+            parsed = chat_format.parse(chat_format.decode(list(gen.token_ids)))
+            calls = r.tool_call_objects(parsed.tool_calls)
+            message: dict[str, Any] = {"role": "assistant", "content": parsed.content or None}
+            message["tool_calls"] = calls
+            finish = r.finish_fields(gen)
+            if calls and gen.finish_reason == "stop":
+                finish["finish_reason"] = "tool_calls"
+            choice: dict[str, Any] = {"index": index, "message": message, **finish}
+            choice["logprobs"] = r.chat_logprobs(gen, top, decode, as_ids) if req.logprobs else None
+            choice.update(
+                r.extension_fields(
+                    gen,
+                    return_token_ids=bool(req.return_token_ids),
+                    return_weight_versions=req.return_weight_versions,
+                )
+            )
+            choices.append(choice)
+        head = {"id": r.new_id("chatcmpl"), "created": r.now(), "model": req.model or model_name}
+        used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
+        if not req.stream:
+            body = {**head, "object": "chat.completion", "choices": choices, "usage": used}
+            if req.return_token_ids:
+                body["prompt_token_ids"] = ids
+            return body
+        return _sse(r.chat_chunks(head, choices, used, req, ids))
+
+    @app.post("/v1/load_lora_adapter")
+    async def load_lora_adapter(request: Request) -> Any:
+        req: LoadLoRAAdapterRequest = await _parse(request, LoadLoRAAdapterRequest)
+        if req.lora_name == model_name:
+            raise OpenAIHTTPError(400, f"lora_name must differ from the base model {model_name!r}")
+        match = _TRAILING_INT.search(req.lora_name)
+        version = int(match.group(1)) if match else backend.policy_version + 1
+        async with state.gate.swap():
+            if state.base_weights is None:
+                state.base_weights = await asyncio.to_thread(snapshot_weights, backend.model)
+            try:
+                merged = await asyncio.to_thread(
+                    merged_lora_weights, backend.model, state.base_weights, req.lora_path
+                )
+                await asyncio.to_thread(backend.load_state_dict, merged, policy_version=version)
+            except (ModelLoadError, BackendError) as exc:
+                raise OpenAIHTTPError(400, str(exc)) from exc
+            state.lora = (req.lora_name, req.lora_path)
+        return {"status": "ok", "lora_name": req.lora_name, "policy_version": version}
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_lora_adapter(request: Request) -> Any:
+        req: UnloadLoRAAdapterRequest = await _parse(request, UnloadLoRAAdapterRequest)
+        if state.lora is None or state.lora[0] != req.lora_name or state.base_weights is None:
+            raise OpenAIHTTPError(
+                404, f"no LoRA adapter named {req.lora_name!r} is loaded", "NotFoundError"
+            )
+        version = backend.policy_version + 1
+        async with state.gate.swap():
+            base = state.base_weights
+            assert base is not None
+            await asyncio.to_thread(backend.load_state_dict, base, policy_version=version)
+            state.lora = None
+        return {"status": "ok", "policy_version": version}
+
+    @app.post("/v1/reload_weights")
+    async def reload_weights(request: Request) -> Any:
+        req: ReloadWeightsRequest = await _parse(request, ReloadWeightsRequest)
+        version = backend.policy_version + 1 if req.version is None else req.version
+        async with state.gate.swap():
+            try:
+                await asyncio.to_thread(
+                    backend.load_weights, req.weights_path, policy_version=version
+                )
+            except (ModelLoadError, BackendError) as exc:
+                raise OpenAIHTTPError(400, str(exc)) from exc
+            state.base_weights = None  # the new full weights are the base of later adapters
+            state.lora = None
+        return {"status": "ok", "policy_version": version}
+
+    return app
+
+
+__all__ = ["create_app"]
