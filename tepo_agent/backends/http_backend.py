@@ -38,7 +38,6 @@ from typing import Any, Literal
 import httpx
 
 from tepo_agent.backends.base import Generation, SamplingParams
-from tepo_agent.entropy import topk_entropy_bounds
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
 
 EntropyEstimator = Literal["topk", "surprisal"]
@@ -290,6 +289,9 @@ class HttpBackend:
                 "the server did not return top_logprobs for every sampled token; start it with "
                 f"--max-logprobs >= {self.config.top_logprobs}"
             )
+        # Imported here: tepo_agent.entropy needs torch, which a surprisal-only client never loads.
+        from tepo_agent.entropy import topk_entropy_bounds
+
         estimates: list[float] = []
         lowers: list[float] = []
         uppers: list[float] = []
