@@ -21,6 +21,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+_PREFIX = "tepo-sandbox-"
+
 
 def _controller_paths() -> dict[str, Path]:
     """Map each mounted v1 controller to the directory of *this* process's cgroup in it."""
@@ -63,7 +65,7 @@ class RunCgroups:
             parents = _controller_paths()
         except OSError as exc:
             return cls(None, None, None), [f"cannot read cgroup mounts ({exc})"]
-        name = f"tepo-sandbox-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        name = f"{_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         made: dict[str, Path | None] = {}
         limits = {
             "pids": {"pids.max": str(max_processes)},
@@ -93,6 +95,28 @@ class RunCgroups:
                 continue
             made[controller] = path
         return cls(made["pids"], made["memory"], made["freezer"]), notes
+
+    @classmethod
+    def reap_stale(cls) -> list[str]:
+        """Kill and remove the groups of runtimes that died mid-run; returns what was reaped."""
+        try:
+            parents = _controller_paths()
+        except OSError:
+            return []
+        stale: dict[str, dict[str, Path]] = {}
+        for controller, parent in parents.items():
+            for path in parent.glob(f"{_PREFIX}*"):
+                owner = path.name.removeprefix(_PREFIX).split("-", 1)[0]
+                if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                    stale.setdefault(path.name, {})[controller] = path
+        notes = []
+        for name, paths in stale.items():
+            group = cls(paths.get("pids"), paths.get("memory"), paths.get("freezer"))
+            killed = group.members()
+            problems = group.remove()
+            notes.append(f"reaped stale cgroup {name} (killed {len(killed)} processes)")
+            notes += problems
+        return notes
 
     def _paths(self) -> list[Path]:
         return [p for p in (self.pids, self.memory, self.freezer) if p is not None]

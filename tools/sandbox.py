@@ -17,6 +17,8 @@ What is isolated (when the containment is active; :class:`Containment` says whic
   cgroup, frozen first, and the process group), and ``RLIMIT_CPU`` per process;
 - **files** — a temporary working directory (``HOME`` and ``TMPDIR`` too) removed afterwards,
   ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps;
+- **a dying runtime** — the main process gets ``PR_SET_PDEATHSIG=SIGKILL``; the cgroups and
+  working directories a killed runtime leaves are reaped when the next sandbox is created;
 - **environment** — a clean one: only ``PATH``, ``LANG``, ``HOME``, ``TMPDIR``; nothing of the
   parent's environment (secrets included) is inherited; stdin is ``/dev/null``;
 - **output** — stdout and stderr are read incrementally and only the first
@@ -52,6 +54,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from tepo_agent.errors import ConfigError, SandboxError
@@ -60,6 +63,8 @@ from tepo_agent.tools._cgroup import RunCgroups
 logger = logging.getLogger(__name__)
 
 _CLONE_NEWNET = 0x40000000
+_PR_SET_PDEATHSIG = 1
+_WORKDIR_PREFIX = "tepo-sandbox-"
 _SNIPPET = "snippet.py"
 
 # Runs inside the sandbox: executes snippet.py and, like a REPL, prints the value of a final
@@ -265,6 +270,9 @@ class PythonSandbox:
         else:
             notes.append("network isolation disabled by config")
         cgroups_ok = False
+        for note in RunCgroups.reap_stale():
+            logger.warning("python sandbox: %s", note)
+        _remove_stale_workdirs()
         if not is_root:
             notes.append("no cgroups (needs root)")
         else:
@@ -312,6 +320,8 @@ class PythonSandbox:
             entry = pwd.getpwnam(containment.user)
             ids = (entry.pw_uid, entry.pw_gid)
 
+        parent = os.getpid()
+
         def preexec() -> None:  # runs in the child between fork and exec
             cgroups.join()
             if containment.network_namespace:
@@ -332,6 +342,11 @@ class PythonSandbox:
                     procs = config.max_processes
                     resource.setrlimit(resource.RLIMIT_NPROC, (procs, procs))
                 _drop_user(*ids)
+            # Set last: a credential change clears it. If the runtime dies mid-run, the kernel
+            # kills the main process; anything it forked stays in the cgroup until the next
+            # PythonSandbox reaps stale groups.
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL) != 0 or os.getppid() != parent:
+                os._exit(125)
 
         return preexec
 
@@ -343,7 +358,7 @@ class PythonSandbox:
                 f"code is {len(code)} characters; the limit is {config.max_code_chars}"
             )
         notes: list[str] = [] if self.containment.complete else [self.containment.describe()]
-        workdir = tempfile.mkdtemp(prefix="tepo-sandbox-")
+        workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
         try:
             with open(os.path.join(workdir, _SNIPPET), "w", encoding="utf-8") as handle:
                 handle.write(code)
@@ -446,6 +461,14 @@ class PythonSandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         cgroups.kill_all()
+
+
+def _remove_stale_workdirs() -> None:
+    """Remove working directories left by runtimes that died mid-run."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_WORKDIR_PREFIX}*-*"):
+        owner = path.name.removeprefix(_WORKDIR_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _exited(pid: int) -> bool:

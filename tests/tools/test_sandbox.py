@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -238,3 +242,36 @@ def test_python_tool_errors_are_tool_errors_the_model_can_read(sandbox: PythonSa
     assert tool.invoke({"code": "import sys\nprint('warn', file=sys.stderr)"}) == (
         "(no output)\nstderr:\nwarn"
     )
+
+
+@pytest.mark.slow
+def test_runs_of_a_killed_runtime_are_killed_and_reaped(tmp_path: Path) -> None:
+    assert PythonSandbox(LIMITS).containment.cgroups
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "from tepo_agent.tools.sandbox import PythonSandbox, SandboxConfig\n"
+            "PythonSandbox(SandboxConfig(timeout_s=120)).run(\n"
+            "    'import subprocess, time\\n'\n"
+            '    \'subprocess.Popen(["sleep", "120"])\\n\'\n'
+            "    'time.sleep(120)')\n",
+        ]
+    )
+    try:
+        pattern = f"tepo-sandbox-{runner.pid}-*"
+        deadline = time.monotonic() + 90
+        members: list[str] = []
+        while time.monotonic() < deadline and len(members) < 2:
+            groups = list(Path("/sys/fs/cgroup/pids").glob(pattern))
+            if groups:
+                members = (groups[0] / "cgroup.procs").read_text().split()
+            time.sleep(0.2)
+        assert len(members) == 2, "the sandboxed run never started"
+    finally:
+        runner.kill()
+        runner.wait()
+    PythonSandbox(LIMITS)  # reaps the dead runtime's groups and working directory
+    assert list(Path("/sys/fs/cgroup/pids").glob(pattern)) == []
+    assert list(Path(tempfile.gettempdir()).glob(pattern)) == []
+    assert not any(is_running(int(pid)) for pid in members)
