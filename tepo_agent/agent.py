@@ -177,11 +177,19 @@ class TepoAgent:
             return _error(call_id, name, args, f"error: unknown tool {name!r}; tools: {known}", 0.0)
         start = time.perf_counter()
         try:
-            output = await tool.ainvoke(args)
+            # Invoked as a tool call, so a tool that handles its own errors
+            # (``handle_tool_error``) answers with an error ToolMessage instead of raising.
+            output = await tool.ainvoke(
+                {"type": "tool_call", "id": call_id, "name": name, "args": args}
+            )
         except Exception as exc:  # any tool failure is shown to the model, never raised
             latency = time.perf_counter() - start
             return _error(call_id, name, args, f"error: {type(exc).__name__}: {exc}", latency)
         latency = time.perf_counter() - start
+        if isinstance(output, ToolMessage):
+            if output.status == "error":
+                return _error(call_id, name, args, f"error: {output.text}", latency)
+            output = output.content
         text = output if isinstance(output, str) else str(output)
         record = ToolCallRecord(
             tool_call_id=call_id,

@@ -9,7 +9,7 @@ catch one type. Messages say what was wrong and what to do about it.
     ├── ChatFormatError        a conversation cannot be rendered to tokens
     ├── BackendError           generation failed
     │   └── BackendUnavailableError   the server cannot be reached / timed out (retryable)
-    ├── ToolError              a tool failed (becomes an error tool message inside the agent)
+    ├── ToolError              a tool failed (an error tool message; also a LangChain ToolException)
     │   └── SandboxError       the python sandbox could not run or contain the code
     ├── StoreError             the trajectory store cannot be opened, migrated or written
     └── TrainerError           training, checkpointing or publishing failed
@@ -17,6 +17,8 @@ catch one type. Messages say what was wrong and what to do about it.
 """
 
 from __future__ import annotations
+
+from langchain_core.tools import ToolException
 
 
 class TepoError(Exception):
@@ -43,8 +45,12 @@ class BackendUnavailableError(BackendError):
     """The backend cannot be reached (connection refused, timeout, 5xx after retries)."""
 
 
-class ToolError(TepoError):
-    """A tool failed; inside the agent this becomes an error tool message."""
+class ToolError(TepoError, ToolException):
+    """A tool failed; inside the agent this becomes an error tool message.
+
+    It is also a LangChain ``ToolException``, so the built-in tools (``handle_tool_error=True``)
+    return it to the model as an error ``ToolMessage`` inside any LangGraph/LangChain agent too.
+    """
 
 
 class SandboxError(ToolError):

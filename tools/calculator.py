@@ -234,6 +234,7 @@ def make_calculator_tool() -> BaseTool:
             "multiplication, division or multi-step arithmetic instead of computing in your head."
         ),
         args_schema=CalculatorArgs,
+        handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
     )
 
 

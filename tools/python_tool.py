@@ -90,6 +90,7 @@ def make_python_tool(
             "no network, no files kept between calls."
         ),
         args_schema=PythonArgs,
+        handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
     )
 
 

@@ -188,6 +188,7 @@ def make_search_tool(db_path: str | Path) -> BaseTool:
             "a multi-step question."
         ),
         args_schema=SearchArgs,
+        handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
     )
 
 

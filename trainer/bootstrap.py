@@ -98,12 +98,14 @@ def world_tools(world_dir: Path) -> list[BaseTool]:
             name="calculator",
             description="Evaluate arithmetic.",
             args_schema=_CalculatorArgs,
+            handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
         ),
         StructuredTool.from_function(
             func=search_kb,
             name="search",
             description="Search the knowledge base.",
             args_schema=_SearchArgs,
+            handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
         ),
     ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from pydantic import ValidationError
@@ -34,8 +35,15 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError('ARGS must be a JSON object, e.g. \'{"expression": "1+1"}\'')
     tool = make_tool(args.name, search_db=args.search_db)
     try:
-        result = tool.invoke(tool_args)
+        # As a tool call, so a tool failure comes back as an error ToolMessage (its
+        # handle_tool_error) that we can tell apart from a result.
+        message = tool.invoke(
+            {"type": "tool_call", "id": "cli", "name": tool.name, "args": tool_args}
+        )
     except ValidationError as exc:
         raise ConfigError(f"invalid arguments for {args.name}: {exc}") from None
-    print(result)
+    if message.status == "error":
+        print(f"tepo-agent tool: {args.name} failed: {message.text}", file=sys.stderr)
+        return 1
+    print(message.text)
     return 0

@@ -108,10 +108,14 @@ def test_formats_numbers_for_the_model(value: float, text: str) -> None:
     assert format_number(value) == text
 
 
-def test_tool_returns_text_and_raises_tool_error() -> None:
+def test_tool_returns_text_and_reports_errors_as_error_tool_messages() -> None:
     tool = make_calculator_tool()
     assert tool.name == "calculator"
     assert "expression" in tool.args
     assert tool.invoke({"expression": "17 * 23"}) == "391"
+    # Inside any LangChain/LangGraph agent the error reaches the model instead of ending the run.
+    call = {"type": "tool_call", "id": "c1", "name": "calculator", "args": {"expression": "1/0"}}
+    message = tool.invoke(call)
+    assert message.status == "error" and "division by zero" in message.text
     with pytest.raises(ToolError, match="division by zero"):
-        tool.invoke({"expression": "1/0"})
+        evaluate("1/0")

@@ -107,7 +107,7 @@ def test_memory_bomb_hits_the_memory_limit(sandbox: PythonSandbox) -> None:
     result = sandbox.run("chunks = []\nwhile True:\n    chunks.append(bytearray(2**20))")
     assert not result.ok and result.memory_exceeded
     with pytest.raises(SandboxError, match="memory limit of 256 MiB exceeded"):
-        make_python_tool(sandbox=sandbox).invoke({"code": "x = bytearray(2**40)"})
+        make_python_tool(sandbox=sandbox).func(code="x = bytearray(2**40)")  # type: ignore[attr-defined]
     assert_still_serves(sandbox)
 
 
@@ -234,11 +234,16 @@ def test_invalid_config_is_rejected(kwargs: dict[str, object]) -> None:
 def test_python_tool_errors_are_tool_errors_the_model_can_read(sandbox: PythonSandbox) -> None:
     tool = make_python_tool(sandbox=sandbox)
     assert tool.name == "python" and "code" in tool.args
+    run = tool.func  # type: ignore[attr-defined]  # the tool's function raises typed errors
     with pytest.raises(ToolError, match="ZeroDivisionError") as caught:
-        tool.invoke({"code": "print('partial')\n1/0"})
+        run(code="print('partial')\n1/0")
     assert "stdout before the failure:\npartial" in str(caught.value)
     with pytest.raises(SandboxError, match="timed out after 3 s"):
-        tool.invoke({"code": "import time\ntime.sleep(60)"})
+        run(code="import time\ntime.sleep(60)")
+    # As a tool call (what agents do), the error comes back to the model as an error message.
+    call = {"type": "tool_call", "id": "c", "name": "python", "args": {"code": "1/0"}}
+    message = tool.invoke(call)
+    assert message.status == "error" and "ZeroDivisionError" in message.text
     assert tool.invoke({"code": "import sys\nprint('warn', file=sys.stderr)"}) == (
         "(no output)\nstderr:\nwarn"
     )
