@@ -26,6 +26,9 @@ _COMMANDS: tuple[str, ...] = (
     "serve",
     "init_model",
     "vllm",
+    "train",
+    "rollback",
+    "check_logprobs",
 )
 
 

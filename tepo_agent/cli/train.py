@@ -1,0 +1,96 @@
+"""``tepo-agent train``: the TEPO trainer process.
+
+    tepo-agent train --db PATH --reward outcome|sparse|dense [--steps N]
+    tepo-agent train --db PATH --reward sparse --watch [--every-n 64] [--every-s 600]
+
+Trains on the scored trajectories of the database (``--steps`` updates, then publishes through
+the held-out gate), or with ``--watch`` keeps running and retrains whenever ``--every-n`` new
+scored trajectories arrived or ``--every-s`` seconds passed. Resumes from its last checkpoint
+in ``--run-dir`` after a crash. Prints a progress bar and one summary line per step.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train on scored trajectories (TEPO GRPO) and publish through the gate",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--db", required=True, help="the trajectory database")
+    p.add_argument("--reward", choices=("outcome", "sparse", "dense"), default="sparse")
+    p.add_argument("--alpha", type=float, default=1.0, help="dense reward bonus (default 1.0)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--steps", type=int, default=1, help="optimisation steps (default 1)")
+    mode.add_argument("--watch", action="store_true", help="retrain periodically")
+    p.add_argument("--every-n", type=int, default=None, help="--watch: after N new trajectories")
+    p.add_argument("--every-s", type=float, default=None, help="--watch: after S seconds")
+    p.add_argument("--poll-s", type=float, default=5.0, help="--watch: poll interval (seconds)")
+    p.add_argument("--model", help="base model directory (default: the registry's version 0)")
+    p.add_argument("--run-dir", help="checkpoints and trainer state (default: DB.trainer/)")
+    p.add_argument("--finetune", choices=("full", "lora"), default="full")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
+    p.add_argument("--batch", type=int, default=32, help="trajectories per step")
+    p.add_argument("--micro-batch", type=int, default=4, help="rows per forward/backward")
+    p.add_argument("--updates-per-batch", type=int, default=1)
+    p.add_argument("--kl", type=float, default=0.0, help="k3 KL coefficient to the base model")
+    p.add_argument("--publish-every", type=int, default=0, help="0: at the end of each run")
+    p.add_argument("--gate-tasks", type=int, default=16, help="held-out tasks per suite")
+    p.add_argument("--gate-suites", default="math", help="comma list: math,knowledge,deep_search")
+    p.add_argument("--gate-margin", type=float, default=0.05, help="allowed accuracy drop")
+    p.add_argument("--gate-format-margin", type=float, default=0.0, help="allowed format rise")
+    p.add_argument("--no-gate", action="store_true", help="accept every candidate (experiments)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tepo_agent.trainer.config import LossConfig, RewardConfig
+    from tepo_agent.trainer.gate import GateConfig
+    from tepo_agent.trainer.loop import TrainConfig
+    from tepo_agent.trainer.run import RunConfig, TrainingRun
+    from tepo_agent.trainer.watch import WatchConfig, watch
+
+    train = TrainConfig(
+        reward=RewardConfig(kind=args.reward, alpha=args.alpha),
+        loss=LossConfig(kl_coef=args.kl),
+        finetune=args.finetune,
+        lora_rank=args.lora_rank,
+        learning_rate=args.lr,
+        batch_trajectories=args.batch,
+        micro_batch_size=args.micro_batch,
+        updates_per_batch=args.updates_per_batch,
+        device=args.device,
+        seed=args.seed,
+    )
+    gate = GateConfig(
+        tasks=args.gate_tasks,
+        suites=tuple(s.strip() for s in args.gate_suites.split(",") if s.strip()),  # type: ignore[arg-type]
+        margin=args.gate_margin,
+        format_margin=args.gate_format_margin,
+        enabled=not args.no_gate,
+    )
+    cfg = RunConfig(train=train, gate=gate, run_dir=args.run_dir, publish_every=args.publish_every)
+    with TrainingRun(args.db, cfg, base_model=args.model) as training:
+        if args.watch:
+            watch_cfg = WatchConfig(
+                min_new=args.every_n if args.every_n or args.every_s else 64,
+                every_s=args.every_s,
+                poll_s=args.poll_s,
+            )
+            watch(training, watch_cfg, progress=not args.no_progress)
+            return 0
+        summary = training.run(args.steps, progress=not args.no_progress)
+    if not summary.steps:
+        print("no new scored trajectories to train on; collect and score some first")
+        return 0
+    rejected = [p for p in summary.published if not p.accepted]
+    return 2 if rejected else 0

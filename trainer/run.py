@@ -1,0 +1,289 @@
+"""A training run: poll the store, train, checkpoint, publish; resumable after a crash.
+
+:class:`TrainingRun` ties the step (``trainer.loop``) to the outside world::
+
+    run = TrainingRun("tepo-agent.db", RunConfig(train=TrainConfig(...), gate=GateConfig(...)))
+    summary = run.run(steps=2)        # trains, then publishes through the gate
+    run.close()
+
+Per step: take up to ``batch_trajectories`` newly scored trajectories after the cursor
+(``TrajectoryStore.scored_since``; groups are never cut), train on them, publish when due, save
+the trainer state (weights, optimizer, step, cursor) into a new directory, then record the step's
+metrics in ``train_steps``. Killed at any point, the next run starts from the last complete state:
+at worst one step is redone on the same trajectories (the cursor is saved with the weights).
+
+A fresh run (no saved state) starts from the live policy's weights when their kind matches the
+run's (else from the base model), and from the cursor of the last step recorded in the database.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TextIO
+
+from tqdm import tqdm
+
+from tepo_agent.errors import ConfigError
+from tepo_agent.model_io import load_tokenizer
+from tepo_agent.registry import PolicyRegistry
+from tepo_agent.store import TrajectoryStore
+from tepo_agent.trainer.checkpoint import (
+    TrainerState,
+    load_latest_state,
+    save_policy,
+    save_state,
+)
+from tepo_agent.trainer.gate import GateConfig
+from tepo_agent.trainer.loop import StepResult, TrainConfig, Trainer, build_policy
+from tepo_agent.trainer.publish import PublishResult, publish_checkpoint
+from tepo_agent.trajectory import Trajectory
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A training run.
+
+    Attributes:
+        train: The step's configuration.
+        gate: How candidates are evaluated before going live.
+        run_dir: Where policies and trainer states go (default: ``<db>.trainer/`` beside the
+            database).
+        publish_every: Publish after every N steps; 0 (default) publishes once at the end of
+            each :meth:`TrainingRun.run` call that trained at least one step.
+        keep_states: Trainer state directories to keep (the newest).
+    """
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    run_dir: str | None = None
+    publish_every: int = 0
+    keep_states: int = 2
+
+    def __post_init__(self) -> None:
+        if self.publish_every < 0 or self.keep_states < 1:
+            raise ConfigError("RunConfig: publish_every must be >= 0 and keep_states >= 1")
+
+
+@dataclass
+class RunSummary:
+    """What a :meth:`TrainingRun.run` call did."""
+
+    steps: list[StepResult] = field(default_factory=list)
+    published: list[PublishResult] = field(default_factory=list)
+    stopped_for_data: bool = False
+
+
+def summary_line(step: int, metrics: dict[str, float]) -> str:
+    """The one-line per-step report."""
+    return (
+        f"step {step}: loss {metrics['loss']:+.4f} reward {metrics['reward_mean']:.3f}"
+        f"±{metrics['reward_std']:.3f} calls/traj {metrics['tool_calls_per_trajectory']:.2f} "
+        f"ΔH<0 {metrics['entropy_reducing_share']:.2f} ΔH {metrics['delta_entropy_mean']:+.3f} "
+        f"H {metrics.get('entropy', 0.0):.3f} kl {metrics.get('kl', 0.0):.4f} "
+        f"clip {metrics['clip_frac']:.3f} ratio {metrics['ratio_min']:.3f}.."
+        f"{metrics['ratio_max']:.3f} {metrics['tokens_per_s']:.0f} tok/s"
+    )
+
+
+class TrainingRun:
+    """A resumable training run over one trajectory database (see the module docstring).
+
+    Args:
+        db: The trajectory database (its registry is used for publishing).
+        cfg: The run's configuration.
+        base_model: The base model directory; default: the registry's version 0. Must be given
+            when the registry has no version 0 yet.
+        out: Where the per-step summary lines go.
+    """
+
+    def __init__(
+        self,
+        db: str | os.PathLike[str],
+        cfg: RunConfig,
+        *,
+        base_model: str | os.PathLike[str] | None = None,
+        out: TextIO | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = out if out is not None else sys.stdout
+        self.store = TrajectoryStore(db)
+        self.registry = PolicyRegistry(self.store)
+        self.run_dir = Path(cfg.run_dir or f"{self.store.path}.trainer")
+        saved = load_latest_state(self.run_dir)
+        if saved is not None:
+            base = saved.state.base_model
+            if saved.state.finetune != cfg.train.finetune:
+                raise ConfigError(
+                    f"{self.run_dir} holds a {saved.state.finetune} run; train with the same "
+                    f"--finetune or use another --run-dir"
+                )
+        elif base_model is not None:
+            base = str(base_model)
+        else:
+            try:
+                base = self.registry.get(0).path
+            except Exception as exc:
+                raise ConfigError(
+                    "no base model: pass base_model (--model) for a database without one"
+                ) from exc
+        self.base_model = str(base)
+        self.registry.ensure_base(self.base_model)
+        if saved is not None:
+            self.state = saved.state
+            init_from: str | None = str(saved.model_dir)
+            self.resumed_from: int | None = saved.state.step
+        else:
+            live = self.registry.live()
+            same_kind = live is not None and live.kind == cfg.train.finetune and live.version > 0
+            init_from = live.path if same_kind and live is not None else None
+            # a fresh LoRA adapter starts at zero, so it too equals the base model (version 0)
+            version = live.version if same_kind and live is not None else 0
+            steps = self.store.train_steps()
+            self.state = TrainerState(
+                step=steps[-1].step if steps else 0,
+                cursor_seq=steps[-1].cursor_seq if steps else 0,
+                weights_version=version,
+                base_model=self.base_model,
+                finetune=cfg.train.finetune,
+            )
+            self.resumed_from = None
+        model = build_policy(cfg.train, self.base_model, init_from)
+        tokenizer = load_tokenizer(self.base_model)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.trainer = Trainer(
+            model,
+            cfg.train,
+            weights_version=self.state.weights_version,
+            pad_token_id=int(pad),
+            base_model=self.base_model,
+        )
+        if saved is not None:
+            self.trainer.optimizer.load_state_dict(saved.optimizer_state(self.trainer.device))
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def pull(self) -> tuple[list[Trajectory], int]:
+        """New scored trajectories after the cursor (at most one batch) and the next cursor."""
+        groups = self.store.scored_since(
+            self.state.cursor_seq, limit=self.cfg.train.batch_trajectories
+        )
+        if not groups:
+            return [], self.state.cursor_seq
+        return [t for g in groups for t in g.members], max(g.seq for g in groups)
+
+    def pending(self) -> int:
+        """Scored trajectories not trained on yet."""
+        rows = self.store.read(
+            "SELECT count(*) AS n FROM trajectories WHERE score_seq > ?", [self.state.cursor_seq]
+        )
+        return int(rows[0]["n"])
+
+    def publish(self, train_metrics: dict[str, float] | None = None) -> PublishResult:
+        """Write the current weights as a new policy and put it through the gate."""
+        path = save_policy(
+            self.trainer.model, self.run_dir, step=self.state.step, base_model=self.base_model
+        )
+        live = self.registry.live()
+        parent = self.state.weights_version
+        if parent is None:
+            parent = (
+                self.state.last_published
+                if self.state.last_published is not None
+                else (live.version if live is not None else 0)
+            )
+        result = publish_checkpoint(
+            path,
+            self.registry,
+            kind=self.cfg.train.finetune,
+            parent=parent,
+            base_model=self.base_model,
+            gate=self.cfg.gate,
+            device=str(self.trainer.device),
+            train_metrics=train_metrics,
+        )
+        self.trainer.weights_version = result.version
+        self.state = replace(
+            self.state, weights_version=result.version, last_published=result.version
+        )
+        return result
+
+    def step(self, publish: bool = False) -> tuple[StepResult, PublishResult | None] | None:
+        """Train one step on new data (None when there is none), optionally publish."""
+        trajectories, cursor = self.pull()
+        if not trajectories:
+            return None
+        trained_from = self.trainer.weights_version
+        if trained_from is None:
+            trained_from = self.state.last_published
+        result = self.trainer.step(trajectories)
+        self.state = replace(
+            self.state, step=self.state.step + 1, cursor_seq=cursor, weights_version=None
+        )
+        published = self.publish(result.metrics) if publish else None
+        save_state(
+            self.run_dir,
+            self.trainer.model,
+            self.trainer.optimizer,
+            self.state,
+            keep=self.cfg.keep_states,
+        )
+        metrics = {**result.metrics, "policy_entropy": result.metrics.get("entropy", 0.0)}
+        self.store.record_train_step(
+            self.state.step,
+            metrics,
+            cursor_seq=cursor,
+            policy_version=trained_from,
+            published_version=published.version if published is not None else None,
+        )
+        return result, published
+
+    def run(self, steps: int, *, progress: bool = True) -> RunSummary:
+        """Up to ``steps`` steps (stops early when no new scored trajectory is left)."""
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps}")
+        summary = RunSummary()
+        if self.resumed_from is not None:
+            print(f"resuming from step {self.resumed_from} ({self.run_dir})", file=self.out)
+            self.resumed_from = None
+        bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
+        for i in range(steps):
+            due = self.cfg.publish_every > 0 and (self.state.step + 1) % self.cfg.publish_every == 0
+            last = i == steps - 1 and self.cfg.publish_every == 0
+            done = self.step(publish=due or last)
+            if done is None:
+                summary.stopped_for_data = True
+                break
+            result, published = done
+            summary.steps.append(result)
+            print(summary_line(self.state.step, result.metrics), file=self.out, flush=True)
+            if published is not None:
+                summary.published.append(published)
+                print(_publish_line(published), file=self.out, flush=True)
+            bar.update(1)
+        bar.close()
+        if summary.stopped_for_data and summary.steps and self.cfg.publish_every == 0:
+            published = self.publish(summary.steps[-1].metrics)
+            save_state(self.run_dir, self.trainer.model, self.trainer.optimizer, self.state)
+            summary.published.append(published)
+            print(_publish_line(published), file=self.out, flush=True)
+        return summary
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _publish_line(result: PublishResult) -> str:
+    verdict = "live" if result.accepted else "REJECTED"
+    return f"published version {result.version} ({verdict}): {result.reason} [{result.path}]"
+
+
+__all__ = ["RunConfig", "RunSummary", "TrainingRun", "summary_line"]
