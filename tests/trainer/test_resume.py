@@ -51,10 +51,6 @@ def test_sigkill_mid_run_keeps_serving_and_restart_resumes(tmp_path: Path) -> No
     saved = load_latest_state(f"{db}.trainer")
     assert saved is not None and saved.state.step in (1, 2)
     assert saved.state.cursor_seq == 4 * saved.state.step
-    assert (
-        not [p for p in (Path(f"{db}.trainer") / "state").iterdir() if p.name.startswith(".")]
-        or True
-    )  # a killed write may leave a temp dir; it is never read
 
     resumed = _train(db, 3 - saved.state.step)
     out, _ = resumed.communicate(timeout=300)
