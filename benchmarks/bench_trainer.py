@@ -1,0 +1,159 @@
+"""Benchmark the TEPO trainer against TRL's GRPOTrainer on the same tiny model and data shape.
+
+    python benchmarks/bench_trainer.py [--steps 4] [--group 4] [--prompts 2] [--max-new 16]
+
+Both sides get the same random-weight default model, the same math prompts, group size, batch
+(prompts × group) and completion length, on CPU float32. TRL generates inside its step; our
+trainer trains on trajectories the runtime already generated, so our column reports the step
+alone AND collection + step (the comparable total). Each side runs in its own subprocess so that
+peak RSS (memory) is its own. Also measured: the time from ``publish`` (registry promotion) to
+the first request served by the new weights through an in-process ``PolicyFollower``.
+Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests" / "trainer"))
+
+
+def _ours(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    import io
+
+    from _tepo_data import agent_for, collect, make_model
+
+    from tepo_agent.backends.transformers_backend import TransformersBackend
+    from tepo_agent.hotswap import InProcessTarget, PolicyFollower
+    from tepo_agent.trainer.gate import GateConfig
+    from tepo_agent.trainer.loop import TrainConfig
+    from tepo_agent.trainer.run import RunConfig, TrainingRun
+
+    model = make_model(root / "model")
+    db = root / "t.db"
+    batch = args.prompts * args.group
+    t0 = time.perf_counter()
+    collect(model, db, groups=args.prompts * args.steps, n=args.group, scores=[1.0, 0.0])
+    collect_s = (time.perf_counter() - t0) / args.steps
+    cfg = RunConfig(
+        train=TrainConfig(
+            batch_trajectories=batch, micro_batch_size=batch, device="cpu", learning_rate=1e-4
+        ),
+        gate=GateConfig(enabled=False),
+        publish_every=10**9,
+    )
+    with TrainingRun(db, cfg, base_model=model, out=io.StringIO()) as run:
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            run.step()
+            times.append(time.perf_counter() - t)
+        with TransformersBackend.from_pretrained(model, device="cpu") as backend:
+            follower = PolicyFollower(db, InProcessTarget(backend))
+            agent = agent_for(backend, model, None)
+            t = time.perf_counter()
+            result = run.publish()
+            follower.poll_once()
+            served = agent.run("What is 2 + 3?")
+            swap_s = time.perf_counter() - t
+            assert served.trajectory.policy_version == result.version
+            follower.stop()
+    step_s = sorted(times[1:] or times)[len(times[1:] or times) // 2]
+    return {"step_s": step_s, "collect_s": collect_s, "publish_to_served_s": swap_s}
+
+
+def _trl(args: argparse.Namespace, root: Path) -> dict[str, float]:
+    from _tepo_data import make_model
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tepo_agent.model_io import load_causal_lm, load_tokenizer
+    from tepo_agent.tasks import math_suite
+
+    model_dir = make_model(root / "model")
+    tasks = math_suite(args.prompts * args.steps, seed=0)
+    data = Dataset.from_list([{"prompt": t.question, "answer": t.answer} for t in tasks])
+
+    def reward(completions: list[str], answer: list[str], **_: object) -> list[float]:
+        return [
+            float(a in c) + 0.1 * (i % 2)
+            for i, (c, a) in enumerate(zip(completions, answer, strict=True))
+        ]
+
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a: object, **k: object) -> None:
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a: object, **k: object) -> None:
+            times.append(time.perf_counter() - self.t)
+
+    batch = args.prompts * args.group
+    cfg = GRPOConfig(
+        output_dir=str(root / "trl"), per_device_train_batch_size=batch,
+        num_generations=args.group, max_completion_length=args.max_new, max_steps=args.steps,
+        use_cpu=True, report_to=[], save_strategy="no", logging_steps=10**6, beta=0.0,
+        learning_rate=1e-4, bf16=False,
+    )  # fmt: skip
+    tok = load_tokenizer(model_dir)
+    trainer = GRPOTrainer(
+        model=load_causal_lm(model_dir, device="cpu", dtype="float32"), reward_funcs=reward,
+        args=cfg, train_dataset=data, processing_class=tok, callbacks=[Clock()],
+    )  # fmt: skip
+    trainer.train()
+    step_s = sorted(times[1:] or times)[len(times[1:] or times) // 2]
+    return {"step_s": step_s}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--group", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=2)
+    p.add_argument("--max-new", type=int, default=12)
+    p.add_argument("--side", choices=("ours", "trl"))
+    args = p.parse_args()
+    if args.side:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = (_ours if args.side == "ours" else _trl)(args, Path(tmp))
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print("RESULT " + json.dumps(result))
+        return
+    results = {}
+    for side in ("ours", "trl"):
+        cmd = [sys.executable, __file__, "--side", side, "--steps", str(args.steps),
+               "--group", str(args.group), "--prompts", str(args.prompts),
+               "--max-new", str(args.max_new)]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in done.stdout.splitlines() if x.startswith("RESULT ")]
+        if done.returncode or not line:
+            print(f"{side} failed:\n{done.stderr[-3000:]}")
+            return
+        results[side] = json.loads(line[-1][7:])
+    o, t = results["ours"], results["trl"]
+    total = o["step_s"] + o["collect_s"]
+    print(f"batch {args.prompts}×{args.group}, {args.max_new} new tokens, CPU float32\n")
+    rows = [
+        ("step incl. generation (s)", total, t["step_s"]),
+        ("optimisation step, ours incl. state checkpoint (s)", o["step_s"], t["step_s"]),
+        ("peak RSS (MB)", o["peak_rss_mb"], t["peak_rss_mb"]),
+    ]
+    print("| metric | tepo-agent | TRL GRPOTrainer | ours/TRL |")
+    print("|---|---|---|---|")
+    for name, ours, trl in rows:
+        print(f"| {name} | {ours:.3f} | {trl:.3f} | {ours / trl:.2f} |")
+    print(f"| publish → first request served (s) | {o['publish_to_served_s']:.3f} | – | – |")
+
+
+if __name__ == "__main__":
+    main()
