@@ -1,6 +1,21 @@
-"""tepo-agent: an agent runtime that tracks token entropy live and learns online with TEPO."""
+"""tepo-agent: an agent runtime that tracks token entropy live and learns online with TEPO.
 
-from tepo_agent.backends import Backend, Generation, SamplingParams
+The public API. Light names (records, errors, the store and registry) load eagerly; names that
+need torch, transformers or LangGraph load on first access, so a process that only reads the
+store or talks HTTP stays fast to start::
+
+    from tepo_agent import TepoAgent, TransformersBackend, ChatFormat, TrajectoryStore
+
+The trainer (``tepo_agent.trainer``) is never imported from here: serving must not load training
+code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.errors import (
     BackendError,
     BackendUnavailableError,
@@ -18,27 +33,80 @@ from tepo_agent.registry import PolicyRecord, PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trajectory import Trajectory, Turn
 
+if TYPE_CHECKING:
+    from tepo_agent.agent import AgentResult, TepoAgent
+    from tepo_agent.agent_state import AgentConfig
+    from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
+    from tepo_agent.backends.transformers_backend import TransformersBackend
+    from tepo_agent.callbacks import TrajectoryRecorder
+    from tepo_agent.chat_format import ChatFormat, ParsedTurn, ToolCall
+    from tepo_agent.chat_model import TepoChatModel
+    from tepo_agent.default_model import ensure_default_model, init_model
+
 __version__ = "0.1.0"
 
+_LAZY: dict[str, str] = {
+    "AgentConfig": "tepo_agent.agent_state",
+    "AgentResult": "tepo_agent.agent",
+    "ChatFormat": "tepo_agent.chat_format",
+    "HttpBackend": "tepo_agent.backends.http_backend",
+    "HttpBackendConfig": "tepo_agent.backends.http_backend",
+    "ParsedTurn": "tepo_agent.chat_format",
+    "TepoAgent": "tepo_agent.agent",
+    "TepoChatModel": "tepo_agent.chat_model",
+    "ToolCall": "tepo_agent.chat_format",
+    "TrajectoryRecorder": "tepo_agent.callbacks",
+    "TransformersBackend": "tepo_agent.backends.transformers_backend",
+    "ensure_default_model": "tepo_agent.default_model",
+    "init_model": "tepo_agent.default_model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tepo_agent' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
+    "AgentConfig",
+    "AgentResult",
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "ChatFormat",
     "ChatFormatError",
     "ConfigError",
     "Generation",
+    "HttpBackend",
+    "HttpBackendConfig",
     "ModelLoadError",
+    "ParsedTurn",
     "PolicyRecord",
     "PolicyRegistry",
     "PublishError",
     "SamplingParams",
     "SandboxError",
     "StoreError",
+    "TepoAgent",
+    "TepoChatModel",
     "TepoError",
+    "ToolCall",
     "ToolError",
     "TrainerError",
     "Trajectory",
+    "TrajectoryRecorder",
     "TrajectoryStore",
+    "TransformersBackend",
     "Turn",
     "__version__",
+    "ensure_default_model",
+    "init_model",
 ]
