@@ -21,7 +21,6 @@ def test_export_list_is_complete():
     }
     assert public <= set(tepo_agent.__all__)
     assert len(set(tepo_agent.__all__)) == len(tepo_agent.__all__)
-    )
 
 
 def test_unknown_names_raise_attribute_error():
