@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from tepo_agent.errors import TepoError
 
 _COMMANDS: tuple[str, ...] = (
+    "demo",
     "generate",
     "bootstrap",
     "run",
