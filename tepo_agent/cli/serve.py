@@ -2,6 +2,7 @@
 
     tepo-agent serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
                      [--max-batch-size 8] [--device auto] [--dtype auto] [--api-key KEY]
+                     [--db tepo-agent.db]
 
 Without ``--model`` it serves the embedded default model (built on first use). The API key comes
 from ``--api-key`` or, when that is absent, ``TEPO_AGENT_API_KEY`` (read once, at start).
@@ -38,6 +39,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--api-key", help="require `Authorization: Bearer KEY` (default: $TEPO_AGENT_API_KEY)"
     )
+    parser.add_argument(
+        "--db",
+        help="follow the policy registry in this trajectory database: each newly live version "
+        "is hot-swapped in between requests",
+    )
+    parser.add_argument(
+        "--poll-s", type=float, default=1.0, help="registry poll interval with --db (default 1)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -58,10 +67,22 @@ def run(args: argparse.Namespace) -> int:
     backend = TransformersBackend.from_pretrained(
         model_dir, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size
     )
+    follower = None
+    if args.db:
+        from tepo_agent.hotswap import InProcessTarget, PolicyFollower
+
+        # The model directory serves until the registry names a live version; from then on
+        # each newly live version is loaded between batches (never inside a request).
+        follower = PolicyFollower(args.db, InProcessTarget(backend), current_version=-1)
+        follower.on_swap = lambda rec: print(f"tepo-agent serve: now serving v{rec.version}")
+        follower.poll_once()
+        follower.start(poll_interval_s=args.poll_s)
     try:
         app = create_app(backend, chat_format, model_name=name, api_key=api_key)
         print(f"tepo-agent serve: {name} from {model_dir} on http://{args.host}:{args.port}")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        if follower is not None:
+            follower.stop()
         backend.close()
     return 0
