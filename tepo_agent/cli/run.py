@@ -114,17 +114,25 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     backend = _backend(args, model_dir)
-    try:
-        with TrajectoryStore(args.db or default_db_path()) as store:
-            agent = TepoAgent(
-                backend, chat_format, default_tools(args.search_db), config, store=store
-            )
+
+    async def answer(agent: TepoAgent) -> list[AgentResult]:
+        # One event loop for the runs and the close: an HTTP client's pooled connections belong
+        # to the loop that opened them, and closing them from another loop fails.
+        try:
             if args.samples == 1:
-                results = [agent.run(args.question, app_tag="cli")]
-            else:
-                results = agent.run_group(args.question, args.samples, app_tag="cli")
-    finally:
+                return [await agent.arun(args.question, app_tag="cli")]
+            return await agent.arun_group(args.question, args.samples, app_tag="cli")
+        finally:
+            await backend.aclose()
+
+    try:
+        store = TrajectoryStore(args.db or default_db_path())
+    except BaseException:
         run_sync(backend.aclose())
+        raise
+    with store:
+        agent = TepoAgent(backend, chat_format, default_tools(args.search_db), config, store=store)
+        results: list[AgentResult] = run_sync(answer(agent))
     if args.json:
         payload = [_describe(r) for r in results]
         print(json.dumps(payload[0] if args.samples == 1 else payload, indent=2))
