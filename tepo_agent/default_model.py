@@ -225,7 +225,11 @@ def token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
 
 @dataclass(frozen=True)
 class DefaultModelConfig:
-    """Shape of the default Qwen2-architecture causal LM (3.28 M parameters by default).
+    """Shape of the default Qwen2-architecture causal LM (1.05 M parameters by default).
+
+    About 1 M parameters: measured on 2 CPU cores, such a model samples ~560 tokens/s at batch 1
+    and trains at ~11,000 tokens/s, so the bootstrap SFT and the demo's training steps take
+    minutes, not hours. Head size 64 (128 / 2 heads) is one vLLM's CPU attention supports.
 
     The vocabulary is the default tokenizer's (``VOCAB_SIZE`` = 512), never configured here: a
     larger output layer would put probability mass on ids no text maps to and bias the entropy.
@@ -240,14 +244,14 @@ class DefaultModelConfig:
         rope_theta: RoPE base frequency.
         rms_norm_eps: RMSNorm epsilon.
         initializer_range: Standard deviation of the random initial weights.
-        tie_word_embeddings: Share the input embedding with the output layer (saves 131 k params).
+        tie_word_embeddings: Share the input embedding with the output layer (saves 65 k params).
     """
 
-    hidden_size: int = 256
-    intermediate_size: int = 768
+    hidden_size: int = 128
+    intermediate_size: int = 512
     num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 2
+    num_key_value_heads: int = 1
     max_position_embeddings: int = 4096
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-6

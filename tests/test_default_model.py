@@ -103,7 +103,7 @@ def test_init_model_refuses_a_non_empty_directory(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"hidden_size": 250}, "multiple of num_attention_heads"),
+        ({"hidden_size": 129}, "multiple of num_attention_heads"),
         ({"num_key_value_heads": 3}, "multiple of num_key_value_heads"),
         ({"num_hidden_layers": 0}, "num_hidden_layers must be >= 1"),
         ({"rms_norm_eps": 0.0}, "must be > 0"),

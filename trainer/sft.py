@@ -83,7 +83,7 @@ class SFTConfig:
         seed: Shuffling and dropout seed.
     """
 
-    steps: int = 400
+    steps: int = 300
     batch_size: int = 16
     lr: float = 3e-3
     warmup_steps: int = 20
