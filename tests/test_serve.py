@@ -458,3 +458,24 @@ def test_cli_serve_starts_a_server_with_the_env_api_key(model_dir: Path) -> None
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+async def test_server_estimator_reads_serves_exact_entropies(
+    server: tuple[LiveServer, TransformersBackend], model_dir: Path, fmt: ChatFormat
+) -> None:
+    live, served = server
+    local = TransformersBackend.from_pretrained(model_dir, device="cpu")
+    config = HttpBackendConfig(live.url, NAME, api_key=KEY, entropy_estimator="server")
+    remote = HttpBackend(config, vocab_size=served.vocab_size)
+    try:
+        # logprobs=0: serve skips the top-k pass, yet the client gets exact entropies.
+        assert remote.build_completion_request([1, 2], SamplingParams())["logprobs"] == 0
+        params = SamplingParams(max_tokens=16, temperature=0)
+        prompt = fmt.render(MESSAGES, TOOLS)
+        want = await local.generate(prompt, params)
+        got = await remote.generate(prompt, params)
+        assert got.entropy_kind == "exact" and got.entropy_lower is None
+        assert got.entropies == pytest.approx(want.entropies, abs=1e-4)
+    finally:
+        await remote.aclose()
+        await local.aclose()

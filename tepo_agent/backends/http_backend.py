@@ -40,7 +40,7 @@ import httpx
 from tepo_agent.backends.base import Generation, SamplingParams
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
 
-EntropyEstimator = Literal["topk", "surprisal"]
+EntropyEstimator = Literal["topk", "surprisal", "server"]
 
 _TOKEN_ID_KEY = re.compile(r"^token_id:(\d+)$")
 _VERSION_LABEL = re.compile(r"(\d+)$")
@@ -55,7 +55,10 @@ class HttpBackendConfig:
         model: The served model name (or a LoRA adapter's ``lora_name``) sent as ``model``.
         api_key: Sent as ``Authorization: Bearer <key>`` when set.
         entropy_estimator: ``"topk"`` (estimate + bounds from ``top_logprobs`` alternatives;
-            costs throughput) or ``"surprisal"`` (the sampled token's ``-log p``; cheapest).
+            costs throughput), ``"surprisal"`` (the sampled token's ``-log p``; cheapest), or
+            ``"server"``: the exact per-token entropies the server computes itself
+            (``tepo-agent serve``'s ``entropies`` extension field), at the cost of
+            ``"surprisal"``; a server that does not return them is an error.
         top_logprobs: k for the ``"topk"`` estimator. vLLM caps it with ``--max-logprobs``
             (default 20).
         timeout_s: Read/write timeout of one request, in seconds (a long generation needs it).
@@ -89,9 +92,10 @@ class HttpBackendConfig:
             )
         if not self.model:
             raise ConfigError("model must name the served model (see GET /v1/models)")
-        if self.entropy_estimator not in ("topk", "surprisal"):
+        if self.entropy_estimator not in ("topk", "surprisal", "server"):
             raise ConfigError(
-                f"entropy_estimator must be 'topk' or 'surprisal', got {self.entropy_estimator!r}"
+                "entropy_estimator must be 'topk', 'surprisal' or 'server', got "
+                f"{self.entropy_estimator!r}"
             )
         if self.top_logprobs < 1:
             raise ConfigError(f"top_logprobs must be >= 1, got {self.top_logprobs}")
@@ -273,6 +277,27 @@ class HttpBackend:
                 f"'length'); the server aborted it, see its log"
             )
         version = self._generation_version(choice.get("weight_versions"))
+        if self.config.entropy_estimator == "server":
+            exact = choice.get("entropies")
+            if (
+                choice.get("entropy_kind") != "exact"
+                or not isinstance(exact, list)
+                or len(exact) != len(token_ids)
+            ):
+                raise BackendError(
+                    f"{self.url} returned no exact per-token entropies (choices[0].entropies); "
+                    "entropy_estimator='server' needs tepo-agent serve, use 'surprisal' or "
+                    "'topk' with vLLM"
+                )
+            return Generation(
+                prompt_token_ids=prompt_token_ids,
+                token_ids=token_ids,
+                logprobs=logprobs,
+                entropies=tuple(float(h) for h in exact),
+                entropy_kind="exact",
+                finish_reason=finish_reason,
+                policy_version=version,
+            )
         if self.config.entropy_estimator == "surprisal":
             return Generation(
                 prompt_token_ids=prompt_token_ids,

@@ -39,6 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", metavar="DIR", help="model directory (default: see above)")
     parser.add_argument("--base-url", metavar="URL", help="OpenAI/vLLM server root")
     parser.add_argument("--served-model", metavar="NAME", help="model name on that server")
+    parser.add_argument(
+        "--entropy",
+        choices=("topk", "surprisal", "server"),
+        default="topk",
+        help="with --base-url: live entropy from top-20 logprobs with bounds (default), the "
+        "sampled token's surprisal (cheapest), or the server's exact values (tepo-agent serve)",
+    )
     parser.add_argument("--db", metavar="PATH", help="trajectory store (default: $TEPO_AGENT_DB "
                         "or ./tepo-agent.db)")  # fmt: skip
     parser.add_argument("--samples", type=int, default=1, metavar="G", help="group size (1)")
@@ -60,7 +67,9 @@ def _backend(args: argparse.Namespace, model_dir: Path) -> Backend:
             raise ConfigError("--base-url needs --served-model NAME (the model the server serves)")
         config = json.loads((model_dir / "config.json").read_text())
         return HttpBackend(
-            HttpBackendConfig(base_url=args.base_url, model=args.served_model),
+            HttpBackendConfig(
+                base_url=args.base_url, model=args.served_model, entropy_estimator=args.entropy
+            ),
             vocab_size=int(config["vocab_size"]),
         )
     from tepo_agent.backends.transformers_backend import TransformersBackend
