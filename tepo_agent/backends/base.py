@@ -64,7 +64,9 @@ class SamplingParams:
         if not (0 < self.top_p <= 1):
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < -1:
-            raise ConfigError(f"top_k must be -1 (disabled), 0 (disabled) or >= 1, got {self.top_k}")
+            raise ConfigError(
+                f"top_k must be -1 (disabled), 0 (disabled) or >= 1, got {self.top_k}"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -117,9 +119,7 @@ class Backend(Protocol):
         """Size of the model's output distribution (for entropy bounds)."""
         ...
 
-    async def generate(
-        self, prompt_token_ids: Sequence[int], params: SamplingParams
-    ) -> Generation:
+    async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> Generation:
         """Sample one completion for a token-id prompt."""
         ...
 
