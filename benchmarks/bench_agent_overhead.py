@@ -20,7 +20,7 @@ from tepo_agent.agent import AgentConfig, TepoAgent
 from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import ensure_default_model
+from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tools import make_calculator_tool
 
@@ -60,17 +60,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--model", type=Path, default=None, help="default: the default model")
+    parser.add_argument(
+        "--model", type=Path, default=None, help="default: the bootstrapped default model if built"
+    )
     args = parser.parse_args()
 
-    model_dir = args.model or ensure_default_model()
+    model_dir = resolve_model_dir(str(args.model) if args.model else None)
+    tools = [make_calculator_tool()]
+    if (model_dir / "world").is_dir():  # a bootstrapped model knows its world's compact schemas
+        from tepo_agent.trainer.bootstrap import world_tools
+
+        tools = [t for t in world_tools(model_dir / "world") if t.name == "calculator"]
     chat_format = ChatFormat.from_pretrained(model_dir)
     inner = TransformersBackend.from_pretrained(model_dir, device="cpu", max_batch_size=1)
     backend = TimedBackend(inner)
     config = AgentConfig(max_new_tokens=args.max_new_tokens, max_tool_calls=2, seed=0)
     questions = [f"What is {17 + i} * {23 + i}?" for i in range(args.runs)]
     with tempfile.TemporaryDirectory() as tmp, TrajectoryStore(Path(tmp) / "b.db") as store:
-        agent = TepoAgent(backend, chat_format, [make_calculator_tool()], config, store=store)
+        agent = TepoAgent(backend, chat_format, tools, config, store=store)
         agent.run("warm-up")  # first call pays for lazy initialisation
         backend.seconds, backend.calls, backend.tokens = 0.0, 0, 0
         tool_calls = 0
