@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from _vllm_reference import exact_stats, http_backend
@@ -123,15 +124,19 @@ async def test_a_published_lora_adapter_is_served_by_vllm_on_the_next_request(
     assert adapter == f"tepo-v{version}"
 
     base = follower.registry.get(0)
-    with (
-        _in_process(default_model_dir, record, base) as expected,
-        TransformersBackend.from_pretrained(default_model_dir, device="cpu") as original,
-    ):
-        _assert_serves(await _served(vllm_server, prompts, adapter), expected, original)
-        # the base model's name still serves the base weights
-        for gen in await _served(vllm_server, prompts, vllm_server.model_name):
-            old, _ = exact_stats(original.model, gen.prompt_token_ids, gen.token_ids)
-            assert gen.logprobs == pytest.approx(old, abs=LOGPROB_TOL)
+    try:
+        with (
+            _in_process(default_model_dir, record, base) as expected,
+            TransformersBackend.from_pretrained(default_model_dir, device="cpu") as original,
+        ):
+            _assert_serves(await _served(vllm_server, prompts, adapter), expected, original)
+            # the base model's name still serves the base weights
+            for gen in await _served(vllm_server, prompts, vllm_server.model_name):
+                old, _ = exact_stats(original.model, gen.prompt_token_ids, gen.token_ids)
+                assert gen.logprobs == pytest.approx(old, abs=LOGPROB_TOL)
+    finally:  # leave the session server serving only its base model (GET /v1/models)
+        unload = f"{vllm_server.base_url}/v1/unload_lora_adapter"
+        httpx.post(unload, json={"lora_name": adapter}, timeout=60).raise_for_status()
 
 
 async def _swap_full_and_roll_back(
