@@ -24,7 +24,8 @@ from tepo_agent.backends.base import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
 
-PROTOCOL = Path("/work/shared/vllm-0.33-protocol")
+# vLLM 0.33's own request/response schemas (pydantic model_json_schema), vendored from shared/.
+PROTOCOL = Path(__file__).parent / "data" / "vllm-0.33-protocol"
 VOCAB = 512
 
 

@@ -33,7 +33,8 @@ from tepo_agent.default_model import DefaultModelConfig, init_model
 from tepo_agent.server.app import create_app
 
 MAX_LEN = 512
-PROTOCOL = Path("/work/shared/vllm-0.33-protocol")
+# vLLM 0.33's own request/response schemas (pydantic model_json_schema), vendored from shared/.
+PROTOCOL = Path(__file__).parent / "data" / "vllm-0.33-protocol"
 NAME = "tiny"
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}

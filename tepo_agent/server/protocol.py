@@ -1,6 +1,6 @@
 """The request bodies ``tepo-agent serve`` accepts, and its OpenAI-style errors.
 
-A subset of vLLM 0.33's OpenAI protocol (``/work/shared/vllm-0.33-protocol``): the fields an
+A subset of vLLM 0.33's OpenAI protocol (``tests/data/vllm-0.33-protocol``): the fields an
 agent runtime sends, vLLM's extensions included (``return_token_ids``,
 ``return_tokens_as_token_ids``, ``return_weight_versions``, ``stop_token_ids``, ``top_k``).
 Unknown fields are accepted and ignored, as vLLM does. Values the server cannot honour are
