@@ -160,6 +160,6 @@ def sft(
         opt.step()
         losses.append(loss.item())
         if on_step is not None:
-            on_step(step, float(loss))
+            on_step(step, losses[-1])
     model.eval()
     return losses
