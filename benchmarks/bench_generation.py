@@ -3,7 +3,8 @@
 Measures, in one run, side by side:
 1. tokens/s with and without exact entropy tracking (target: < 2% overhead), batch 1 and 8;
 2. 8 concurrent requests against 8 single requests in turn (target: >= 4x the throughput);
-3. ``tepo-agent serve`` + the HTTP backend against the in-process backend (ratio);
+3. ``tepo-agent serve`` + the HTTP backend (exact entropies from the server, ``logprobs=0``)
+   against the in-process backend (ratio);
 4. the error of the top-k entropy estimate against the exact entropy for k = 1, 5, 10, 20 (and
    of the sampled-token surprisal) on the model's own sampled agent trajectories: mean absolute
    error per token, how often the bounds hold, and how often the sign of ΔH agrees with the exact.
@@ -16,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,51 +81,99 @@ def throughput(
 def entropy_overhead(
     model_dir: Path, ps: list[list[int]], params: SamplingParams, repeats: int
 ) -> list[tuple[str, float, float]]:
-    on = TransformersBackend.from_pretrained(model_dir, device="cpu", compute_entropy=True)
-    off = TransformersBackend.from_pretrained(model_dir, device="cpu", compute_entropy=False)
-    rows = []
-    try:
-        for b in (on, off):  # warm-up: first calls pay for allocation and kernel selection
-            throughput(b, ps[:8], params, True)
-        for label, batch, concurrent in (("batch 1", ps[:4], False), ("batch 8", ps[:8], True)):
-            r_on, r_off = [], []
-            for _ in range(repeats):  # interleaved, so drift hits both alike
-                r_off.append(throughput(off, batch, params, concurrent))
-                r_on.append(throughput(on, batch, params, concurrent))
-            rows.append((label, statistics.median(r_on), statistics.median(r_off)))
-    finally:
-        on.close()
-        off.close()
-    return rows
+    """Tokens/s with and without exact entropy, interleaved repeats, one backend alive at a time.
+
+    Only one backend lives at any moment: measured here, a second, idle TransformersBackend in
+    the same process halves the first one's batch-8 throughput (its worker's OpenMP team
+    competes for the 2 cores), which would swamp the effect being measured.
+    """
+    cases = (("batch 1", ps[:4], False), ("batch 8", ps[:8], True))
+    runs: dict[tuple[str, bool], list[float]] = {
+        (label, e): [] for label, _, _ in cases for e in (True, False)
+    }
+    for _ in range(repeats):
+        for entropy in (False, True):
+            backend = TransformersBackend.from_pretrained(
+                model_dir, device="cpu", compute_entropy=entropy
+            )
+            try:
+                throughput(backend, ps[:8], params, True)  # warm-up
+                for label, batch, concurrent in cases:
+                    runs[(label, entropy)].append(throughput(backend, batch, params, concurrent))
+            finally:
+                backend.close()
+    return [
+        (label, statistics.median(runs[(label, True)]), statistics.median(runs[(label, False)]))
+        for label, _, _ in cases
+    ]
+
+
+def entropy_kernel_share(vocab: int, step_s: float, batch: int) -> tuple[float, float]:
+    """Microseconds per decode step that exact entropy adds (its kernels alone, timed over many
+    calls on (batch, V) logits: less noisy than end-to-end tokens/s), and their share of a step."""
+    from tepo_agent.entropy import token_logprobs_and_entropy
+
+    logits = torch.randn(batch, vocab)
+    ids = logits.argmax(-1)
+
+    def with_entropy() -> None:
+        token_logprobs_and_entropy(logits, ids)[1].tolist()
+
+    def without() -> None:  # what the backend does with compute_entropy=False
+        lp = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        torch.full_like(lp, math.nan).tolist()
+
+    n = 5000
+    times = []
+    for fn in (with_entropy, without) * 3:
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - start) / n)
+    extra = statistics.median(times[0::2]) - statistics.median(times[1::2])
+    return 1e6 * extra, extra / step_s
 
 
 def serve_ratio(
     model_dir: Path, ps: list[list[int]], params: SamplingParams, vocab: int, repeats: int
 ) -> list[tuple[str, float, float]]:
-    port = free_port()
-    proc = start_serve(model_dir, port, "--device", "cpu")
-    local = TransformersBackend.from_pretrained(model_dir, device="cpu")
-    rows = []
-    try:
-        import httpx
+    """Tokens/s through `tepo-agent serve` + HttpBackend and in process.
 
-        served = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"]
-        cfg = HttpBackendConfig(
-            base_url=f"http://127.0.0.1:{port}", model=served, entropy_estimator="surprisal"
-        )
-        throughput(local, ps[:8], params, True)  # warm-up both sides
-        throughput(cfg, ps[:8], params, True, vocab)
-        for label, batch, concurrent in (("batch 1", ps[:4], False), ("batch 8", ps[:8], True)):
-            r_http, r_local = [], []
-            for _ in range(repeats):
-                r_local.append(throughput(local, batch, params, concurrent))
-                r_http.append(throughput(cfg, batch, params, concurrent, vocab))
-            rows.append((label, statistics.median(r_http), statistics.median(r_local)))
+    Measured in two phases (in process first, with no server running; then the server): on two
+    cores, a second process or backend holding a warm PyTorch thread pool takes CPU from the one
+    being measured, which would make either side look slower than it is.
+    """
+    import httpx
+
+    cases = (("batch 1", ps[:4], False), ("batch 8", ps[:8], True))
+    r_http: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    r_local: dict[str, list[float]] = {label: [] for label, _, _ in cases}
+    local = TransformersBackend.from_pretrained(model_dir, device="cpu")
+    try:
+        throughput(local, ps[:8], params, True)  # warm-up
+        for _ in range(repeats):
+            for label, batch, concurrent in cases:
+                r_local[label].append(throughput(local, batch, params, concurrent))
     finally:
         local.close()
+    port = free_port()
+    proc = start_serve(model_dir, port, "--device", "cpu")
+    try:
+        served = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"][0]["id"]
+        cfg = HttpBackendConfig(
+            base_url=f"http://127.0.0.1:{port}", model=served, entropy_estimator="server"
+        )
+        throughput(cfg, ps[:8], params, True, vocab)  # warm-up
+        for _ in range(repeats):
+            for label, batch, concurrent in cases:
+                r_http[label].append(throughput(cfg, batch, params, concurrent, vocab))
+    finally:
         proc.terminate()
         proc.wait(30)
-    return rows
+    return [
+        (label, statistics.median(r_http[label]), statistics.median(r_local[label]))
+        for label, _, _ in cases
+    ]
 
 
 def estimator_errors(
@@ -199,44 +251,40 @@ def estimator_errors(
     return mae, agree, held, tokens, deltas
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="model directory (default: bootstrapped or init)")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--agent-runs", type=int, default=24)
-    parser.add_argument("--skip-serve", action="store_true")
-    args = parser.parse_args()
-    model_dir = resolve_model_dir(args.model)
-    fmt = ChatFormat.from_pretrained(model_dir)
-    ps = prompts(fmt, 8)
-    # Fixed-length decoding (no stop tokens beyond the model's own: greedy on the random model
-    # never stops early; on the bootstrapped one lengths are identical across the compared runs).
-    params = SamplingParams(max_tokens=args.new_tokens, temperature=0.0)
-    print(
-        f"# bench_generation\n\nmodel: `{model_dir}`  \nmachine: {machine()}  \n"
-        f"new tokens per request: {args.new_tokens}, repeats: {args.repeats} (median)\n"
-    )
-
+def _section_entropy(args: argparse.Namespace, model_dir: Path, ps: list[list[int]],
+                     params: SamplingParams) -> None:  # fmt: skip
     print("## 1. Exact entropy tracking overhead (in process)\n")
     print("| batch | tokens/s with entropy | tokens/s without | overhead |\n|---|---|---|---|")
     rows = entropy_overhead(model_dir, ps, params, args.repeats)
     for label, r_on, r_off in rows:
         print(f"| {label} | {r_on:,.0f} | {r_off:,.0f} | {100 * (r_off / r_on - 1):+.1f}% |")
     b1, b8 = rows[0][1], rows[1][1]
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    for label, batch, rate in (("batch 1", 1, b1), ("batch 8", 8, b8)):
+        us, share = entropy_kernel_share(vocab, batch / rate, batch)
+        print(
+            f"\nentropy kernels alone, {label}: +{us:.1f} µs per decode step = "
+            f"**{100 * share:.2f}%** of a step ({1e3 * batch / rate:.2f} ms)",
+            end="",
+        )
+    print()
     print(
         f"\n## 2. Batching\n\n8 concurrent requests: {b8:,.0f} tokens/s; one at a time: "
         f"{b1:,.0f} tokens/s; ratio **{b8 / b1:.2f}x**\n"
     )
 
-    if not args.skip_serve:
-        print("## 3. `tepo-agent serve` + HTTP backend against in process\n")
-        print("| batch | serve tokens/s | in-process tokens/s | ratio |\n|---|---|---|---|")
-        vocab = TransformersBackend.from_pretrained(model_dir, device="cpu").vocab_size
-        for label, r_http, r_local in serve_ratio(model_dir, ps, params, vocab, args.repeats):
-            print(f"| {label} | {r_http:,.0f} | {r_local:,.0f} | {r_http / r_local:.2f} |")
-        print()
 
+def _section_serve(args: argparse.Namespace, model_dir: Path, ps: list[list[int]],
+                   params: SamplingParams) -> None:  # fmt: skip
+    vocab = json.loads((model_dir / "config.json").read_text())["vocab_size"]
+    print("## 3. `tepo-agent serve` + HTTP backend against in process\n")
+    print("| batch | serve tokens/s | in-process tokens/s | ratio |\n|---|---|---|---|")
+    for label, r_http, r_local in serve_ratio(model_dir, ps, params, vocab, args.repeats):
+        print(f"| {label} | {r_http:,.0f} | {r_local:,.0f} | {r_http / r_local:.2f} |")
+    print()
+
+
+def _section_estimators(args: argparse.Namespace, model_dir: Path) -> None:
     print("## 4. Live entropy estimators against the exact entropy\n")
     mae, agree, held, tokens, deltas = estimator_errors(model_dir, args.agent_runs)
     print(
@@ -249,6 +297,47 @@ def main() -> None:
     for name in mae:
         bounds = f"{100 * held[name]:.1f}%" if name in held else "n/a"
         print(f"| {name} | {mae[name]:.4f} | {bounds} | {100 * agree[name]:.1f}% |")
+
+
+SECTIONS = ("entropy", "serve", "estimators")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="model directory (default: bootstrapped or init)")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--agent-runs", type=int, default=24)
+    parser.add_argument("--section", choices=SECTIONS, help="run one section in this process")
+    args = parser.parse_args()
+    model_dir = resolve_model_dir(args.model)
+    if args.section is None:
+        # Each section in a fresh process: on 2 cores, PyTorch thread pools left warm by one
+        # section's backends measurably slow the next section's (seen: batch 8 halved).
+        print(
+            f"# bench_generation\n\nmodel: `{model_dir}`  \nmachine: {machine()}  \n"
+            f"new tokens per request: {args.new_tokens}, repeats: {args.repeats} (median); "
+            "each section in its own process\n",
+            flush=True,
+        )
+        for section in SECTIONS:
+            subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_generation", "--section", section,
+                 "--model", str(model_dir), "--new-tokens", str(args.new_tokens),
+                 "--repeats", str(args.repeats), "--agent-runs", str(args.agent_runs)],
+                check=True,
+            )  # fmt: skip
+        return
+    fmt = ChatFormat.from_pretrained(model_dir)
+    ps = prompts(fmt, 8)
+    # Greedy, fixed prompts: the compared runs decode exactly the same tokens.
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0.0)
+    if args.section == "entropy":
+        _section_entropy(args, model_dir, ps, params)
+    elif args.section == "serve":
+        _section_serve(args, model_dir, ps, params)
+    else:
+        _section_estimators(args, model_dir)
 
 
 if __name__ == "__main__":
