@@ -89,12 +89,16 @@ def world_tools(world_dir: Path) -> list[BaseTool]:
     def calculate(expression: str) -> str:
         return str(calculator.invoke({"expression": expression}))
 
+    async def acalculate(expression: str) -> str:  # inline: cheaper than an executor thread
+        return calculate(expression)
+
     def search_kb(query: str) -> str:
         return str(search.invoke({"query": query, "k": SEARCH_HITS}))
 
     return [
         StructuredTool.from_function(
             func=calculate,
+            coroutine=acalculate,
             name="calculator",
             description="Evaluate arithmetic.",
             args_schema=_CalculatorArgs,
