@@ -34,7 +34,7 @@ from tepo_agent.hotswap import InProcessTarget, PolicyFollower
 from tepo_agent.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks import KnowledgeBase, Task, knowledge_suite, math_suite
-from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model, world_tools
+from tepo_agent.trainer.bootstrap import build_world, ensure_bootstrapped_model, world_tools
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workdir", default="tepo-demo", help="default: ./tepo-demo")
+    parser.add_argument(
+        "--model",
+        metavar="DIR",
+        help="a local Hugging Face model directory to use instead of the bootstrapped default",
+    )
     parser.add_argument("--backend", choices=("inprocess", "vllm"), default="inprocess")
     parser.add_argument("--tasks", type=int, default=8, help="collection tasks (default 8)")
     parser.add_argument("--group", type=int, default=4, help="samples per task (default 4)")
@@ -112,11 +117,10 @@ def _summary(rows: list[tuple[Task, AgentResult, float]]) -> dict[int, str]:
     for version, items in sorted(by_version.items()):
         calls = [c for res, _ in items for c in res.tool_calls]
         deltas = [c["delta_entropy"] for c in calls if c["delta_entropy"] is not None]
-        reducing = sum(d < 0 for d in deltas) / len(deltas) if deltas else float("nan")
+        reducing = f"{100 * sum(d < 0 for d in deltas) / len(deltas):.0f}%" if deltas else "n/a"
         lines[version] = (
             f"v{version}: {len(items)} runs, accuracy {statistics.fmean(s for _, s in items):.2f}, "
-            f"{len(calls) / len(items):.2f} tool calls/run, entropy-reducing calls "
-            f"{100 * reducing:.0f}%"
+            f"{len(calls) / len(items):.2f} tool calls/run, entropy-reducing calls {reducing}"
         )
     return lines
 
@@ -149,9 +153,17 @@ def run(args: argparse.Namespace) -> int:
     db = work / "tepo-agent.db"
     started = time.perf_counter()
 
-    print("[1/6] default model (bootstrapped by SFT on tool-use demonstrations; built once)")
-    model_dir = ensure_bootstrapped_model()
-    print(f"  {model_dir}")
+    if args.model:
+        model_dir = Path(args.model)
+        world_dir = work / "world"
+        print(f"[1/6] model {model_dir}; the tasks' knowledge base indexed in {world_dir}")
+        if not (world_dir / "search.db").is_file():
+            build_world(0, world_dir)
+    else:
+        print("[1/6] default model (bootstrapped by SFT on tool-use demonstrations; built once)")
+        model_dir = ensure_bootstrapped_model()
+        world_dir = model_dir / "world"
+        print(f"  {model_dir}")
 
     print(f"[2/6] serving ({args.backend}) and following the policy registry in {db}")
     store = TrajectoryStore(db)
@@ -169,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     agent = TepoAgent(
         backend,
         fmt,
-        world_tools(model_dir / "world"),
+        world_tools(world_dir),
         config=AgentConfig(max_tool_calls=4, max_new_tokens=64, temperature=1.0, seed=args.seed),
         store=store,
     )
