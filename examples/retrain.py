@@ -38,15 +38,16 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.default_model import default_home, ensure_default_model
+from tepo_agent.default_model import ensure_default_model
 from tepo_agent.hotswap import InProcessTarget, PolicyFollower
+from tepo_agent.paths import bootstrapped_model_dir
 from tepo_agent.tasks import math_suite
 from tepo_agent.tools import make_calculator_tool
 
 
 def default_model_dir() -> Path:
     """The bootstrapped default model if it has been built, else the random-weight default."""
-    boot = default_home() / "models" / "default-sft-v1"
+    boot = bootstrapped_model_dir()
     return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
 
 

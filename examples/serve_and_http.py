@@ -40,9 +40,10 @@ QUESTIONS = ["What is 17 * 23?", "What is 2 to the power 10?", "What is 144 / 12
 
 def default_model_dir() -> Path:
     """The bootstrapped default model if it has been built, else the random-weight default."""
-    from tepo_agent.default_model import default_home, ensure_default_model
+    from tepo_agent.default_model import ensure_default_model
+    from tepo_agent.paths import bootstrapped_model_dir
 
-    boot = default_home() / "models" / "default-sft-v1"
+    boot = bootstrapped_model_dir()
     return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
 
 

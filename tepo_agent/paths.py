@@ -11,3 +11,12 @@ def default_home() -> Path:
     import, so tests and applications can point it elsewhere)."""
     home = os.environ.get("TEPO_AGENT_HOME")
     return Path(home).expanduser() if home else Path.home() / ".cache" / "tepo-agent"
+
+
+BOOTSTRAPPED_MODEL_NAME = "default-sft-v1"
+"""Directory name, under ``default_home()/models``, of the SFT-bootstrapped default model."""
+
+
+def bootstrapped_model_dir() -> Path:
+    """Where ``tepo-agent bootstrap`` caches the bootstrapped default model."""
+    return default_home() / "models" / BOOTSTRAPPED_MODEL_NAME

@@ -30,8 +30,9 @@ from pydantic import BaseModel
 from tqdm import tqdm
 
 from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import DefaultModelConfig, default_home, init_model
+from tepo_agent.default_model import DefaultModelConfig, init_model
 from tepo_agent.model_io import load_causal_lm
+from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME, bootstrapped_model_dir
 from tepo_agent.tasks import KnowledgeBase, deep_search_suite, knowledge_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
 from tepo_agent.tools.calculator import make_calculator_tool
@@ -40,8 +41,6 @@ from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
 
 EVAL_SEED = 1000
 """Seed of the held-out task sets (demonstrations use seeds below it)."""
-
-BOOTSTRAP_NAME = "default-sft-v1"
 
 
 @dataclass(frozen=True)
@@ -178,11 +177,11 @@ def ensure_bootstrapped_model(cfg: BootstrapConfig = BootstrapConfig()) -> Path:
     interrupted bootstrap never leaves a half-written model behind and concurrent first calls
     are safe (one wins).
     """
-    target = default_home() / "models" / BOOTSTRAP_NAME
+    target = bootstrapped_model_dir()
     if (target / "bootstrap.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{BOOTSTRAP_NAME}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{BOOTSTRAPPED_MODEL_NAME}-", dir=target.parent))
     try:
         bootstrap_model(tmp / "m", cfg)
         try:

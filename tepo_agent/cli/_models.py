@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tepo_agent.default_model import default_home, ensure_default_model
-
-BOOTSTRAPPED = ("models", "default-sft-v1")
+from tepo_agent.default_model import ensure_default_model
+from tepo_agent.paths import bootstrapped_model_dir
 
 
 def resolve_model_dir(model: str | None) -> Path:
@@ -14,7 +13,7 @@ def resolve_model_dir(model: str | None) -> Path:
     the demo) has built it; else the random-weight default model (built on first use)."""
     if model:
         return Path(model)
-    boot = default_home().joinpath(*BOOTSTRAPPED)
+    boot = bootstrapped_model_dir()
     if (boot / "bootstrap.json").is_file():
         return boot
     return ensure_default_model()
