@@ -1,27 +1,36 @@
 """How much of an agent run's wall time is spent outside the model backend.
 
-Runs :class:`~tepo_agent.agent.TepoAgent` on the default model with the calculator tool and a
-real SQLite store, timing every ``backend.generate`` call. Everything else (prompt rendering and
-token splicing, LangGraph, tool execution, trajectory building, the store commit) is overhead.
-Prints a markdown table. Takes well under a minute on 2 CPU cores::
+Runs :class:`~tepo_agent.agent.TepoAgent` on the default model with a real SQLite store and
+times every ``backend.generate`` call. Everything else (prompt rendering and token splicing,
+LangGraph, tool execution, trajectory building, the store commit) is overhead.
 
-    python benchmarks/bench_agent_overhead.py [--runs 6] [--max-new-tokens 32]
+The agent is offered the tools the bootstrapped default model was trained with (calculator and
+search: the prompt it knows) and asked held-out arithmetic questions that need the calculator, so
+the calculator really runs; the table counts the calls that returned a result. The synchronous
+``run`` and the asynchronous ``arun`` are measured side by side in one process, alternating
+rounds, and the median round is reported. Takes about a minute on 2 CPU cores::
+
+    python benchmarks/bench_agent_overhead.py [--runs 12] [--rounds 3] [--max-new-tokens 64]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import statistics
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from tepo_agent.agent import AgentConfig, TepoAgent
+from tepo_agent.agent import AgentConfig, AgentResult, TepoAgent
 from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat_format import ChatFormat
 from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.store import TrajectoryStore
+from tepo_agent.tasks.math_tasks import math_suite
 from tepo_agent.tools import make_calculator_tool
 
 
@@ -56,10 +65,81 @@ class TimedBackend:
         await self.inner.aclose()
 
 
+class TimedStore(TrajectoryStore):
+    """A real store that adds up the wall time of its commits."""
+
+    seconds = 0.0
+
+    def add(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        try:
+            return super().add(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+@dataclass
+class Round:
+    api: str
+    runs: int
+    turns: int
+    calculator_calls: int
+    tokens: int
+    wall_s: float
+    backend_s: float
+    tools_s: float
+    store_s: float
+
+    @property
+    def outside_s(self) -> float:
+        return self.wall_s - self.backend_s
+
+    @property
+    def share(self) -> float:
+        return self.outside_s / self.wall_s
+
+
+def _round(
+    api: str,
+    agent: TepoAgent,
+    backend: TimedBackend,
+    store: TimedStore,
+    questions: list[str],
+) -> Round:
+    backend.seconds, backend.calls, backend.tokens = 0.0, 0, 0
+    store.seconds = 0.0
+    if api == "run":
+        start = time.perf_counter()
+        results = [agent.run(q) for q in questions]
+        wall = time.perf_counter() - start
+    else:
+        # timed inside the one event loop an async application already runs
+
+        async def all_runs() -> tuple[list[AgentResult], float]:
+            start = time.perf_counter()
+            done = [await agent.arun(q) for q in questions]
+            return done, time.perf_counter() - start
+
+        results, wall = asyncio.run(all_runs())
+    calls = [c for r in results for c in r.tool_calls]
+    return Round(
+        api=api,
+        runs=len(questions),
+        turns=backend.calls,
+        calculator_calls=sum(c["name"] == "calculator" and c["error"] is None for c in calls),
+        tokens=backend.tokens,
+        wall_s=wall,
+        backend_s=backend.seconds,
+        tools_s=sum(c["latency_s"] for c in calls),
+        store_s=store.seconds,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=6)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=12, help="runs per round and API")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
         "--model", type=Path, default=None, help="default: the bootstrapped default model if built"
     )
@@ -68,35 +148,50 @@ def main() -> None:
     model_dir = resolve_model_dir(str(args.model) if args.model else None)
     tools = [make_calculator_tool()]
     if (model_dir / "world").is_dir():  # a bootstrapped model knows its world's compact schemas
-        from tepo_agent.trainer.bootstrap import world_tools
+        from tepo_agent.trainer.bootstrap import EVAL_SEED, world_tools
 
-        tools = [t for t in world_tools(model_dir / "world") if t.name == "calculator"]
+        tools = world_tools(model_dir / "world")
+    else:
+        EVAL_SEED = 1000
+    tasks = [t for t in math_suite(4 * args.runs, seed=EVAL_SEED) if t.needs_tool]
+    questions = [t.question for t in tasks[: args.runs]]
     chat_format = ChatFormat.from_pretrained(model_dir)
     inner = TransformersBackend.from_pretrained(model_dir, device="cpu", max_batch_size=1)
     backend = TimedBackend(inner)
     config = AgentConfig(max_new_tokens=args.max_new_tokens, max_tool_calls=2, seed=0)
-    questions = [f"What is {17 + i} * {23 + i}?" for i in range(args.runs)]
-    with tempfile.TemporaryDirectory() as tmp, TrajectoryStore(Path(tmp) / "b.db") as store:
+    rounds: list[Round] = []
+    with tempfile.TemporaryDirectory() as tmp, TimedStore(Path(tmp) / "b.db") as store:
         agent = TepoAgent(backend, chat_format, tools, config, store=store)
-        agent.run("warm-up")  # first call pays for lazy initialisation
-        backend.seconds, backend.calls, backend.tokens = 0.0, 0, 0
-        tool_calls = 0
-        start = time.perf_counter()
-        for question in questions:
-            tool_calls += len(agent.run(question).tool_calls)
-        total = time.perf_counter() - start
+        agent.run(questions[0])  # the first call pays for lazy initialisation
+        for _ in range(args.rounds):
+            for api in ("run", "arun"):
+                rounds.append(_round(api, agent, backend, store, questions))
     inner.close()
 
-    outside = total - backend.seconds
-    print(f"Agent overhead: default model ({model_dir.name}), calculator tool, SQLite store, CPU\n")
-    print("| runs | turns | tool calls | tokens | wall s | backend s | outside s | outside share |"
-          " outside ms/run |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(
-        f"| {args.runs} | {backend.calls} | {tool_calls} | {backend.tokens} | {total:.2f} | "
-        f"{backend.seconds:.2f} | {outside:.2f} | {outside / total:.1%} | "
-        f"{1000 * outside / args.runs:.1f} |"
+        f"Agent overhead: default model ({model_dir.name}), tools "
+        f"{', '.join(t.name for t in tools)}, SQLite store, CPU; {args.rounds} rounds of "
+        f"{args.runs} held-out arithmetic questions per API, median round by share\n"
     )
+    print(
+        "| API | runs | turns | calculator calls | tokens | wall s | backend s | outside s |"
+        " outside share | outside ms/run | of which tools ms/run | store ms/run |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for api in ("run", "arun"):
+        mine = sorted((r for r in rounds if r.api == api), key=lambda r: r.share)
+        r = mine[len(mine) // 2]
+        print(
+            f"| `{api}` | {r.runs} | {r.turns} | {r.calculator_calls} | {r.tokens} | "
+            f"{r.wall_s:.2f} | {r.backend_s:.2f} | {r.outside_s:.3f} | **{r.share:.1%}** | "
+            f"{1000 * r.outside_s / r.runs:.1f} | {1000 * r.tools_s / r.runs:.2f} | "
+            f"{1000 * r.store_s / r.runs:.2f} |"
+        )
+    print()
+    for api in ("run", "arun"):
+        shares = [x.share for x in rounds if x.api == api]
+        listed = ", ".join(f"{x:.1%}" for x in shares)
+        print(f"- `{api}` share per round: {listed} (sd {statistics.pstdev(shares):.2%})")
 
 
 if __name__ == "__main__":
