@@ -28,7 +28,6 @@ It works inside ``langchain.agents.create_agent`` and inside hand-built LangGrap
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 from collections.abc import Callable, Sequence
@@ -58,6 +57,7 @@ from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.chat_format import ChatFormat
 from tepo_agent.entropy import turn_entropy
 from tepo_agent.errors import ChatFormatError, ConfigError
+from tepo_agent.sync_loop import run_sync
 
 PromptRender = Literal["fresh", "spliced", "rerendered"]
 """How a prompt was built: ``fresh`` (no assistant turns in the history: a plain render),
@@ -269,6 +269,20 @@ class TepoChatModel(BaseChatModel):
         )
         return ChatResult(generations=[ChatGeneration(message=message)])
 
+    async def asample(self, prompt: RenderedPrompt, **kwargs: Any) -> AIMessage:
+        """Sample one assistant turn for a prompt from :meth:`render_prompt`.
+
+        What ``ainvoke`` does after rendering, without LangChain's run machinery (callbacks,
+        tracing, the cache): :class:`~tepo_agent.agent.TepoAgent` renders each prompt once (it
+        checks the token budget on it) and records its runs itself. ``kwargs`` are per-call
+        sampling parameters: ``max_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``.
+        """
+        params = self._sampling_params(None, kwargs)
+        generation = await self.backend.generate(prompt.token_ids, params)
+        message = self._result(prompt, generation).generations[0].message
+        assert isinstance(message, AIMessage)
+        return message
+
     async def _agenerate(
         self,
         messages: list[BaseMessage],
@@ -296,20 +310,6 @@ class TepoChatModel(BaseChatModel):
         else:
             generation = run_sync(self.backend.generate(prompt.token_ids, params))
         return self._result(prompt, generation)
-
-
-def run_sync(coro: Any) -> Any:
-    """Run a coroutine to completion from synchronous code, even under a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    # Called synchronously from inside a loop: run the coroutine on a private loop in a thread
-    # so the caller's loop is not re-entered.
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 __all__ = [

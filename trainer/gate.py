@@ -216,7 +216,7 @@ def evaluate_policy(
         temperature=0.0,
     )
     agent = TepoAgent(backend, chat_format, tools, agent_cfg)
-    from tepo_agent.chat_model import run_sync
+    from tepo_agent.sync_loop import run_sync
 
     rows: list[tuple[float, int, int]] = run_sync(_evaluate(agent, tasks))
     calls = sum(r[1] for r in rows)

@@ -1,0 +1,84 @@
+"""The synchronous API's event loop: one per process, reused, keeps context, never deadlocks."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import multiprocessing
+import threading
+
+import pytest
+
+from tepo_agent.sync_loop import background_loop, run_sync
+
+REQUEST = contextvars.ContextVar("REQUEST", default="unset")
+
+
+async def loop_and_thread() -> tuple[asyncio.AbstractEventLoop, str]:
+    return asyncio.get_running_loop(), threading.current_thread().name
+
+
+def test_every_call_runs_on_the_same_long_lived_loop() -> None:
+    first, thread = run_sync(loop_and_thread())
+    second, _ = run_sync(loop_and_thread())
+    assert first is second is background_loop()
+    assert thread == "tepo-agent-sync-loop"
+    assert first.is_running()
+
+
+def test_results_and_exceptions_reach_the_caller() -> None:
+    async def fails() -> None:
+        raise ValueError("from the coroutine")
+
+    assert run_sync(asyncio.sleep(0, result=42)) == 42
+    with pytest.raises(ValueError, match="from the coroutine"):
+        run_sync(fails())
+
+
+def test_the_callers_context_variables_travel_with_the_coroutine() -> None:
+    async def read() -> str:
+        return REQUEST.get()
+
+    token = REQUEST.set("request-7")
+    try:
+        assert run_sync(read()) == "request-7"
+    finally:
+        REQUEST.reset(token)
+
+
+async def test_callable_from_inside_another_running_loop() -> None:
+    loop, _ = run_sync(loop_and_thread())
+    assert loop is not asyncio.get_running_loop()
+
+
+def test_a_coroutine_on_the_shared_loop_may_call_the_sync_api_again() -> None:
+    async def outer() -> int:
+        # blocking the shared loop on itself would deadlock; this runs on a private loop
+        inner: int = run_sync(asyncio.sleep(0, result=5))
+        return inner + 1
+
+    assert run_sync(outer()) == 6
+
+
+def test_a_cancelled_coroutine_raises_cancelled_in_the_caller() -> None:
+    async def cancelled() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(concurrent.futures.CancelledError):
+        run_sync(cancelled())
+
+
+def _child(queue: multiprocessing.Queue[int]) -> None:
+    queue.put(run_sync(asyncio.sleep(0, result=11)))
+
+
+def test_a_forked_child_gets_its_own_loop() -> None:
+    run_sync(asyncio.sleep(0))  # the parent's loop thread exists before the fork
+    context = multiprocessing.get_context("fork")
+    queue: multiprocessing.Queue[int] = context.Queue()
+    child = context.Process(target=_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == 11
