@@ -40,6 +40,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from tepo_agent.errors import ChatFormatError
+from tepo_agent.segment_encoder import SegmentEncoder
 
 Message = Mapping[str, Any]
 
@@ -153,6 +154,7 @@ class ChatFormat:
                 "chat/instruct model directory"
             )
         self.chat_template: str = template
+        self._segments = SegmentEncoder.create(tokenizer)
         self._closer = self._probe_closer()
         closer_ids = self.encode(self._closer)
         added = tokenizer.added_tokens_decoder
@@ -217,6 +219,8 @@ class ChatFormat:
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``; special tokens written in the text become their ids."""
+        if self._segments is not None:  # the same ids, text seen before is not re-tokenized
+            return self._segments.encode(text)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, ids: Sequence[int]) -> str:
