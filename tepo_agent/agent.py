@@ -3,11 +3,13 @@
 ::
 
     START → model ─┬─ tools → model → …
-                   └─ finish → END
+                   └─ END
 
 ``model`` samples one assistant turn with :class:`~tepo_agent.chat_model.TepoChatModel`
-(token-exact, with per-token logprobs and entropy); ``tools`` executes the calls it asked for;
-``finish`` sets the answer and the status. Model output never crashes a run: a malformed call,
+(token-exact, with per-token logprobs and entropy) and either hands its tool calls to ``tools``,
+which executes them, or ends the run: it then sets the answer and the status in the same update
+(one LangGraph step per turn, no separate finishing step). Model output never crashes a run: a
+malformed call,
 an unknown tool or a tool that raises becomes an error tool message the model reads on its next
 turn. The limits of :class:`~tepo_agent.agent_state.AgentConfig` end a run with status
 ``max_tool_calls`` or ``max_tokens``.
@@ -30,7 +32,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
@@ -49,8 +50,9 @@ from tepo_agent.agent_state import (
 from tepo_agent.agent_trajectory import build_trajectory
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat_format import ChatFormat
-from tepo_agent.chat_model import TepoChatModel, run_sync
+from tepo_agent.chat_model import TepoChatModel
 from tepo_agent.errors import ConfigError
+from tepo_agent.sync_loop import run_sync
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
 if TYPE_CHECKING:
@@ -114,25 +116,26 @@ class TepoAgent:
         graph = StateGraph(AgentState)
         graph.add_node("model", self._model_node)
         graph.add_node("tools", self._tools_node)
-        graph.add_node("finish", self._finish_node)
         graph.add_edge(START, "model")
-        graph.add_conditional_edges(
-            "model", partial(route_after_model, limits=self.config), ["tools", "finish"]
-        )
+        graph.add_conditional_edges("model", _after_model, ["tools", END])
         graph.add_edge("tools", "model")
-        graph.add_edge("finish", END)
         return graph.compile()
 
     async def _model_node(self, state: AgentState) -> dict[str, Any]:
         messages = state["messages"]
         prompt = self.model.render_prompt(messages, self.tool_schemas)
         left = self.config.max_total_tokens - len(prompt.token_ids)
-        if left < 1:
-            return {"status": "max_tokens", "prompt_tokens": len(prompt.token_ids)}
+        if left < 1:  # calls whose following turn is never sampled keep ΔH = None
+            return {
+                "status": "max_tokens",
+                "answer": None,
+                "prompt_tokens": len(prompt.token_ids),
+                "tool_calls": list(state.get("pending_calls", [])),
+                "pending_calls": [],
+            }
         turn = len(state.get("turn_entropies", []))
-        reply = await self.model.ainvoke(
-            messages,
-            tools=self.tool_schemas,
+        reply = await self.model.asample(
+            prompt,
             max_tokens=min(self.config.max_new_tokens, left),
             seed=self.config.turn_seed(state.get("sample", 0), turn),
         )
@@ -141,21 +144,28 @@ class TepoAgent:
         previous = state.get("turn_entropies", [])
         delta = h - previous[-1] if previous else None
         finished = [{**record, "delta_entropy": delta} for record in state.get("pending_calls", [])]
-        return {
+        total = len(meta["prompt_token_ids"]) + len(meta["token_ids"])
+        update: dict[str, Any] = {
             "messages": [reply],
             "turn_entropies": [h],
             "tool_calls": finished,
             "pending_calls": [],
             "prompt_tokens": len(meta["prompt_token_ids"]),
             "generated_tokens": len(meta["token_ids"]),
-            "total_tokens": len(meta["prompt_token_ids"]) + len(meta["token_ids"]),
+            "total_tokens": total,
         }
+        after: AgentState = {**state, "messages": [*messages, reply], "total_tokens": total}
+        if route_after_model(after, self.config) == "finish":
+            update["status"] = final_status(after, self.config)
+            update["answer"] = reply.text or None
+        return update
 
     async def _tools_node(self, state: AgentState) -> dict[str, Any]:
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
         jobs = [self._call_tool(c["id"] or new_id(), c["name"], c["args"]) for c in last.tool_calls]
-        results = list(await asyncio.gather(*jobs))
+        # one call runs in this task; several run concurrently
+        results = [await jobs[0]] if len(jobs) == 1 else list(await asyncio.gather(*jobs))
         for call in last.invalid_tool_calls:
             error = (
                 f"error: malformed tool call ({call.get('error') or 'unparseable'}). "
@@ -201,17 +211,6 @@ class TepoAgent:
             delta_entropy=None,
         )
         return ToolMessage(content=text, tool_call_id=call_id, name=name), record
-
-    async def _finish_node(self, state: AgentState) -> dict[str, Any]:
-        last = state["messages"][-1]
-        answer = last.text if isinstance(last, AIMessage) and last.text else None
-        # calls whose following turn was never sampled keep ΔH = None
-        return {
-            "status": final_status(state, self.config),
-            "answer": answer,
-            "tool_calls": list(state.get("pending_calls", [])),
-            "pending_calls": [],
-        }
 
     # -- running -----------------------------------------------------------------------------
 
@@ -351,6 +350,11 @@ class TepoAgent:
                 question, state, group_id=group_id, task_id=task_id, app_tag=app_tag
             )
         }
+
+
+def _after_model(state: AgentState) -> str:
+    """``model`` ends the run by setting its status; otherwise its tool calls run."""
+    return END if state.get("status") is not None else "tools"
 
 
 def _error(

@@ -3,7 +3,7 @@
 The graph (built in :mod:`tepo_agent.agent`) is::
 
     START → model ─┬─ tools → model → …      (the last turn asked for tools, within limits)
-                   └─ finish → END            (an answer, or a limit was reached)
+                   └─ END                     (an answer, or a limit was reached)
 
 State is a ``TypedDict`` whose list fields have ``Annotated`` reducers, so an application that
 streams the graph's updates sees every turn's entropy H(t_k) as soon as it is sampled and every
@@ -106,8 +106,8 @@ class AgentState(TypedDict, total=False):
         generated_tokens: Tokens sampled so far in this run.
         total_tokens: Length of the whole sequence so far (last prompt + its sampled turn).
         sample: Index of this run inside its group (derives the sampler seeds).
-        status: Why the run ended (set by the ``finish`` node, or ``max_tokens`` by ``model``).
-        answer: The final answer's text (set by ``finish``).
+        status: Why the run ended (set by ``model`` on the run's last step).
+        answer: The final answer's text (set with ``status``).
     """
 
     messages: Annotated[list[AnyMessage], add_messages]
@@ -132,7 +132,8 @@ def calls_executed(state: AgentState) -> int:
 
 
 def route_after_model(state: AgentState, limits: AgentConfig) -> Literal["tools", "finish"]:
-    """Execute the requested tools, or finish (an answer, or a limit was reached)."""
+    """After ``state``'s last turn: execute the requested tools, or finish the run (an answer,
+    or a limit was reached)."""
     if state.get("status") is not None:
         return "finish"
     last = state["messages"][-1]
@@ -146,7 +147,7 @@ def route_after_model(state: AgentState, limits: AgentConfig) -> Literal["tools"
 
 
 def final_status(state: AgentState, limits: AgentConfig) -> TrajectoryStatus:
-    """Why a run that reached ``finish`` ended."""
+    """Why a run that :func:`route_after_model` finishes ended."""
     status = state.get("status")
     if status is not None:
         return status

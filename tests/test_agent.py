@@ -161,7 +161,7 @@ async def test_astream_shows_turn_entropy_and_delta_h_live(
     agent, _ = make_agent(tiny_model_dir, chat_format, [calc_call("6*7"), "42"])
     updates = [update async for update in agent.astream("What is 6 * 7?")]
     nodes = [next(iter(u)) for u in updates]
-    assert nodes == ["model", "tools", "model", "finish", "result"]
+    assert nodes == ["model", "tools", "model", "result"]
     h0 = updates[0]["model"]["turn_entropies"][0]
     assert updates[1]["tools"]["pending_calls"][0]["result"] == "42"
     h1 = updates[2]["model"]["turn_entropies"][0]

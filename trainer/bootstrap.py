@@ -35,7 +35,7 @@ from tepo_agent.model_io import load_causal_lm
 from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME, bootstrapped_model_dir
 from tepo_agent.tasks import KnowledgeBase, deep_search_suite, knowledge_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
-from tepo_agent.tools.calculator import make_calculator_tool
+from tepo_agent.tools.calculator import evaluate, format_number
 from tepo_agent.tools.search import build_index, make_search_tool
 from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
 
@@ -82,11 +82,10 @@ def world_tools(world_dir: Path) -> list[BaseTool]:
     They are the real tools with one-line descriptions and minimal argument schemas: the tool
     schemas are part of every prompt, and a 3 M-parameter model reads them on every turn.
     """
-    calculator = make_calculator_tool()
     search = make_search_tool(world_dir / "search.db")
 
     def calculate(expression: str) -> str:
-        return str(calculator.invoke({"expression": expression}))
+        return format_number(evaluate(expression))
 
     async def acalculate(expression: str) -> str:  # inline: cheaper than an executor thread
         return calculate(expression)
