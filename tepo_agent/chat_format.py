@@ -39,6 +39,7 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
+from tepo_agent.direct_template import DirectTemplate
 from tepo_agent.errors import ChatFormatError
 from tepo_agent.segment_encoder import SegmentEncoder
 
@@ -155,6 +156,7 @@ class ChatFormat:
             )
         self.chat_template: str = template
         self._segments = SegmentEncoder.create(tokenizer)
+        self._direct = DirectTemplate.create(tokenizer, template)
         self._closer = self._probe_closer()
         closer_ids = self.encode(self._closer)
         added = tokenizer.added_tokens_decoder
@@ -189,10 +191,21 @@ class ChatFormat:
         add_generation_prompt: bool = True,
     ) -> str:
         """The template's text for ``messages`` (and ``tools``), special tokens as text."""
+        normalized = _normalize(messages)
+        tool_dicts = [dict(tool) for tool in tools] if tools else None
+        if self._direct is not None:
+            try:
+                direct = self._direct.render(
+                    normalized, tool_dicts, add_generation_prompt=add_generation_prompt
+                )
+            except Exception:  # apply_chat_template below reports the template's error
+                direct = None
+            if direct is not None:
+                return direct
         try:
             text = self.tokenizer.apply_chat_template(
-                _normalize(messages),
-                tools=[dict(tool) for tool in tools] if tools else None,
+                normalized,
+                tools=tool_dicts,
                 chat_template=self.chat_template,
                 add_generation_prompt=add_generation_prompt,
                 tokenize=False,
