@@ -32,13 +32,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command
 
 from tepo_agent.agent_state import (
     AgentConfig,
@@ -114,25 +115,29 @@ class TepoAgent:
 
     def _build_graph(self) -> CompiledStateGraph[Any, Any, Any, Any]:
         graph = StateGraph(AgentState)
-        graph.add_node("model", self._model_node)
+        # ``model`` routes itself with a Command: a separate router function would be one more
+        # traced LangChain run per turn
+        graph.add_node("model", self._model_node, destinations=("tools", END))
         graph.add_node("tools", self._tools_node)
         graph.add_edge(START, "model")
-        graph.add_conditional_edges("model", _after_model, ["tools", END])
         graph.add_edge("tools", "model")
         return graph.compile()
 
-    async def _model_node(self, state: AgentState) -> dict[str, Any]:
+    async def _model_node(self, state: AgentState) -> Command[Literal["tools", "__end__"]]:
         messages = state["messages"]
         prompt = self.model.render_prompt(messages, self.tool_schemas)
         left = self.config.max_total_tokens - len(prompt.token_ids)
         if left < 1:  # calls whose following turn is never sampled keep ΔH = None
-            return {
-                "status": "max_tokens",
-                "answer": None,
-                "prompt_tokens": len(prompt.token_ids),
-                "tool_calls": list(state.get("pending_calls", [])),
-                "pending_calls": [],
-            }
+            return Command(
+                update={
+                    "status": "max_tokens",
+                    "answer": None,
+                    "prompt_tokens": len(prompt.token_ids),
+                    "tool_calls": list(state.get("pending_calls", [])),
+                    "pending_calls": [],
+                },
+                goto=END,
+            )
         turn = len(state.get("turn_entropies", []))
         reply = await self.model.asample(
             prompt,
@@ -155,10 +160,11 @@ class TepoAgent:
             "total_tokens": total,
         }
         after: AgentState = {**state, "messages": [*messages, reply], "total_tokens": total}
-        if route_after_model(after, self.config) == "finish":
-            update["status"] = final_status(after, self.config)
-            update["answer"] = reply.text or None
-        return update
+        if route_after_model(after, self.config) == "tools":
+            return Command(update=update, goto="tools")
+        update["status"] = final_status(after, self.config)
+        update["answer"] = reply.text or None
+        return Command(update=update, goto=END)
 
     async def _tools_node(self, state: AgentState) -> dict[str, Any]:
         last = state["messages"][-1]
@@ -350,11 +356,6 @@ class TepoAgent:
                 question, state, group_id=group_id, task_id=task_id, app_tag=app_tag
             )
         }
-
-
-def _after_model(state: AgentState) -> str:
-    """``model`` ends the run by setting its status; otherwise its tool calls run."""
-    return END if state.get("status") is not None else "tools"
 
 
 def _error(

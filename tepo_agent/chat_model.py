@@ -230,7 +230,7 @@ class TepoChatModel(BaseChatModel):
             stop_token_ids=tuple(self.chat_format.stop_token_ids),
         )
 
-    def _result(self, prompt: RenderedPrompt, generation: Generation) -> ChatResult:
+    def _message(self, prompt: RenderedPrompt, generation: Generation) -> AIMessage:
         ids = list(generation.token_ids)
         parsed = self.chat_format.parse(self.chat_format.decode(ids))
         entropies = list(generation.entropies)
@@ -267,7 +267,10 @@ class TepoChatModel(BaseChatModel):
                 "total_tokens": len(generation.prompt_token_ids) + len(ids),
             },
         )
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        return message
+
+    def _result(self, prompt: RenderedPrompt, generation: Generation) -> ChatResult:
+        return ChatResult(generations=[ChatGeneration(message=self._message(prompt, generation))])
 
     async def asample(self, prompt: RenderedPrompt, **kwargs: Any) -> AIMessage:
         """Sample one assistant turn for a prompt from :meth:`render_prompt`.
@@ -279,9 +282,7 @@ class TepoChatModel(BaseChatModel):
         """
         params = self._sampling_params(None, kwargs)
         generation = await self.backend.generate(prompt.token_ids, params)
-        message = self._result(prompt, generation).generations[0].message
-        assert isinstance(message, AIMessage)
-        return message
+        return self._message(prompt, generation)
 
     async def _agenerate(
         self,
