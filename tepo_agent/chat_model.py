@@ -74,17 +74,22 @@ class RenderedPrompt:
     fingerprint: str
 
 
+def _plain_text(message: BaseMessage) -> str:
+    # ``BaseMessage.text`` is a ``str`` subclass in langchain-core 1.x; templates get plain data
+    return str.__str__(message.text)
+
+
 def message_to_openai(message: BaseMessage) -> dict[str, Any]:
     """One LangChain message as the OpenAI-style dict ``ChatFormat`` renders.
 
     Tool-call arguments stay a dict (what Hugging Face chat templates expect), not a JSON string.
     """
     if isinstance(message, SystemMessage):
-        return {"role": "system", "content": message.text}
+        return {"role": "system", "content": _plain_text(message)}
     if isinstance(message, HumanMessage):
-        return {"role": "user", "content": message.text}
+        return {"role": "user", "content": _plain_text(message)}
     if isinstance(message, AIMessage):
-        out: dict[str, Any] = {"role": "assistant", "content": message.text}
+        out: dict[str, Any] = {"role": "assistant", "content": _plain_text(message)}
         if message.tool_calls:
             out["tool_calls"] = [
                 {
@@ -96,7 +101,11 @@ def message_to_openai(message: BaseMessage) -> dict[str, Any]:
             ]
         return out
     if isinstance(message, ToolMessage):
-        out = {"role": "tool", "content": message.text, "tool_call_id": message.tool_call_id}
+        out = {
+            "role": "tool",
+            "content": _plain_text(message),
+            "tool_call_id": message.tool_call_id,
+        }
         if message.name:
             out["name"] = message.name
         return out
