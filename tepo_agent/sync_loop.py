@@ -1,11 +1,13 @@
-"""The event loop behind the synchronous API (``TepoAgent.run``, ``TepoChatModel.invoke``, ...).
+"""The event loops behind the synchronous API (``TepoAgent.run``, ``TepoChatModel.invoke``, ...).
 
 The runtime is asynchronous inside. Opening a fresh event loop for every synchronous call
 (``asyncio.run``) costs about a millisecond with LangGraph, a tenth of a short agent run on the
-default model, and strands async clients (httpx connection pools) on closed loops. So synchronous
-calls run their coroutine on one long-lived loop in a daemon thread, started on first use (and
-again after a ``fork``). The caller's context variables travel with the coroutine (LangChain
-tracing and callbacks keep working), and interrupting the caller (Ctrl-C) cancels it.
+default model, and strands async clients (httpx connection pools) on closed loops. So a
+synchronous call runs its coroutine to completion on a long-lived loop of the calling thread,
+created on first use (and again after a ``fork``): no thread hop, the caller's context variables
+are simply there, Ctrl-C cancels the coroutine. Called where an event loop is already running
+in the thread (synchronous code inside async code), the coroutine runs on one shared loop in a
+daemon thread instead, and the caller blocks, as any synchronous call would.
 
 Example::
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import os
 import threading
@@ -49,19 +52,50 @@ def background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+class _ThreadLoop(threading.local):
+    loop: asyncio.AbstractEventLoop | None = None
+    pid: int | None = None
+
+
+_thread_loop = _ThreadLoop()
+
+
+def thread_loop() -> asyncio.AbstractEventLoop:
+    """The calling thread's long-lived loop for synchronous calls (not running between them)."""
+    if (
+        _thread_loop.loop is None
+        or _thread_loop.pid != os.getpid()
+        or _thread_loop.loop.is_closed()
+    ):
+        _thread_loop.loop, _thread_loop.pid = asyncio.new_event_loop(), os.getpid()
+    return _thread_loop.loop
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion from synchronous code and return its result (or raise).
 
-    Works with or without an event loop running in the calling thread (a running one is blocked
-    for the duration, as any synchronous call blocks it). Called from a coroutine that itself
-    runs on the shared loop, where waiting would deadlock, the coroutine gets a private loop in a
-    helper thread instead.
+    Without an event loop running in the calling thread, the coroutine runs right here on the
+    thread's own long-lived loop. Under a running loop (which is blocked for the duration, as any
+    synchronous call blocks it) it runs on the shared background loop; called from a coroutine
+    on that shared loop itself, where waiting would deadlock, on a private loop in a helper
+    thread.
     """
-    loop = background_loop()
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:
         running = None
+    if running is None:
+        own = thread_loop()
+        task = own.create_task(coro)
+        try:
+            return own.run_until_complete(task)
+        except BaseException:
+            if not task.done():  # interrupted (KeyboardInterrupt): do not leave it half-run
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    own.run_until_complete(task)
+            raise
+    loop = background_loop()
     if running is loop:
         with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
             return pool.submit(asyncio.run, coro).result()
@@ -96,4 +130,4 @@ def _copy_outcome(task: asyncio.Task[T], future: concurrent.futures.Future[T]) -
         future.set_result(task.result())
 
 
-__all__ = ["background_loop", "run_sync"]
+__all__ = ["background_loop", "run_sync", "thread_loop"]
