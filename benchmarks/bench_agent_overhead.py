@@ -25,13 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tepo_agent.agent import AgentConfig, AgentResult, TepoAgent
+from tepo_agent.agent.chat_model import TepoChatModel
 from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.chat_model import TepoChatModel
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks.math_tasks import math_suite
+from tepo_agent.tasks.world import EVAL_SEED, world_tools
 from tepo_agent.tools import make_calculator_tool
 
 
@@ -179,11 +180,7 @@ def main() -> None:
     model_dir = resolve_model_dir(str(args.model) if args.model else None)
     tools = [make_calculator_tool()]
     if (model_dir / "world").is_dir():  # a bootstrapped model knows its world's compact schemas
-        from tepo_agent.trainer.bootstrap import EVAL_SEED, world_tools
-
         tools = world_tools(model_dir / "world")
-    else:
-        EVAL_SEED = 1000
     tasks = [t for t in math_suite(4 * args.runs, seed=EVAL_SEED) if t.needs_tool]
     questions = [t.question for t in tasks[: args.runs]]
     chat_format = ChatFormat.from_pretrained(model_dir)

@@ -31,7 +31,7 @@ from benchmarks._common import free_port, machine, start_serve
 from tepo_agent.backends import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.entropy import entropy_from_logits, topk_entropy_bounds
 from tepo_agent.tasks import KnowledgeBase, knowledge_suite, math_suite
@@ -183,14 +183,12 @@ def estimator_errors(
     from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa: F401
 
     from tepo_agent.agent import TepoAgent
-    from tepo_agent.agent_state import AgentConfig
-    from tepo_agent.model_io import load_causal_lm
-    from tepo_agent.trainer.bootstrap import world_tools
+    from tepo_agent.agent.state import AgentConfig
+    from tepo_agent.model.io import load_causal_lm
+    from tepo_agent.tasks.world import build_world, world_tools
 
     world = model_dir / "world"
     if not (world / "search.db").is_file():
-        from tepo_agent.trainer.bootstrap import build_world
-
         world = Path(model_dir.parent / "bench-world")
         build_world(0, world)
     fmt = ChatFormat.from_pretrained(model_dir)

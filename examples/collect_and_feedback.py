@@ -38,7 +38,7 @@ def tasks_of(worker: int) -> list[Task]:
 def run_worker(worker: int, db: Path, model: Path | None) -> None:
     """One application process: answer its questions and store every run."""
     from tepo_agent import AgentConfig, ChatFormat, TepoAgent, TransformersBackend
-    from tepo_agent.default_model import ensure_default_model
+    from tepo_agent.model.default import ensure_default_model
     from tepo_agent.paths import bootstrapped_model_dir
     from tepo_agent.tools import make_calculator_tool
 

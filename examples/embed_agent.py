@@ -34,7 +34,7 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.default_model import ensure_default_model
+from tepo_agent.model.default import ensure_default_model
 from tepo_agent.paths import bootstrapped_model_dir
 from tepo_agent.tools import build_index, make_calculator_tool, make_search_tool
 

@@ -29,7 +29,7 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.default_model import ensure_default_model
+from tepo_agent.model.default import ensure_default_model
 from tepo_agent.paths import bootstrapped_model_dir
 from tepo_agent.tools import make_calculator_tool
 

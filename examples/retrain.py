@@ -3,8 +3,8 @@
 What it shows:
 
 1. an application process serving the default model in process, registered as policy version 0,
-   with a :class:`~tepo_agent.hotswap.PolicyFollower` that polls the policy registry and swaps
-   each newly live version in between requests;
+   with a :class:`~tepo_agent.policy.hotswap.PolicyFollower` that polls the policy registry and
+   swaps each newly live version in between requests;
 2. production traffic: grouped runs of seeded math questions, scored by the app's feedback;
 3. ``tepo-agent train --watch`` started as its own process: it retrains whenever ``--every-n``
    new scored trajectories wait, evaluates the candidate on held-out tasks (the gate) and
@@ -38,9 +38,9 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.default_model import ensure_default_model
-from tepo_agent.hotswap import InProcessTarget, PolicyFollower
+from tepo_agent.model.default import ensure_default_model
 from tepo_agent.paths import bootstrapped_model_dir
+from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
 from tepo_agent.tasks import math_suite
 from tepo_agent.tools import make_calculator_tool
 

@@ -40,7 +40,7 @@ QUESTIONS = ["What is 17 * 23?", "What is 2 to the power 10?", "What is 144 / 12
 
 def default_model_dir() -> Path:
     """The bootstrapped default model if it has been built, else the random-weight default."""
-    from tepo_agent.default_model import ensure_default_model
+    from tepo_agent.model.default import ensure_default_model
     from tepo_agent.paths import bootstrapped_model_dir
 
     boot = bootstrapped_model_dir()

@@ -29,36 +29,36 @@ from tepo_agent.errors import (
     ToolError,
     TrainerError,
 )
-from tepo_agent.registry import PolicyRecord, PolicyRegistry
+from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trajectory import Trajectory, Turn
 
 if TYPE_CHECKING:
-    from tepo_agent.agent import AgentResult, TepoAgent
-    from tepo_agent.agent_state import AgentConfig
+    from tepo_agent.agent.chat_model import TepoChatModel
+    from tepo_agent.agent.graph import AgentResult, TepoAgent
+    from tepo_agent.agent.recorder import TrajectoryRecorder
+    from tepo_agent.agent.state import AgentConfig
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
     from tepo_agent.backends.transformers_backend import TransformersBackend
-    from tepo_agent.callbacks import TrajectoryRecorder
-    from tepo_agent.chat_format import ChatFormat, ParsedTurn, ToolCall
-    from tepo_agent.chat_model import TepoChatModel
-    from tepo_agent.default_model import ensure_default_model, init_model
+    from tepo_agent.chat.format import ChatFormat, ParsedTurn, ToolCall
+    from tepo_agent.model.default import ensure_default_model, init_model
 
 __version__ = "0.1.0"
 
 _LAZY: dict[str, str] = {
-    "AgentConfig": "tepo_agent.agent_state",
-    "AgentResult": "tepo_agent.agent",
-    "ChatFormat": "tepo_agent.chat_format",
+    "AgentConfig": "tepo_agent.agent.state",
+    "AgentResult": "tepo_agent.agent.graph",
+    "ChatFormat": "tepo_agent.chat.format",
     "HttpBackend": "tepo_agent.backends.http_backend",
     "HttpBackendConfig": "tepo_agent.backends.http_backend",
-    "ParsedTurn": "tepo_agent.chat_format",
-    "TepoAgent": "tepo_agent.agent",
-    "TepoChatModel": "tepo_agent.chat_model",
-    "ToolCall": "tepo_agent.chat_format",
-    "TrajectoryRecorder": "tepo_agent.callbacks",
+    "ParsedTurn": "tepo_agent.chat.format",
+    "TepoAgent": "tepo_agent.agent.graph",
+    "TepoChatModel": "tepo_agent.agent.chat_model",
+    "ToolCall": "tepo_agent.chat.format",
+    "TrajectoryRecorder": "tepo_agent.agent.recorder",
     "TransformersBackend": "tepo_agent.backends.transformers_backend",
-    "ensure_default_model": "tepo_agent.default_model",
-    "init_model": "tepo_agent.default_model",
+    "ensure_default_model": "tepo_agent.model.default",
+    "init_model": "tepo_agent.model.default",
 }
 
 

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from tepo_agent.backends.base import Generation, SamplingParams
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import init_model
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.entropy import token_logprobs_and_entropy
-from tepo_agent.model_io import load_causal_lm
+from tepo_agent.model.default import init_model
+from tepo_agent.model.io import load_causal_lm
 
 CALC_CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "%s"}}\n</tool_call>'
 

@@ -11,10 +11,10 @@ from _scripted_backend import ScriptedBackend, calc_call, chat_format, tiny_mode
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import StructuredTool
 
-from tepo_agent.agent import AgentConfig, TepoAgent
-from tepo_agent.agent_state import AgentState, final_status, route_after_model
+from tepo_agent.agent.graph import AgentConfig, TepoAgent
+from tepo_agent.agent.state import AgentState, final_status, route_after_model
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tools import make_calculator_tool

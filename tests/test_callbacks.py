@@ -10,9 +10,9 @@ from langchain.agents import create_agent
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import StructuredTool, ToolException
 
-from tepo_agent.callbacks import TrajectoryRecorder
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.chat_model import TepoChatModel
+from tepo_agent.agent.chat_model import TepoChatModel
+from tepo_agent.agent.recorder import TrajectoryRecorder
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tools import make_calculator_tool
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tepo_agent.chat_format import ChatFormat, InvalidToolCall, ParsedTurn, ToolCall
-from tepo_agent.default_model import TOOL_MARKUP_TOKENS, build_tokenizer
+from tepo_agent.chat.format import ChatFormat, InvalidToolCall, ParsedTurn, ToolCall
 from tepo_agent.errors import ChatFormatError
+from tepo_agent.model.default import TOOL_MARKUP_TOKENS, build_tokenizer
 
 QWEN25_TEMPLATE = (Path(__file__).parent / "data" / "qwen2_5_chat_template.jinja").read_text()
 

@@ -14,9 +14,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import ToolNode
 
+from tepo_agent.agent.chat_model import TepoChatModel, message_to_openai
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.chat_model import TepoChatModel, message_to_openai
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
 from tepo_agent.tools import make_calculator_tool
 

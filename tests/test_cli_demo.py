@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tepo_agent.default_model import DefaultModelConfig, init_model
+from tepo_agent.model.default import DefaultModelConfig, init_model
 
 TINY = DefaultModelConfig(
     hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

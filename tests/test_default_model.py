@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from tepo_agent.cli import main
-from tepo_agent.default_model import (
+from tepo_agent.errors import ConfigError
+from tepo_agent.model.default import (
     DEFAULT_CHAT_TEMPLATE,
     SPECIAL_TOKENS,
     TOOL_MARKUP_TOKENS,
@@ -25,8 +26,7 @@ from tepo_agent.default_model import (
     init_model,
     parameter_count,
 )
-from tepo_agent.errors import ConfigError
-from tepo_agent.model_io import load_causal_lm, load_tokenizer
+from tepo_agent.model.io import load_causal_lm, load_tokenizer
 
 
 def test_tokenizer_has_512_ids_with_qwen_style_special_tokens():
@@ -146,7 +146,7 @@ def test_ensure_default_model_builds_once_then_reuses(monkeypatch, tmp_path):
 @pytest.mark.slow
 def test_concurrent_first_calls_agree_on_one_complete_model(tmp_path):
     script = (
-        "from tepo_agent.default_model import ensure_default_model; print(ensure_default_model())"
+        "from tepo_agent.model.default import ensure_default_model; print(ensure_default_model())"
     )
     env = {"TEPO_AGENT_HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     procs = [

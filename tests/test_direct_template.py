@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import build_tokenizer
-from tepo_agent.direct_template import DirectTemplate
+from tepo_agent.chat._direct_template import DirectTemplate
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import build_tokenizer
 
 TOKENIZER = build_tokenizer()
 QWEN25 = (Path(__file__).parent / "data" / "qwen2_5_chat_template.jinja").read_text()

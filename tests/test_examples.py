@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tepo_agent.default_model import default_home
+from tepo_agent.model.default import default_home
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.slow

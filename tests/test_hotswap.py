@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load_file
 
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.hotswap import InProcessTarget, PolicyFollower
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 
 sys.path.insert(0, str(Path(__file__).parent / "trainer"))

@@ -10,9 +10,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from tepo_agent.default_model import build_tokenizer
 from tepo_agent.errors import ConfigError, ModelLoadError
-from tepo_agent.model_io import load_causal_lm, load_tokenizer, resolve_device
+from tepo_agent.model.default import build_tokenizer
+from tepo_agent.model.io import load_causal_lm, load_tokenizer, resolve_device
 
 
 @pytest.fixture(scope="module")

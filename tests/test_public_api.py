@@ -44,7 +44,7 @@ def test_importing_the_package_loads_neither_torch_nor_the_trainer():
 
 def test_serving_modules_never_import_the_trainer():
     code = (
-        "import sys, tepo_agent.agent, tepo_agent.server.app, tepo_agent.cli.serve; "
+        "import sys, tepo_agent.agent.graph, tepo_agent.server.app, tepo_agent.cli.serve; "
         "print([m for m in sys.modules if m.startswith('tepo_agent.trainer')])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tepo_agent.errors import ConfigError, PublishError, StoreError
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 
 

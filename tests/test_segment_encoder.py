@@ -9,10 +9,10 @@ from hypothesis import strategies as st
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from tepo_agent import segment_encoder
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import TOOL_MARKUP_TOKENS, build_tokenizer
-from tepo_agent.segment_encoder import SegmentEncoder
+from tepo_agent.chat import _segment_encoder as segment_encoder
+from tepo_agent.chat._segment_encoder import SegmentEncoder
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import TOOL_MARKUP_TOKENS, build_tokenizer
 
 TOKENIZER = build_tokenizer()
 ENCODER = SegmentEncoder.create(TOKENIZER)

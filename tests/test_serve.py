@@ -28,8 +28,8 @@ import uvicorn
 from tepo_agent.backends.base import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import DefaultModelConfig, init_model
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import DefaultModelConfig, init_model
 from tepo_agent.server.app import create_app
 
 MAX_LEN = 512

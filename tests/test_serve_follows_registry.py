@@ -12,8 +12,8 @@ import httpx
 import pytest
 import torch
 
-from tepo_agent.model_io import load_causal_lm
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.model.io import load_causal_lm
+from tepo_agent.policy.registry import PolicyRegistry
 
 
 def _free_port() -> int:

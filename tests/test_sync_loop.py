@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tepo_agent.sync_loop import background_loop, run_sync, thread_loop
+from tepo_agent.agent.sync import background_loop, run_sync, thread_loop
 
 REQUEST = contextvars.ContextVar("REQUEST", default="unset")
 

@@ -9,8 +9,8 @@
 """
 
 from tepo_agent.tools.calculator import evaluate, make_calculator_tool
+from tepo_agent.tools.catalog import TOOL_NAMES, default_tools, make_tool
 from tepo_agent.tools.python_tool import make_python_tool
-from tepo_agent.tools.registry import TOOL_NAMES, default_tools, make_tool
 from tepo_agent.tools.sandbox import Containment, PythonSandbox, SandboxConfig, SandboxResult
 from tepo_agent.tools.search import SearchHit, SearchIndex, build_index, make_search_tool
 

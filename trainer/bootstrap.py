@@ -1,17 +1,18 @@
 """Bootstrap the embedded default model: supervised fine-tuning on synthetic tool-use traces.
 
 A random-weight model cannot call tools, and there are no weights to download, so the default
-model is taught the format first: a seeded world (``KnowledgeBase``) is indexed for the real
-``search`` tool, demonstrations are produced by scripted solvers that call the real tools
-(``tepo_agent.tasks.traces``), and the model is fine-tuned on them (``trainer.sft``). The result
-is written as an ordinary Hugging Face model directory with the world beside it::
+model is taught the format first: a seeded world (``KnowledgeBase``, built by
+:mod:`tepo_agent.tasks.world`) is indexed for the real ``search`` tool, demonstrations are
+produced by scripted solvers that call the real tools (``tepo_agent.tasks.traces``), and the
+model is fine-tuned on them (``trainer.sft``). The result is written as an ordinary Hugging
+Face model directory with the world beside it::
 
     DIR/                    config.json, model.safetensors, tokenizer files
     DIR/world/corpus.jsonl  the knowledge base as documents
     DIR/world/search.db     its FTS5 index (what the agent's search tool reads)
     DIR/bootstrap.json      the settings and the final SFT loss
 
-Held-out evaluation tasks use other seeds than the demonstrations (``EVAL_SEED``).
+Held-out evaluation tasks use other seeds than the demonstrations (``tasks.world.EVAL_SEED``).
 """
 
 from __future__ import annotations
@@ -24,23 +25,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from langchain_core.tools import BaseTool, StructuredTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel
 from tqdm import tqdm
 
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import DefaultModelConfig, init_model
-from tepo_agent.model_io import load_causal_lm
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import DefaultModelConfig, init_model
+from tepo_agent.model.io import load_causal_lm
 from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME, bootstrapped_model_dir
-from tepo_agent.tasks import KnowledgeBase, deep_search_suite, knowledge_suite, math_suite
+from tepo_agent.tasks import deep_search_suite, knowledge_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
-from tepo_agent.tools.calculator import evaluate, format_number
-from tepo_agent.tools.search import build_index, make_search_tool
+from tepo_agent.tasks.world import EVAL_SEED, build_world, world_tools
 from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
-
-EVAL_SEED = 1000
-"""Seed of the held-out task sets (demonstrations use seeds below it)."""
 
 
 @dataclass(frozen=True)
@@ -62,63 +57,6 @@ class BootstrapConfig:
     deep_search_items: int = 200
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
-
-
-class _CalculatorArgs(BaseModel):
-    expression: str
-
-
-class _SearchArgs(BaseModel):
-    query: str
-
-
-SEARCH_HITS = 3
-"""Hits the default world's search tool returns (few: the default model's context is short)."""
-
-
-def world_tools(world_dir: Path) -> list[BaseTool]:
-    """The tools the default agent uses in a bootstrapped world: calculator and search.
-
-    They are the real tools with one-line descriptions and minimal argument schemas: the tool
-    schemas are part of every prompt, and a 3 M-parameter model reads them on every turn.
-    """
-    search = make_search_tool(world_dir / "search.db")
-
-    def calculate(expression: str) -> str:
-        return format_number(evaluate(expression))
-
-    async def acalculate(expression: str) -> str:  # inline: cheaper than an executor thread
-        return calculate(expression)
-
-    def search_kb(query: str) -> str:
-        return str(search.invoke({"query": query, "k": SEARCH_HITS}))
-
-    return [
-        StructuredTool.from_function(
-            func=calculate,
-            coroutine=acalculate,
-            name="calculator",
-            description="Evaluate arithmetic.",
-            args_schema=_CalculatorArgs,
-            handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
-        ),
-        StructuredTool.from_function(
-            func=search_kb,
-            name="search",
-            description="Search the knowledge base.",
-            args_schema=_SearchArgs,
-            handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
-        ),
-    ]
-
-
-def build_world(kb_seed: int, world_dir: Path) -> KnowledgeBase:
-    """Write the knowledge base's corpus and search index into ``world_dir``."""
-    kb = KnowledgeBase(seed=kb_seed)
-    world_dir.mkdir(parents=True, exist_ok=True)
-    corpus = kb.write_corpus(world_dir / "corpus.jsonl")
-    build_index(corpus, world_dir / "search.db")
-    return kb
 
 
 def bootstrap_model(out_dir: str | Path, cfg: BootstrapConfig = BootstrapConfig()) -> Path:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from tepo_agent.errors import TrainerError
-from tepo_agent.model_io import load_causal_lm, load_tokenizer
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.model.io import load_causal_lm, load_tokenizer
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trainer.batch import pack_batch
 from tepo_agent.trainer.recompute import compare_logprobs, recompute
@@ -63,8 +63,8 @@ def _live_model(registry: PolicyRegistry, device: str) -> tuple[torch.nn.Module,
         raise TrainerError("no live policy in this database; pass --model DIR")
     if live.kind == "full":
         return load_causal_lm(live.path, device=device, dtype="float32"), live.path
-    from tepo_agent.hotswap import base_weights
-    from tepo_agent.server.lora import merged_lora_weights
+    from tepo_agent.model.lora import merged_lora_weights
+    from tepo_agent.policy.hotswap import base_weights
 
     base = registry.get(0).path
     model = load_causal_lm(base, device=device, dtype="float32")

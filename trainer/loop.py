@@ -46,7 +46,7 @@ from typing import Any, Literal
 import torch
 
 from tepo_agent.errors import ConfigError, TrainerError
-from tepo_agent.model_io import load_causal_lm, resolve_device
+from tepo_agent.model.io import load_causal_lm, resolve_device
 from tepo_agent.trainer.advantages import compute_advantages
 from tepo_agent.trainer.batch import TrainBatch, pack_batch
 from tepo_agent.trainer.config import AdvantageConfig, LossConfig, RewardConfig

@@ -2,10 +2,11 @@
 
 ``publish_checkpoint`` evaluates the candidate (its weights loaded into a fresh in-process
 backend exactly as a serving process would load them: full weights, or the LoRA adapter merged
-into version 0) and the live policy on the same held-out tasks (``trainer.gate``), registers the
-candidate with both evaluations in its metrics, and then promotes it (serving processes pick it
-up between requests, see ``tepo_agent.hotswap``) or rejects it: the directory and the row are
-kept, marked ``rejected`` with the reason, and the reason is returned for the caller to report.
+into version 0) and the live policy on the same held-out tasks (``trainer.eval_gate``), registers
+the candidate with both evaluations in its metrics, and then promotes it (serving processes pick
+it up between requests, see ``tepo_agent.policy.hotswap``) or rejects it: the directory and the
+row are kept, marked ``rejected`` with the reason, and the reason is returned for the caller to
+report.
 
 A live policy's evaluation is stored in its registry metrics, so it is reused by later publishes
 made under the same gate settings (:attr:`GateConfig.key`) instead of being recomputed.
@@ -19,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.hotswap import InProcessTarget
-from tepo_agent.registry import PolicyKind, PolicyRecord, PolicyRegistry
-from tepo_agent.trainer.gate import EvalResult, GateConfig, decide, evaluate_policy
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.policy.hotswap import InProcessTarget
+from tepo_agent.policy.registry import PolicyKind, PolicyRecord, PolicyRegistry
+from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, evaluate_policy
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def publish_checkpoint(
         _, live_eval = _live_evaluation(registry, gate, base_model, device)
         decision = decide(cand_eval, live_eval, gate)
     else:
-        from tepo_agent.trainer.gate import GateDecision
+        from tepo_agent.trainer.eval_gate import GateDecision
 
         decision = GateDecision(True, "gate disabled")
     metrics: dict[str, Any] = {"train": train_metrics or {}}

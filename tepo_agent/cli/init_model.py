@@ -2,14 +2,14 @@
 
 Writes the default byte-level tokenizer (with its chat template) and a random-weight tiny Qwen2
 causal LM, an ordinary Hugging Face model directory. Same as
-``tepo_agent.default_model.init_model``.
+``tepo_agent.model.default.init_model``.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from tepo_agent.default_model import DefaultModelConfig, init_model, parameter_count
+from tepo_agent.model.default import DefaultModelConfig, init_model, parameter_count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

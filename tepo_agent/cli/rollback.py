@@ -1,6 +1,7 @@
 """``tepo-agent rollback VERSION``: make an earlier policy version live again.
 
-Serving processes that follow the registry (``tepo_agent.hotswap``) swap it in between requests.
+Serving processes that follow the registry (``tepo_agent.policy.hotswap``) swap it in between
+requests.
 ``--list`` shows every version with its status instead.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore, default_db_path
 
 

@@ -18,13 +18,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tepo_agent.agent import AgentConfig, AgentResult, TepoAgent
+from tepo_agent.agent.graph import AgentConfig, AgentResult, TepoAgent
+from tepo_agent.agent.sync import run_sync
 from tepo_agent.backends.base import Backend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.errors import ConfigError
 from tepo_agent.store import TrajectoryStore, default_db_path
-from tepo_agent.sync_loop import run_sync
 from tepo_agent.tools import default_tools
 
 

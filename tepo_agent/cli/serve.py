@@ -54,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from tepo_agent.backends.transformers_backend import TransformersBackend
-    from tepo_agent.chat_format import ChatFormat
-    from tepo_agent.default_model import ensure_default_model
+    from tepo_agent.chat.format import ChatFormat
+    from tepo_agent.model.default import ensure_default_model
     from tepo_agent.server.app import create_app
 
     if not 0 <= args.port <= 65535:
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     )
     follower = None
     if args.db:
-        from tepo_agent.hotswap import InProcessTarget, PolicyFollower
+        from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
 
         # The model directory serves until the registry names a live version; from then on
         # each newly live version is loaded between batches (never inside a request).

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.tools.registry import TOOL_NAMES, make_tool
+from tepo_agent.tools.catalog import TOOL_NAMES, make_tool
 
 
 def register(subparsers: Any) -> None:

@@ -54,9 +54,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tepo_agent.trainer.config import LossConfig, RewardConfig
-    from tepo_agent.trainer.gate import GateConfig
+    from tepo_agent.trainer.eval_gate import GateConfig
     from tepo_agent.trainer.loop import TrainConfig
-    from tepo_agent.trainer.run import RunConfig, TrainingRun
+    from tepo_agent.trainer.training_run import RunConfig, TrainingRun
     from tepo_agent.trainer.watch import WatchConfig, watch
 
     train = TrainConfig(

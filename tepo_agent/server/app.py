@@ -42,11 +42,10 @@ from torch import Tensor
 
 from tepo_agent.backends.base import Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import BackendError, ChatFormatError, ModelLoadError
+from tepo_agent.model.lora import merged_lora_weights, snapshot_weights
 from tepo_agent.server import responses as r
-from tepo_agent.server.gate import SwapGate
-from tepo_agent.server.lora import merged_lora_weights, snapshot_weights
 from tepo_agent.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -56,6 +55,7 @@ from tepo_agent.server.protocol import (
     UnloadLoRAAdapterRequest,
     error_body,
 )
+from tepo_agent.server.swap_gate import SwapGate
 from tepo_agent.server.topk import TopK, topk_alternatives
 
 _TRAILING_INT = re.compile(r"(\d+)$")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from tepo_agent.agent import AgentConfig, TepoAgent
+from tepo_agent.agent.graph import AgentConfig, TepoAgent
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import DefaultModelConfig, init_model
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import DefaultModelConfig, init_model
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks import math_suite
 from tepo_agent.tools.calculator import make_calculator_tool

@@ -11,7 +11,7 @@ import pytest
 from _tepo_data import collect, make_model
 
 from tepo_agent.errors import TrainerError
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.trainer.logprob_check import check_logprobs
 
 

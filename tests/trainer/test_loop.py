@@ -13,10 +13,10 @@ from tepo_agent.errors import ConfigError
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trainer.batch import pack_batch
 from tepo_agent.trainer.config import RewardConfig
-from tepo_agent.trainer.gate import GateConfig
+from tepo_agent.trainer.eval_gate import GateConfig
 from tepo_agent.trainer.loop import TrainConfig, Trainer, build_policy
 from tepo_agent.trainer.recompute import recompute
-from tepo_agent.trainer.run import RunConfig, TrainingRun
+from tepo_agent.trainer.training_run import RunConfig, TrainingRun
 
 ACCEPT_ALL = GateConfig(tasks=1, margin=1.0, format_margin=1.0, max_new_tokens=8)
 

@@ -9,10 +9,10 @@ import torch
 from _tepo_data import make_model
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.model_io import load_causal_lm
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.model.io import load_causal_lm
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.trainer.checkpoint import save_policy
-from tepo_agent.trainer.gate import EvalResult, GateConfig, decide, held_out_tasks
+from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, held_out_tasks
 from tepo_agent.trainer.publish import publish_checkpoint
 
 GATE = GateConfig(tasks=2, margin=0.1, format_margin=0.05, max_new_tokens=8)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from _tepo_data import collect, make_model
 
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trainer.checkpoint import load_latest_state
 

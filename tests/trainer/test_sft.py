@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.default_model import DefaultModelConfig, init_model
-from tepo_agent.model_io import load_causal_lm
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import DefaultModelConfig, init_model
+from tepo_agent.model.io import load_causal_lm
 from tepo_agent.tasks import KnowledgeBase, deep_search_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
-from tepo_agent.trainer.bootstrap import BootstrapConfig, bootstrap_model, build_world, world_tools
+from tepo_agent.tasks.world import build_world, world_tools
+from tepo_agent.trainer.bootstrap import BootstrapConfig, bootstrap_model
 from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
 
 TINY = DefaultModelConfig(

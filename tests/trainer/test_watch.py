@@ -9,9 +9,9 @@ import pytest
 from _tepo_data import collect, make_model
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.trainer.gate import GateConfig
+from tepo_agent.trainer.eval_gate import GateConfig
 from tepo_agent.trainer.loop import TrainConfig
-from tepo_agent.trainer.run import RunConfig, TrainingRun
+from tepo_agent.trainer.training_run import RunConfig, TrainingRun
 from tepo_agent.trainer.watch import WatchConfig, due, watch
 
 

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from tepo_agent.backends.http_backend import EntropyEstimator, HttpBackend, HttpBackendConfig
 from tepo_agent.entropy import token_logprobs_and_entropy
-from tepo_agent.vllm_launcher import VllmServer
+from tepo_agent.vllm.launcher import VllmServer
 
 
 def exact_stats(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tepo_agent.vllm_launcher import VllmCpuEnv, VllmServer, VllmServerConfig
+from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer, VllmServerConfig
 
 SERVED_MODEL_NAME = "tepo-test"
 

@@ -20,7 +20,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tepo_agent.errors import BackendError
-from tepo_agent.vllm_launcher import VllmCpuEnv, VllmServer
+from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

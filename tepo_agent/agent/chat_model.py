@@ -1,7 +1,7 @@
 """TepoChatModel: a LangChain chat model over a token-exact tepo-agent backend.
 
 It renders the conversation into token ids itself (with
-:class:`~tepo_agent.chat_format.ChatFormat`), samples with any
+:class:`~tepo_agent.chat.format.ChatFormat`), samples with any
 :class:`~tepo_agent.backends.base.Backend`, parses tool calls, and returns an
 ``AIMessage`` whose ``response_metadata`` carries everything a trajectory needs (ARCHITECTURE.md,
 invariants 1-4)::
@@ -53,11 +53,11 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field
 
+from tepo_agent.agent.sync import run_sync
 from tepo_agent.backends.base import Backend, Generation, SamplingParams
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.entropy import turn_entropy
 from tepo_agent.errors import ChatFormatError, ConfigError
-from tepo_agent.sync_loop import run_sync
 
 PromptRender = Literal["fresh", "spliced", "rerendered"]
 """How a prompt was built: ``fresh`` (no assistant turns in the history: a plain render),

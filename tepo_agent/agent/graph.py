@@ -5,13 +5,13 @@
     START → model ─┬─ tools → model → …
                    └─ END
 
-``model`` samples one assistant turn with :class:`~tepo_agent.chat_model.TepoChatModel`
+``model`` samples one assistant turn with :class:`~tepo_agent.agent.chat_model.TepoChatModel`
 (token-exact, with per-token logprobs and entropy) and either hands its tool calls to ``tools``,
 which executes them, or ends the run: it then sets the answer and the status in the same update
 (one LangGraph step per turn, no separate finishing step). Model output never crashes a run: a
 malformed call,
 an unknown tool or a tool that raises becomes an error tool message the model reads on its next
-turn. The limits of :class:`~tepo_agent.agent_state.AgentConfig` end a run with status
+turn. The limits of :class:`~tepo_agent.agent.state.AgentConfig` end a run with status
 ``max_tool_calls`` or ``max_tokens``.
 
 Each finished run becomes a token-exact :class:`~tepo_agent.trajectory.Trajectory` (with ΔH_k per
@@ -41,19 +41,19 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
 
-from tepo_agent.agent_state import (
+from tepo_agent.agent.build import build_trajectory
+from tepo_agent.agent.chat_model import TepoChatModel
+from tepo_agent.agent.state import (
     AgentConfig,
     AgentState,
     ToolCallRecord,
     final_status,
     route_after_model,
 )
-from tepo_agent.agent_trajectory import build_trajectory
+from tepo_agent.agent.sync import run_sync
 from tepo_agent.backends.base import Backend
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.chat_model import TepoChatModel
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
-from tepo_agent.sync_loop import run_sync
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ environment keeps two processes from installing at once (the second waits, then 
 marker file is written only after every step succeeded and the environment imported vLLM, so an
 interrupted install is resumed by the next :meth:`VllmCpuEnv.ensure` (every step is idempotent).
 
-Use: ``VllmCpuEnv().ensure()`` or ``tepo-agent vllm install``; :mod:`tepo_agent.vllm_launcher`
+Use: ``VllmCpuEnv().ensure()`` or ``tepo-agent vllm install``; :mod:`tepo_agent.vllm.launcher`
 starts servers from it.
 """
 

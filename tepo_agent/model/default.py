@@ -4,11 +4,11 @@ random-weight Qwen2 causal LM, built locally (no download ever).
 A newcomer must see the whole loop run on a laptop, and no weights can be fetched, so the project
 builds its own starting point::
 
-    from tepo_agent.default_model import ensure_default_model, init_model
+    from tepo_agent.model.default import ensure_default_model, init_model
     path = ensure_default_model()          # ~/.cache/tepo-agent/models/default-init, built once
     init_model("/tmp/my-model", seed=1)     # or build one anywhere (also `tepo-agent init-model`)
 
-The result is an ordinary Hugging Face model directory: ``model_io.load_causal_lm`` and
+The result is an ordinary Hugging Face model directory: ``model.io.load_causal_lm`` and
 ``ChatFormat.from_pretrained`` load it exactly like a downloaded Qwen2.5.
 
 The tokenizer:
@@ -315,7 +315,7 @@ def init_model(
 
     Weights are drawn from ``seed`` (the global torch RNG is left untouched), so two calls with the
     same seed and config write identical weights. ``out_dir`` must not exist or be empty. Returns
-    the directory, loadable with ``model_io.load_causal_lm`` / ``ChatFormat.from_pretrained``.
+    the directory, loadable with ``model.io.load_causal_lm`` / ``ChatFormat.from_pretrained``.
     """
     import torch
     from transformers import GenerationConfig, Qwen2ForCausalLM

@@ -35,7 +35,7 @@ import torch
 
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.errors import BackendError, ConfigError, PublishError
-from tepo_agent.registry import PolicyRecord, PolicyRegistry
+from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
 
 
 class SwapTarget(Protocol):
@@ -48,8 +48,8 @@ class SwapTarget(Protocol):
 
 def base_weights(model_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Every weight of a full model directory on CPU, tied ones included (a LoRA merge base)."""
-    from tepo_agent.model_io import load_causal_lm
-    from tepo_agent.server.lora import snapshot_weights
+    from tepo_agent.model.io import load_causal_lm
+    from tepo_agent.model.lora import snapshot_weights
 
     return snapshot_weights(load_causal_lm(model_dir, device="cpu", dtype="float32"))
 
@@ -72,7 +72,7 @@ class InProcessTarget:
         if record.kind == "full":
             self.backend.load_weights(record.path, policy_version=record.version)
             return
-        from tepo_agent.server.lora import merged_lora_weights
+        from tepo_agent.model.lora import merged_lora_weights
 
         merged = merged_lora_weights(self.backend.model, self._base_weights(base), record.path)
         self.backend.load_state_dict(merged, policy_version=record.version)

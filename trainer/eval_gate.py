@@ -1,7 +1,7 @@
 """The publishing gate: evaluate a policy on held-out tasks, and the accept/reject rule.
 
 A candidate is run by the real agent (greedy, the real tools) on ``GateConfig.tasks`` seeded
-items of ``tepo_agent.tasks`` generated with the held-out seed (``bootstrap.EVAL_SEED``, never
+items of ``tepo_agent.tasks`` generated with the held-out seed (``tasks.world.EVAL_SEED``, never
 used for demonstrations), and compared with the live policy evaluated the same way:
 
 - **accuracy**: mean verifier score of the final answers;
@@ -24,9 +24,9 @@ from typing import Any
 
 from langchain_core.tools import BaseTool
 
-from tepo_agent.agent import AgentConfig, TepoAgent
+from tepo_agent.agent.graph import AgentConfig, TepoAgent
 from tepo_agent.backends.base import Backend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
 from tepo_agent.tasks import (
     KnowledgeBase,
@@ -36,8 +36,8 @@ from tepo_agent.tasks import (
     knowledge_suite,
     math_suite,
 )
+from tepo_agent.tasks.world import EVAL_SEED, world_tools
 from tepo_agent.tools.calculator import make_calculator_tool
-from tepo_agent.trainer.bootstrap import EVAL_SEED, world_tools
 
 _SUITES: tuple[SuiteName, ...] = ("math", "knowledge", "deep_search")
 _FORMAT_ERRORS = ("error: malformed tool call", "error: unknown tool")
@@ -165,7 +165,7 @@ def held_out_tasks(
     """The held-out tasks and the tools to solve them with.
 
     With a world directory (``MODEL/world``), the tools are the default world's calculator and
-    search (``bootstrap.world_tools``); without one only math is possible, with the calculator.
+    search (``tasks.world.world_tools``); without one only math is possible, with the calculator.
     """
     world = Path(world_dir) if world_dir is not None else None
     if world is not None and not (world / "search.db").is_file():
@@ -216,7 +216,7 @@ def evaluate_policy(
         temperature=0.0,
     )
     agent = TepoAgent(backend, chat_format, tools, agent_cfg)
-    from tepo_agent.sync_loop import run_sync
+    from tepo_agent.agent.sync import run_sync
 
     rows: list[tuple[float, int, int]] = run_sync(_evaluate(agent, tasks))
     calls = sum(r[1] for r in rows)

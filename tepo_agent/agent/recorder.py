@@ -1,8 +1,8 @@
 """TrajectoryRecorder: record runs of an application's own LangChain/LangGraph code.
 
 An application that builds its own graph (or uses ``langchain.agents.create_agent``) around
-:class:`~tepo_agent.chat_model.TepoChatModel` passes this handler as a callback; every top-level
-run then becomes a token-exact :class:`~tepo_agent.trajectory.Trajectory` in the store::
+:class:`~tepo_agent.agent.chat_model.TepoChatModel` passes this handler as a callback; every
+top-level run then becomes a token-exact :class:`~tepo_agent.trajectory.Trajectory` in the store::
 
     recorder = TrajectoryRecorder(store, chat_format, app_tag="support-bot")
     graph.invoke({"messages": [("user", question)]}, config={"callbacks": [recorder]})
@@ -13,7 +13,7 @@ What it reads: the chat model's input messages and the ``response_metadata`` of 
 start, end or error of each tool run (name, arguments, latency, result). When the top-level run
 ends, the conversation (the graph's final ``messages`` when it returns them, otherwise the last
 model call's input plus its output) is turned into a trajectory by
-:func:`~tepo_agent.agent_trajectory.build_trajectory` and committed.
+:func:`~tepo_agent.agent.build.build_trajectory` and committed.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.outputs import LLMResult
 
-from tepo_agent.agent_state import ToolCallRecord
-from tepo_agent.agent_trajectory import build_trajectory
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.agent.build import build_trajectory
+from tepo_agent.agent.state import ToolCallRecord
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.trajectory import TrajectoryStatus
 
 if TYPE_CHECKING:

@@ -27,8 +27,8 @@ from typing import TextIO
 from tqdm import tqdm
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.model_io import load_tokenizer
-from tepo_agent.registry import PolicyRegistry
+from tepo_agent.model.io import load_tokenizer
+from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trainer.checkpoint import (
     TrainerState,
@@ -36,7 +36,7 @@ from tepo_agent.trainer.checkpoint import (
     save_policy,
     save_state,
 )
-from tepo_agent.trainer.gate import GateConfig
+from tepo_agent.trainer.eval_gate import GateConfig
 from tepo_agent.trainer.loop import StepResult, TrainConfig, Trainer, build_policy
 from tepo_agent.trainer.publish import PublishResult, publish_checkpoint
 from tepo_agent.trajectory import Trajectory

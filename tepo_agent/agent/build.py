@@ -1,4 +1,4 @@
-"""Turn a finished conversation of :class:`~tepo_agent.chat_model.TepoChatModel` turns into a
+"""Turn a finished conversation of :class:`~tepo_agent.agent.chat_model.TepoChatModel` turns into a
 token-exact :class:`~tepo_agent.trajectory.Trajectory`.
 
 Used by :class:`~tepo_agent.agent.TepoAgent` and by the callback recorder for users' own graphs.
@@ -17,9 +17,9 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from tepo_agent.agent_state import ToolCallRecord
-from tepo_agent.chat_format import ChatFormat
-from tepo_agent.chat_model import message_to_openai
+from tepo_agent.agent.chat_model import message_to_openai
+from tepo_agent.agent.state import ToolCallRecord
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, Turn
 
 

@@ -1,0 +1,10 @@
+"""Policies: the versioned registry the trainer publishes to (:mod:`~tepo_agent.policy.registry`)
+and the hot swap that makes a serving backend follow it (:mod:`~tepo_agent.policy.hotswap`).
+
+The registry names load here; the hot swap (torch, the transformers backend) only when
+``tepo_agent.policy.hotswap`` is imported.
+"""
+
+from tepo_agent.policy.registry import PolicyKind, PolicyRecord, PolicyRegistry
+
+__all__ = ["PolicyKind", "PolicyRecord", "PolicyRegistry"]

@@ -1,0 +1,5 @@
+"""vLLM's CPU build: its own virtual environment (:mod:`~tepo_agent.vllm.env`) and a real
+``vllm serve`` started and stopped for the HTTP backend (:mod:`~tepo_agent.vllm.launcher`).
+
+Nothing is imported here; ``from tepo_agent.vllm.launcher import VllmServer`` is the entry point.
+"""
