@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from tepo_agent import _moved
 from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.errors import (
     BackendError,
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
     from tepo_agent.model.default import ensure_default_model, init_model
 
 __version__ = "0.1.0"
+
+_moved.install()  # old module paths (tepo_agent.hotswap, ...) keep working for one release
 
 _LAZY: dict[str, str] = {
     "AgentConfig": "tepo_agent.agent.state",
