@@ -65,6 +65,12 @@ print(hashlib.sha256(pathlib.Path("pyproject.toml").read_bytes() + repr(sys.argv
         "$1" "$TORCH_SPEC" "$PWD" "$(python -V)"
 }
 
+# Whether URL answers within 10 s (through the same proxy variables pip uses).
+tepo_reachable() {
+    python -c 'import sys, urllib.request
+urllib.request.urlopen(sys.argv[1], timeout=10).close()' "$1" >/dev/null 2>&1
+}
+
 tepo_install() {
     local name="$1" spec="$2" stamp key
     stamp="$VIRTUAL_ENV/.tepo-agent-$name.installed"
@@ -79,9 +85,16 @@ tepo_install() {
     # An installed torch is kept (a CUDA build you chose, say); otherwise the CPU build, first, so
     # that resolving the project's `torch>=` floor never pulls a CUDA build.
     if ! python -c 'import importlib.metadata as m; m.distribution("torch")' 2>/dev/null; then
-        tepo_say "installing $TORCH_SPEC (CPU) into $VIRTUAL_ENV"
-        python -m pip install ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "$TORCH_SPEC" ||
-            return 1
+        local index=()
+        if [ -n "$TORCH_INDEX_URL" ] && tepo_reachable "${TORCH_INDEX_URL%/}/torch/"; then
+            index=(--index-url "$TORCH_INDEX_URL")
+        elif [ -n "$TORCH_INDEX_URL" ]; then
+            # pip would retry it five times for torch and for each of its dependencies.
+            tepo_say "note: $TORCH_INDEX_URL is unreachable; torch comes from pip's own index" \
+                "(PyPI's Linux torch is the CUDA build: set TORCH_INDEX_URL to a CPU mirror)"
+        fi
+        tepo_say "installing $TORCH_SPEC into $VIRTUAL_ENV"
+        python -m pip install ${index[@]+"${index[@]}"} "$TORCH_SPEC" || return 1
     fi
     tepo_say "installing tepo-agent ($spec, editable) into $VIRTUAL_ENV"
     python -m pip install -e "$spec" || return 1
