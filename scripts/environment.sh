@@ -82,6 +82,11 @@ tepo_install() {
     fi
     local start=$SECONDS
     rm -f "$stamp"
+    # A venv made without pip (`uv venv`, `--without-pip`, an interrupted creation) gets it here.
+    if ! python -c 'import pip' 2>/dev/null; then
+        tepo_say "installing pip into $VIRTUAL_ENV"
+        python -m ensurepip --default-pip >/dev/null || return 1
+    fi
     # An installed torch is kept (a CUDA build you chose, say); otherwise the CPU build, first, so
     # that resolving the project's `torch>=` floor never pulls a CUDA build.
     if ! python -c 'import importlib.metadata as m; m.distribution("torch")' 2>/dev/null; then
