@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Installs what the test suite needs (CPU torch first, so pip never pulls a CUDA build), then runs it.
+# Runs the test suite in the project's virtual environment: .venv at the repository root (created
+# with `python3 -m venv` on first use), or the one already activated. Installs CPU torch first,
+# then the project editable with its test extras (skipped when pyproject.toml has not changed since),
+# and, when run as root (as CI does), the Debian packages listed in scripts/system-packages.txt
+# (otherwise it prints the command that installs them). Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q torch==2.13.0
-python3 -m pip install -q -e '.[test]'
-python3 -m pytest -q "$@"
+source scripts/environment.sh
+tepo_system_packages scripts/system-packages.txt
+tepo_use_venv .venv
+tepo_install test '.[test]'
+exec python -m pytest -q "$@"

@@ -7,6 +7,7 @@ must provide ``tepo_agent.tools`` and ``tepo_agent.trainer`` and never top-level
 
 from __future__ import annotations
 
+import site
 import subprocess
 import sys
 import venv
@@ -31,10 +32,33 @@ print(json.dumps({
 """
 
 
-def _venv(path: Path) -> Path:
-    # System site-packages provide torch & co.; the venv's own site-packages come first.
-    venv.EnvBuilder(system_site_packages=True, with_pip=False).create(path)
-    return path / "bin" / "python"
+def _site_dirs() -> list[str]:
+    """The site-packages folders this interpreter imports from (venv, system, user)."""
+    dirs = site.getsitepackages()
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return dirs
+
+
+def _venv(path: Path) -> tuple[Path, str]:
+    """A fresh venv whose own site-packages come first, then this interpreter's (torch & co.).
+
+    The test suite runs in a virtual environment (the README's command makes one) or in a system
+    Python; either way the dependencies live in this interpreter's site folders, which a venv made
+    with ``system_site_packages`` would not see when this interpreter is itself a venv. A ``.pth``
+    line appends a folder to ``sys.path`` without running that folder's own ``.pth`` files, so the
+    outer editable install of tepo-agent (a finder that a ``.pth`` file installs) stays out.
+    """
+    venv.EnvBuilder(with_pip=False).create(path)
+    python = path / "bin" / "python"
+    own = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    (Path(own) / "outer-site-packages.pth").write_text("\n".join(_site_dirs()) + "\n")
+    return python, own
 
 
 def _probe(python: Path, cwd: Path) -> dict:
@@ -67,13 +91,7 @@ def test_wheel_installs_tools_and_trainer_under_tepo_agent(tmp_path):
         timeout=300,
     )
     (wheel,) = wheels.glob("tepo_agent-*.whl")
-    python = _venv(tmp_path / "venv")
-    site = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    python, purelib = _venv(tmp_path / "venv")
     subprocess.run(
         [
             sys.executable,
@@ -84,15 +102,16 @@ def test_wheel_installs_tools_and_trainer_under_tepo_agent(tmp_path):
             "--no-compile",
             "-q",
             "--target",
-            site,
+            purelib,
             str(wheel),
         ],
         check=True,
         timeout=300,
     )
     got = _probe(python, tmp_path)
-    assert got["tools"].startswith(site) and got["tools"].endswith("tepo_agent/tools/__init__.py")
-    assert got["trainer"].startswith(site)
+    assert got["tools"].startswith(purelib)
+    assert got["tools"].endswith("tepo_agent/tools/__init__.py")
+    assert got["trainer"].startswith(purelib)
     assert not got["top_tools"] and not got["top_trainer"]
     assert got["calc"] == 42
 
