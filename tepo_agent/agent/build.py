@@ -19,7 +19,9 @@ from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from tepo_agent.agent.chat_model import message_to_openai
 from tepo_agent.agent.state import ToolCallRecord
+from tepo_agent.agent.tool_calls import reported_kind
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.entropy import delta_entropy
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, Turn
 
 
@@ -50,6 +52,9 @@ def _tool_turn(
     message: ToolMessage, record: ToolCallRecord | None, delta: float | None, args: Any
 ) -> Turn:
     failed = message.status == "error" or (record is not None and record["error"] is not None)
+    kind = record.get("error_kind") if record is not None else None
+    if failed and kind is None:  # a call described from its messages alone
+        kind = reported_kind(message.text)
     return Turn(
         role="tool",
         token_ids=[],
@@ -59,6 +64,7 @@ def _tool_turn(
         tool_args=record["args"] if record is not None else args,
         tool_result=None if failed else message.text,
         tool_error=message.text if failed else None,
+        error_kind=kind if failed else None,
         tool_latency_s=record["latency_s"] if record is not None else None,
         delta_entropy=delta,
     )
@@ -131,9 +137,7 @@ def build_trajectory(
         if end < len(messages):
             nxt = messages[end].response_metadata
             next_prompt = list(nxt["prompt_token_ids"])
-            h_next = nxt.get("turn_entropy")
-            if turn.entropy_mean is not None and h_next is not None and not math.isnan(h_next):
-                delta = float(h_next) - turn.entropy_mean
+            delta = delta_entropy(turn.entropy_mean, nxt.get("turn_entropy"))
             if next_prompt[: len(prefix)] == prefix:
                 env = next_prompt[len(prefix) :]
             else:

@@ -30,6 +30,7 @@ from langchain_core.outputs import LLMResult
 
 from tepo_agent.agent.build import build_trajectory
 from tepo_agent.agent.state import ToolCallRecord
+from tepo_agent.agent.tool_calls import call_record, exception_kind, reported_kind
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.trajectory import TrajectoryStatus
 
@@ -192,14 +193,14 @@ class TrajectoryRecorder(BaseCallbackHandler):
             text = output if isinstance(output, str) else str(output)
         if call_id is None:
             return
-        recording.records[call_id] = ToolCallRecord(
-            tool_call_id=call_id,
-            name=run.name,
-            args=run.args,
+        recording.records[call_id] = call_record(
+            call_id,
+            run.name,
+            run.args,
+            latency_s=time.perf_counter() - run.started,
             result=None if failed else text,
             error=text if failed else None,
-            latency_s=time.perf_counter() - run.started,
-            delta_entropy=None,
+            error_kind=reported_kind(text) if failed else None,
         )
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
@@ -210,14 +211,13 @@ class TrajectoryRecorder(BaseCallbackHandler):
         call_id = run.tool_call_id or kwargs.get("tool_call_id")
         if call_id is None:
             return
-        recording.records[call_id] = ToolCallRecord(
-            tool_call_id=call_id,
-            name=run.name,
-            args=run.args,
-            result=None,
-            error=f"{type(error).__name__}: {error}",
+        recording.records[call_id] = call_record(
+            call_id,
+            run.name,
+            run.args,
             latency_s=time.perf_counter() - run.started,
-            delta_entropy=None,
+            error=f"{type(error).__name__}: {error}",
+            error_kind=exception_kind(error),
         )
 
     def on_chain_end(
