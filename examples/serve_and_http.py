@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import httpx
 
 from tepo_agent import TrajectoryStore
+from tepo_agent.net import free_port
 
 SERVED_NAME = "tepo-local"
 QUESTIONS = ["What is 17 * 23?", "What is 2 to the power 10?", "What is 144 / 12?"]
@@ -45,12 +45,6 @@ def default_model_dir() -> Path:
 
     boot = bootstrapped_model_dir()
     return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float = 180) -> None:

@@ -7,8 +7,9 @@ ARCHITECTURE.md, invariants 3 and 4. Everything here is a pure function:
   in-process backend and the trainer use these.
 - :func:`topk_entropy_bounds`: what an HTTP backend can say about H_t from the top-k logprobs alone
   (vLLM ``logprobs=k``): a point estimate and guaranteed lower/upper bounds from the tail mass.
-- :func:`turn_entropy` / :func:`delta_entropies`: H(t_k), the mean token entropy of an assistant
-  turn, and ΔH_k = H(t_k) − H(t_{k−1}), the change that tool call k caused.
+- :func:`turn_entropy` / :func:`delta_entropy`: H(t_k), the mean token entropy of an assistant
+  turn, and ΔH_k = H(t_k) − H(t_{k−1}), the change that tool call k caused (the one definition
+  of ΔH; :func:`delta_entropies` applies it along a run).
 
 Example::
 
@@ -33,6 +34,7 @@ from tepo_agent.errors import ConfigError
 __all__ = [
     "EntropyEstimate",
     "delta_entropies",
+    "delta_entropy",
     "entropy_from_logits",
     "token_logprobs_and_entropy",
     "topk_entropy_bounds",
@@ -211,11 +213,26 @@ def turn_entropy(entropies: Sequence[float], window: int | None = None) -> float
     return math.fsum(values) / len(values)
 
 
+def delta_entropy(before: float | None, after: float | None) -> float | None:
+    """ΔH_k = H(t_k) − H(t_{k−1}) of the tool call between two assistant turns.
+
+    The one definition of ΔH: the agent (live, per call), the trajectory builder and the
+    trainer's exact recomputation all call it. ``before`` is H of the turn that issued the call,
+    ``after`` H of the turn sampled after its result. None when either is unknown (None, or NaN
+    for a turn with no tokens): an unknown ΔH is never counted as a reduction.
+    """
+    if before is None or after is None or math.isnan(before) or math.isnan(after):
+        return None
+    return float(after) - float(before)
+
+
 def delta_entropies(turn_entropies: Sequence[float]) -> list[float]:
     """ΔH_k = H(t_k) − H(t_{k−1}) for k = 1..K, given H(t_0)..H(t_K).
 
     Entry k−1 of the result belongs to tool call k (issued at the end of t_{k−1}); a negative
-    value marks an entropy-reducing call. Fewer than two turns give an empty list.
+    value marks an entropy-reducing call. Fewer than two turns give an empty list; an unknown
+    ΔH (:func:`delta_entropy` gives None) is NaN here, so the list stays all floats.
     """
     h = list(turn_entropies)
-    return [h[k] - h[k - 1] for k in range(1, len(h))]
+    deltas = (delta_entropy(h[k - 1], h[k]) for k in range(1, len(h)))
+    return [math.nan if d is None else d for d in deltas]

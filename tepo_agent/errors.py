@@ -10,7 +10,9 @@ catch one type. Messages say what was wrong and what to do about it.
     ├── BackendError           generation failed
     │   └── BackendUnavailableError   the server cannot be reached / timed out (retryable)
     ├── ToolError              a tool failed (an error tool message; also a LangChain ToolException)
+    │   ├── ToolTimeoutError   a tool did not finish in time (also a TimeoutError)
     │   └── SandboxError       the python sandbox could not run or contain the code
+    │       └── SandboxTimeoutError   the sandboxed code ran past its wall-time limit
     ├── StoreError             the trajectory store cannot be opened, migrated or written
     └── TrainerError           training, checkpointing or publishing failed
         └── PublishError       a candidate policy could not be registered or made live
@@ -53,8 +55,33 @@ class ToolError(TepoError, ToolException):
     """
 
 
+TIMED_OUT = "timed out"
+"""How the message of every :class:`ToolTimeoutError` starts.
+
+A tool that reports its errors as a message (LangChain's ``handle_tool_error``) hands the agent
+only the text, so this prefix is how a handled timeout keeps its ``error_kind`` (``timeout``).
+"""
+
+
+class ToolTimeoutError(ToolError, TimeoutError):
+    """A tool did not finish within its time limit.
+
+    The message always starts with :data:`TIMED_OUT`; it is also a ``TimeoutError``, so code that
+    catches timeouts generically catches it too.
+    """
+
+    def __init__(self, message: str) -> None:
+        if not message.startswith(TIMED_OUT):
+            message = f"{TIMED_OUT}: {message}"
+        super().__init__(message)
+
+
 class SandboxError(ToolError):
     """The python sandbox could not run or contain the submitted code."""
+
+
+class SandboxTimeoutError(SandboxError, ToolTimeoutError):
+    """The sandboxed code ran past its wall-time limit and was killed."""
 
 
 class StoreError(TepoError):
@@ -70,6 +97,7 @@ class PublishError(TrainerError):
 
 
 __all__ = [
+    "TIMED_OUT",
     "BackendError",
     "BackendUnavailableError",
     "ChatFormatError",
@@ -77,8 +105,10 @@ __all__ = [
     "ModelLoadError",
     "PublishError",
     "SandboxError",
+    "SandboxTimeoutError",
     "StoreError",
     "TepoError",
     "ToolError",
+    "ToolTimeoutError",
     "TrainerError",
 ]

@@ -27,6 +27,13 @@ from tepo_agent.backends.base import EntropyKind
 
 TurnRole = Literal["assistant", "tool"]
 TrajectoryStatus = Literal["ok", "max_tool_calls", "max_tokens", "error"]
+ErrorKind = Literal["malformed", "unknown_tool", "tool_error", "timeout"]
+"""Why a tool call failed: ``malformed`` (the turn's tool-call syntax did not parse),
+``unknown_tool`` (a name the agent does not offer), ``tool_error`` (the tool refused or raised),
+``timeout`` (the tool did not finish in time). A call that succeeded has ``error_kind`` None."""
+ERROR_KINDS: tuple[ErrorKind, ...] = ("malformed", "unknown_tool", "tool_error", "timeout")
+FORMAT_ERROR_KINDS: tuple[ErrorKind, ...] = ("malformed", "unknown_tool")
+"""The kinds that are the model's fault in writing the call (the gate's format errors)."""
 
 
 def new_id() -> str:
@@ -56,6 +63,7 @@ class Turn:
     tool_args: dict[str, Any] | None = None
     tool_result: str | None = None
     tool_error: str | None = None
+    error_kind: ErrorKind | None = None  # why the call failed (None: it succeeded)
     tool_latency_s: float | None = None
     delta_entropy: float | None = None  # ΔH_k of this call
 

@@ -15,7 +15,7 @@ from tepo_agent.agent.graph import AgentConfig, TepoAgent
 from tepo_agent.agent.state import AgentState, final_status, route_after_model
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
-from tepo_agent.errors import ConfigError
+from tepo_agent.errors import ConfigError, SandboxTimeoutError
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tools import make_calculator_tool
 
@@ -101,6 +101,47 @@ def test_model_mistakes_become_error_tool_messages_and_the_run_goes_on(
         assert error.split("\n")[0] in chat_format.decode(prompt)
     assert result.trajectory.metadata["token_exact"] is True
     assert all(t.tool_error for t in result.trajectory.tool_turns())
+
+
+def _slow(seconds: int) -> str:
+    raise TimeoutError(f"no answer within {seconds} s")
+
+
+def _sandbox_slow(seconds: int) -> str:
+    raise SandboxTimeoutError(f"timed out after {seconds} s of wall time")
+
+
+SLOW = StructuredTool.from_function(func=_slow, name="slow", description="Times out.")
+SANDBOX_SLOW = StructuredTool.from_function(
+    func=_sandbox_slow, name="sandbox_slow", description="Times out.", handle_tool_error=True
+)
+
+
+def test_each_failed_call_records_its_error_kind_as_data(
+    tiny_model_dir: Path, chat_format: ChatFormat, tmp_path: Path
+) -> None:
+    script = [
+        "<tool_call>\nnot json\n</tool_call>",
+        '<tool_call>\n{"name": "teleport", "arguments": {}}\n</tool_call>',
+        '<tool_call>\n{"name": "boom", "arguments": {"text": "x"}}\n</tool_call>',
+        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1/0"}}\n</tool_call>',
+        '<tool_call>\n{"name": "slow", "arguments": {"seconds": 3}}\n</tool_call>',
+        '<tool_call>\n{"name": "sandbox_slow", "arguments": {"seconds": 3}}\n</tool_call>',
+        calc_call("2+2"),
+        "Done.",
+    ]
+    backend = ScriptedBackend(tiny_model_dir, chat_format, script)
+    tools = [make_calculator_tool(), BOOM, SLOW, SANDBOX_SLOW]
+    kinds = ["malformed", "unknown_tool", "tool_error", "tool_error", "timeout", "timeout", None]
+    with TrajectoryStore(tmp_path / "t.db") as store:
+        agent = TepoAgent(backend, chat_format, tools, AgentConfig(max_tool_calls=8), store=store)
+        result = agent.run("Try things.")
+        assert result.trajectory_id is not None
+        stored = store.get(result.trajectory_id)
+    assert [r["error_kind"] for r in result.tool_calls] == kinds
+    assert [(r["error"] is None) for r in result.tool_calls] == [k is None for k in kinds]
+    assert [t.error_kind for t in result.trajectory.tool_turns()] == kinds
+    assert [t.error_kind for t in stored.tool_turns()] == kinds
 
 
 def test_too_many_tool_calls_end_the_run_without_executing_them(

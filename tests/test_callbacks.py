@@ -78,6 +78,7 @@ async def test_failing_tools_are_recorded_handled_or_not(
         (tool,) = stored.tool_turns()
         assert tool.tool_name == "divide" and tool.tool_args == {"a": 1, "b": 0}
         assert tool.tool_error and "division" in tool.tool_error
+        assert tool.error_kind == "tool_error"
         assert tool.tool_result is None
         last = backend.generations[-1]
         assert stored.full_token_ids() == backend.prompts[-1] + list(last.token_ids)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tepo_agent.entropy import (
     EntropyEstimate,
     delta_entropies,
+    delta_entropy,
     entropy_from_logits,
     token_logprobs_and_entropy,
     topk_entropy_bounds,
@@ -193,3 +194,25 @@ def test_delta_entropies_are_differences_of_consecutive_turns() -> None:
     assert delta_entropies([]) == []
     nan_delta = delta_entropies([1.0, math.nan])
     assert len(nan_delta) == 1 and math.isnan(nan_delta[0])
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "expected"),
+    [
+        (2.0, 1.5, -0.5),  # the call made the model surer: entropy-reducing
+        (1.5, 1.75, 0.25),
+        (0.0, 0.0, 0.0),
+        (None, 1.0, None),  # no turn issued the call
+        (1.0, None, None),  # the run ended before the next turn
+        (math.nan, 1.0, None),  # an empty turn has no entropy
+        (1.0, math.nan, None),
+    ],
+)
+def test_delta_entropy_is_after_minus_before_and_unknown_when_either_is(
+    before: float | None, after: float | None, expected: float | None
+) -> None:
+    got = delta_entropy(before, after)
+    if expected is None:
+        assert got is None
+    else:
+        assert got == pytest.approx(expected, abs=1e-12)

@@ -12,7 +12,6 @@ import json
 import math
 import socket
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from tepo_agent.backends.base import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
+from tepo_agent.net import free_port
 
 # vLLM 0.33's own request/response schemas (pydantic model_json_schema), vendored from shared/.
 PROTOCOL = Path(__file__).parent / "data" / "vllm-0.33-protocol"
@@ -120,12 +120,9 @@ class ScriptedServer:
         self.thread.join()
 
 
-@pytest.fixture
-def free_port() -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    yield port
+@pytest.fixture(name="free_port")
+def free_port_fixture() -> int:
+    return free_port()
 
 
 def _backend(url: str, **overrides: Any) -> HttpBackend:

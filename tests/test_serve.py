@@ -30,6 +30,7 @@ from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.model.default import DefaultModelConfig, init_model
+from tepo_agent.net import free_port
 from tepo_agent.server.app import create_app
 
 MAX_LEN = 512
@@ -420,9 +421,7 @@ async def test_concurrent_requests_all_succeed_with_the_sequential_answers(
 
 @pytest.mark.slow
 def test_cli_serve_starts_a_server_with_the_env_api_key(model_dir: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "TEPO_AGENT_API_KEY": "from-env"}
     cmd = [
         sys.executable,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,13 +12,8 @@ import pytest
 import torch
 
 from tepo_agent.model.io import load_causal_lm
+from tepo_agent.net import free_port
 from tepo_agent.policy.registry import PolicyRegistry
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _complete(url: str) -> dict:
@@ -42,7 +36,7 @@ def test_serve_with_db_swaps_in_a_newly_live_version(default_model_dir: Path, tm
     db = tmp_path / "t.db"
     registry = PolicyRegistry(db)
     registry.ensure_base(str(default_model_dir))
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tepo_agent", "serve", "--model", str(default_model_dir),
          "--served-model-name", "m", "--port", str(port), "--db", str(db), "--poll-s", "0.2",

@@ -332,7 +332,7 @@ def test_a_v1_file_is_migrated_forward_on_open(tmp_path: Path) -> None:
     )
     conn.close()
     with TrajectoryStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.get("old").prompt_token_ids == [5, 6]
         (group,) = store.scored_since(0)  # backfilled score_seq: visible to the trainer
         assert group.members[0].id == "old"
@@ -340,6 +340,56 @@ def test_a_v1_file_is_migrated_forward_on_open(tmp_path: Path) -> None:
         new = make_trajectory(score=1.0)
         store.add(new)
         assert [g.members[0].id for g in store.scored_since(group.seq)] == [new.id]
+
+
+def test_a_v2_file_gets_each_failed_calls_error_kind_back_filled(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    apply_migrations(conn, target=2)
+    conn.execute("COMMIT")
+    conn.execute(
+        "INSERT INTO trajectories (id, seq, task, prompt_token_ids, status, num_turns, "
+        "num_tokens, num_tool_calls, num_entropy_reducing_calls, created_at) "
+        "VALUES ('old', 1, 'q', ?, 'ok', 5, 1, 5, 0, 1.0)",
+        [struct.pack("<i", 5)],
+    )
+    errors = [
+        "error: malformed tool call (bad json). Call a tool as ...",
+        "error: unknown tool 'teleport'; tools: calculator",
+        "error: timed out after 3 s of wall time; the process was killed.",
+        "error: division by zero",
+        None,
+    ]
+    for idx, error in enumerate(errors):
+        conn.execute(
+            "INSERT INTO turns (trajectory_id, idx, role, text, token_ids, tool_error, "
+            "tool_result) VALUES ('old', ?, 'tool', '', x'', ?, ?)",
+            [idx, error, "4" if error is None else None],
+        )
+    conn.close()
+    with TrajectoryStore(path) as store:
+        kinds = [t.error_kind for t in store.get("old").turns]
+    assert kinds == ["malformed", "unknown_tool", "timeout", "tool_error", None]
+
+
+def test_error_kind_round_trips_and_is_exported(store: TrajectoryStore, tmp_path: Path) -> None:
+    traj = make_trajectory()
+    traj.turns[2].error_kind = "timeout"
+    store.add(traj)
+    assert [t.error_kind for t in store.get(traj.id).turns] == [None, None, "timeout", None]
+    out = tmp_path / "out.jsonl"
+    store.export_jsonl(out)
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [t["error_kind"] for t in record["turns"]] == [None, None, "timeout", None]
+
+
+def test_the_store_refuses_an_error_kind_it_does_not_know(store: TrajectoryStore) -> None:
+    traj = make_trajectory()
+    traj.turns[2].error_kind = "gremlins"  # type: ignore[assignment]
+    with pytest.raises(StoreError, match="rejected by the schema"):
+        store.add(traj)
+    assert store.count() == 0
 
 
 def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:

@@ -2,7 +2,8 @@
 
 The tool returns what the code printed (stdout, and stderr when there is any; the value of a
 final bare expression is printed as in a REPL). A failing run, an exception, a timeout, a memory
-or CPU limit, raises :class:`~tepo_agent.errors.ToolError` (:class:`SandboxError` for the limits)
+or CPU limit, raises :class:`~tepo_agent.errors.ToolError` (:class:`SandboxError` for the limits,
+:class:`SandboxTimeoutError` for the wall-time limit, so the agent records ``error_kind="timeout"``)
 whose message carries the traceback tail and the partial output, so the agent can show the
 model what went wrong. Truncation and degraded-containment notes are appended to the text.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from tepo_agent.errors import SandboxError, ToolError
+from tepo_agent.errors import TIMED_OUT, SandboxError, SandboxTimeoutError, ToolError
 from tepo_agent.tools.sandbox import PythonSandbox, SandboxConfig, SandboxResult
 
 _TAIL_CHARS = 2_000
@@ -45,8 +46,8 @@ def raise_for_failure(result: SandboxResult, config: SandboxConfig) -> None:
     if result.ok:
         return
     if result.timed_out:
-        problem: ToolError = SandboxError(
-            f"timed out after {config.timeout_s:g} s of wall time; the process was killed. "
+        problem: ToolError = SandboxTimeoutError(
+            f"{TIMED_OUT} after {config.timeout_s:g} s of wall time; the process was killed. "
             "Make the code faster or print partial results."
         )
     elif result.memory_exceeded:

@@ -172,6 +172,38 @@ def compute_advantages(
         TrainerError: lengths differ, reward kinds are mixed, or a dense reward does not have
             one call reward per tool call.
     """
+    turn_calls = [_turn_calls(t) for t in trajectories]
+    dense = _check_rewards(trajectories, rewards, turn_calls)
+    groups, ungrouped = _group_members(trajectories)
+    skipped: set[int] = set()
+    if ungrouped:
+        if cfg.ungrouped == "batch_baseline":
+            groups.append(ungrouped)
+        else:
+            skipped.update(ungrouped)
+    norm = _normalize_groups(groups, rewards, cfg, dense=dense, size=len(trajectories))
+    per_traj = tuple(
+        _token_advantages(
+            traj, turn_calls[i], norm.outcome[i], norm.calls[i], dense=dense, train=i not in skipped
+        )
+        for i, traj in enumerate(trajectories)
+    )
+    return BatchAdvantages(
+        per_trajectory=per_traj,
+        groups=len(groups),
+        zero_variance_groups=norm.zero_variance,
+        zero_variance_call_groups=norm.zero_variance_calls,
+        batch_baseline=len(ungrouped) if cfg.ungrouped == "batch_baseline" else 0,
+        skipped=len(skipped),
+    )
+
+
+def _check_rewards(
+    trajectories: Sequence[Trajectory],
+    rewards: Sequence[TrajectoryReward],
+    turn_calls: Sequence[list[list[int]]],
+) -> bool:
+    """Whether the batch's rewards are dense, after checking they fit the trajectories."""
     if len(trajectories) != len(rewards):
         raise TrainerError(
             f"got {len(trajectories)} trajectories but {len(rewards)} rewards; pass one each"
@@ -180,7 +212,6 @@ def compute_advantages(
     if len(kinds) > 1:
         raise TrainerError(f"a batch must use one reward kind, got {sorted(kinds)}")
     dense = kinds == {"dense"}
-    turn_calls = [_turn_calls(t) for t in trajectories]
     if dense:
         for traj, reward, calls in zip(trajectories, rewards, turn_calls, strict=True):
             n_calls = sum(len(c) for c in calls)
@@ -189,17 +220,30 @@ def compute_advantages(
                     f"trajectory {traj.id} has {n_calls} tool calls but its dense reward has "
                     f"{len(reward.call_rewards)} call rewards; recompute its reward"
                 )
+    return dense
 
-    groups, ungrouped = _group_members(trajectories)
-    skipped: set[int] = set()
-    if ungrouped:
-        if cfg.ungrouped == "batch_baseline":
-            groups.append(ungrouped)
-        else:
-            skipped.update(ungrouped)
 
-    outcome_adv = [0.0] * len(trajectories)
-    call_adv: list[list[float]] = [[] for _ in trajectories]
+@dataclass(frozen=True)
+class _GroupNormalized:
+    """Per trajectory: its normalised outcome advantage and (dense) per-call advantages."""
+
+    outcome: list[float]
+    calls: list[list[float]]
+    zero_variance: int
+    zero_variance_calls: int
+
+
+def _normalize_groups(
+    groups: Sequence[list[int]],
+    rewards: Sequence[TrajectoryReward],
+    cfg: AdvantageConfig,
+    *,
+    dense: bool,
+    size: int,
+) -> _GroupNormalized:
+    """Normalise each group's rewards (and, dense, its pooled call rewards) within the group."""
+    outcome_adv = [0.0] * size
+    call_adv: list[list[float]] = [[] for _ in range(size)]
     zero_var = zero_var_calls = 0
     for members in groups:
         values, flat = normalize_group([rewards[i].reward for i in members], cfg.normalize, cfg.eps)
@@ -215,33 +259,32 @@ def compute_advantages(
                 n = len(rewards[i].call_rewards)
                 call_adv[i] = normed[start : start + n]
                 start += n
+    return _GroupNormalized(outcome_adv, call_adv, zero_var, zero_var_calls)
 
-    per_traj: list[TokenAdvantages] = []
-    for i, traj in enumerate(trajectories):
-        turn_adv: list[float] = []
-        for issued in turn_calls[i]:
-            if dense and issued:
-                turn_adv.append(math.fsum(call_adv[i][c] for c in issued) / len(issued))
-            else:
-                turn_adv.append(outcome_adv[i])
-        train = i not in skipped
-        adv, mask = _spread(traj, turn_adv, train)
-        per_traj.append(
-            TokenAdvantages(
-                advantages=adv,
-                loss_mask=mask,
-                turn_advantages=tuple(turn_adv) if train else tuple(0.0 for _ in turn_adv),
-                zero_signal=all(a == 0.0 for a in adv),
-                skipped=not train,
-            )
-        )
-    return BatchAdvantages(
-        per_trajectory=tuple(per_traj),
-        groups=len(groups),
-        zero_variance_groups=zero_var,
-        zero_variance_call_groups=zero_var_calls,
-        batch_baseline=len(ungrouped) if cfg.ungrouped == "batch_baseline" else 0,
-        skipped=len(skipped),
+
+def _token_advantages(
+    traj: Trajectory,
+    turn_calls: list[list[int]],
+    outcome: float,
+    calls: list[float],
+    *,
+    dense: bool,
+    train: bool,
+) -> TokenAdvantages:
+    """One trajectory's per-turn advantages (a dense turn: the mean of its calls'), per token."""
+    turn_adv: list[float] = []
+    for issued in turn_calls:
+        if dense and issued:
+            turn_adv.append(math.fsum(calls[c] for c in issued) / len(issued))
+        else:
+            turn_adv.append(outcome)
+    adv, mask = _spread(traj, turn_adv, train)
+    return TokenAdvantages(
+        advantages=adv,
+        loss_mask=mask,
+        turn_advantages=tuple(turn_adv) if train else tuple(0.0 for _ in turn_adv),
+        zero_signal=all(a == 0.0 for a in adv),
+        skipped=not train,
     )
 
 

@@ -18,9 +18,6 @@ Held-out evaluation tasks use other seeds than the demonstrations (``tasks.world
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +25,11 @@ from pathlib import Path
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from tqdm import tqdm
 
+from tepo_agent.atomic import publish_directory
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.model.default import DefaultModelConfig, init_model
 from tepo_agent.model.io import load_causal_lm
-from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME, bootstrapped_model_dir
+from tepo_agent.paths import bootstrapped_model_dir
 from tepo_agent.tasks import deep_search_suite, knowledge_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
 from tepo_agent.tasks.world import EVAL_SEED, build_world, world_tools
@@ -110,22 +108,15 @@ def bootstrap_model(out_dir: str | Path, cfg: BootstrapConfig = BootstrapConfig(
 def ensure_bootstrapped_model(cfg: BootstrapConfig = BootstrapConfig()) -> Path:
     """``default_home()/models/default-sft-v1``, bootstrapped once and cached.
 
-    Built in a temporary sibling directory and moved into place with ``os.replace``, so an
-    interrupted bootstrap never leaves a half-written model behind and concurrent first calls
-    are safe (one wins).
+    Built in a temporary sibling directory and moved into place
+    (:func:`~tepo_agent.atomic.publish_directory`), so an interrupted bootstrap never leaves a
+    half-written model behind and concurrent first calls are safe (one wins).
     """
     target = bootstrapped_model_dir()
     if (target / "bootstrap.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{BOOTSTRAPPED_MODEL_NAME}-", dir=target.parent))
-    try:
-        bootstrap_model(tmp / "m", cfg)
-        try:
-            os.replace(tmp / "m", target)
-        except OSError:
-            if not (target / "bootstrap.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return publish_directory(
+        target,
+        lambda out: bootstrap_model(out, cfg),
+        is_complete=lambda done: (done / "bootstrap.json").is_file(),
+    )

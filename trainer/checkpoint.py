@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from typing import Any
 
 import torch
 
+from tepo_agent.atomic import publish_directory, write_text_atomic
 from tepo_agent.errors import TrainerError
 
 # Files of a model directory that are not weights or config: copied next to a published full
@@ -60,24 +60,10 @@ class TrainerState:
 
 def _atomic_dir(parent: Path, name: str, fill: Callable[[Path], None]) -> Path:
     """Create ``parent/name`` by filling a temporary sibling and renaming it into place."""
-    parent.mkdir(parents=True, exist_ok=True)
     target = parent / name
     if target.exists():
         raise TrainerError(f"{target} already exists; checkpoint directories are never reused")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=parent))
-    try:
-        fill(tmp)
-        os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return publish_directory(target, fill)
 
 
 def copy_model_assets(base_dir: str | os.PathLike[str], out: Path) -> None:
@@ -134,7 +120,7 @@ def save_state(
     if (root / name).exists():  # a crash after rename but before LATEST: the dir is complete
         shutil.rmtree(root / name)
     target = _atomic_dir(root, name, fill)
-    _write_text_atomic(root / "LATEST", name)
+    write_text_atomic(root / "LATEST", name)
     steps = sorted(p for p in root.glob("step-*") if p.is_dir())
     for old in steps[: max(0, len(steps) - keep)]:
         shutil.rmtree(old, ignore_errors=True)

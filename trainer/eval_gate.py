@@ -38,9 +38,9 @@ from tepo_agent.tasks import (
 )
 from tepo_agent.tasks.world import EVAL_SEED, world_tools
 from tepo_agent.tools.calculator import make_calculator_tool
+from tepo_agent.trajectory import FORMAT_ERROR_KINDS
 
 _SUITES: tuple[SuiteName, ...] = ("math", "knowledge", "deep_search")
-_FORMAT_ERRORS = ("error: malformed tool call", "error: unknown tool")
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ async def _evaluate(agent: TepoAgent, tasks: list[Task]) -> list[tuple[float, in
     async def one(task: Task) -> tuple[float, int, int]:
         result = await agent.arun(task.question, task_id=task.id)
         calls = result.tool_calls
-        bad = sum(1 for c in calls if (c["error"] or "").startswith(_FORMAT_ERRORS))
+        bad = sum(1 for c in calls if c["error_kind"] in FORMAT_ERROR_KINDS)
         return task.score(result.answer), len(calls), bad
 
     return list(await asyncio.gather(*(one(t) for t in tasks)))

@@ -132,32 +132,19 @@ def policy_loss(
             ``kl_coef > 0`` without reference logprobs.
     """
     shape = logprobs.shape
-    named = {
-        "behaviour_logprobs": behaviour_logprobs,
-        "advantages": advantages,
-        "loss_mask": loss_mask,
-        "proximal_logprobs": proximal_logprobs,
-        "ref_logprobs": ref_logprobs,
-        "entropy": entropy,
-    }
-    for name, tensor in named.items():
-        if tensor is not None and tensor.shape != shape:
-            raise TrainerError(
-                f"{name} has shape {tuple(tensor.shape)} but logprobs has {tuple(shape)}; "
-                f"every per-token tensor must be (B, T) aligned to target positions"
-            )
+    _check_shapes(
+        shape,
+        behaviour_logprobs=behaviour_logprobs,
+        advantages=advantages,
+        loss_mask=loss_mask,
+        proximal_logprobs=proximal_logprobs,
+        ref_logprobs=ref_logprobs,
+        entropy=entropy,
+    )
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise TrainerError("LossConfig.kl_coef > 0 needs ref_logprobs from a reference policy")
     mask = loss_mask.to(logprobs.dtype)  # (B, T)
-    off = torch.zeros(shape, dtype=torch.bool, device=logprobs.device)
-    if off_policy is not None:
-        off = off_policy.to(torch.bool)
-        if off.dim() == 1:
-            off = off[:, None].expand(shape)
-        if off.shape != shape:
-            raise TrainerError(
-                f"off_policy must be (B,) or (B, T) = {tuple(shape)}, got {tuple(off.shape)}"
-            )
+    off = _off_policy_tokens(off_policy, shape, logprobs.device)
     if proximal_logprobs is None and bool((off & (mask > 0)).any()):
         raise TrainerError(
             "the batch has off-policy tokens but no proximal_logprobs; run "
@@ -177,31 +164,74 @@ def policy_loss(
     if kl is not None and cfg.kl_coef > 0:
         per_token = per_token + cfg.kl_coef * kl
     loss = _aggregate(per_token, mask, cfg.aggregation)
+    terms = _LossTerms(ratio, advantages, weight, pg, mask, off, kl, entropy)
+    return LossOutput(loss=loss, metrics=_metrics(loss, terms, cfg))
 
-    with torch.no_grad():
-        on = mask > 0
-        n = int(on.sum().item())
-        metrics: dict[str, float] = {"loss": float(loss.item()), "tokens": float(n)}
-        if n == 0:
-            metrics.update(dict.fromkeys(_EMPTY_METRICS, 0.0))
-        else:
-            r = ratio[on]
-            a = advantages[on]
-            metrics["pg_loss"] = float(_aggregate(weight * pg, mask, cfg.aggregation).item())
-            metrics["clip_frac_low"] = float(((a < 0) & (r < 1 - cfg.clip_low)).float().mean())
-            metrics["clip_frac_high"] = float(((a > 0) & (r > 1 + cfg.clip_high)).float().mean())
-            metrics["ratio_mean"] = float(r.mean())
-            metrics["ratio_min"] = float(r.min())
-            metrics["ratio_max"] = float(r.max())
-            metrics["tis_weight_mean"] = float(weight[on].mean())
-            capped = off[on] & (weight[on] >= cfg.tis_cap)
-            metrics["tis_capped_frac"] = float(capped.float().mean())
-            metrics["off_policy_frac"] = float(off[on].float().mean())
-            if kl is not None:
-                metrics["kl"] = float(kl[on].mean())
-            if entropy is not None:
-                metrics["entropy"] = float(entropy[on].mean())
-    return LossOutput(loss=loss, metrics=metrics)
+
+def _check_shapes(shape: torch.Size, **tensors: torch.Tensor | None) -> None:
+    for name, tensor in tensors.items():
+        if tensor is not None and tensor.shape != shape:
+            raise TrainerError(
+                f"{name} has shape {tuple(tensor.shape)} but logprobs has {tuple(shape)}; "
+                f"every per-token tensor must be (B, T) aligned to target positions"
+            )
+
+
+def _off_policy_tokens(
+    off_policy: torch.Tensor | None, shape: torch.Size, device: torch.device
+) -> torch.Tensor:
+    """(B, T) bool: the tokens an older policy version sampled (none when not given)."""
+    if off_policy is None:
+        return torch.zeros(shape, dtype=torch.bool, device=device)
+    off = off_policy.to(torch.bool)
+    if off.dim() == 1:
+        off = off[:, None].expand(shape)
+    if off.shape != shape:
+        raise TrainerError(
+            f"off_policy must be (B,) or (B, T) = {tuple(shape)}, got {tuple(off.shape)}"
+        )
+    return off
+
+
+@dataclass(frozen=True)
+class _LossTerms:
+    """The (B, T) pieces of one loss evaluation that its metrics are read from."""
+
+    ratio: torch.Tensor
+    advantages: torch.Tensor
+    weight: torch.Tensor
+    pg: torch.Tensor
+    mask: torch.Tensor
+    off: torch.Tensor
+    kl: torch.Tensor | None
+    entropy: torch.Tensor | None
+
+
+@torch.no_grad()
+def _metrics(loss: torch.Tensor, t: _LossTerms, cfg: LossConfig) -> dict[str, float]:
+    on = t.mask > 0
+    n = int(on.sum().item())
+    metrics: dict[str, float] = {"loss": float(loss.item()), "tokens": float(n)}
+    if n == 0:
+        metrics.update(dict.fromkeys(_EMPTY_METRICS, 0.0))
+        return metrics
+    r = t.ratio[on]
+    a = t.advantages[on]
+    metrics["pg_loss"] = float(_aggregate(t.weight * t.pg, t.mask, cfg.aggregation).item())
+    metrics["clip_frac_low"] = float(((a < 0) & (r < 1 - cfg.clip_low)).float().mean())
+    metrics["clip_frac_high"] = float(((a > 0) & (r > 1 + cfg.clip_high)).float().mean())
+    metrics["ratio_mean"] = float(r.mean())
+    metrics["ratio_min"] = float(r.min())
+    metrics["ratio_max"] = float(r.max())
+    metrics["tis_weight_mean"] = float(t.weight[on].mean())
+    capped = t.off[on] & (t.weight[on] >= cfg.tis_cap)
+    metrics["tis_capped_frac"] = float(capped.float().mean())
+    metrics["off_policy_frac"] = float(t.off[on].float().mean())
+    if t.kl is not None:
+        metrics["kl"] = float(t.kl[on].mean())
+    if t.entropy is not None:
+        metrics["entropy"] = float(t.entropy[on].mean())
+    return metrics
 
 
 __all__ = ["LossOutput", "k3_kl", "policy_loss", "tis_weights"]

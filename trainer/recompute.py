@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tepo_agent.entropy import token_logprobs_and_entropy, turn_entropy
+from tepo_agent.entropy import delta_entropy, token_logprobs_and_entropy, turn_entropy
 from tepo_agent.errors import ConfigError, TrainerError
 from tepo_agent.trainer.batch import TrainBatch
 from tepo_agent.trajectory import Trajectory
@@ -143,7 +143,7 @@ def exact_turn_entropies(
     for issuer in turn_of_call:
         before = turn_h[issuer] if issuer >= 0 else None
         after = turn_h[issuer + 1] if issuer + 1 < len(turn_h) else None
-        deltas.append(None if before is None or after is None else after - before)
+        deltas.append(delta_entropy(before, after))
     return TurnEntropies(tuple(turn_h), tuple(deltas))
 
 

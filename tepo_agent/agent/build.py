@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
 from tepo_agent.agent.chat_model import message_to_openai
 from tepo_agent.agent.state import ToolCallRecord
+from tepo_agent.agent.tool_calls import reported_kind
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.entropy import delta_entropy
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, Turn
 
 
@@ -50,6 +53,9 @@ def _tool_turn(
     message: ToolMessage, record: ToolCallRecord | None, delta: float | None, args: Any
 ) -> Turn:
     failed = message.status == "error" or (record is not None and record["error"] is not None)
+    kind = record.get("error_kind") if record is not None else None
+    if failed and kind is None:  # a call described from its messages alone
+        kind = reported_kind(message.text)
     return Turn(
         role="tool",
         token_ids=[],
@@ -59,6 +65,7 @@ def _tool_turn(
         tool_args=record["args"] if record is not None else args,
         tool_result=None if failed else message.text,
         tool_error=message.text if failed else None,
+        error_kind=kind if failed else None,
         tool_latency_s=record["latency_s"] if record is not None else None,
         delta_entropy=delta,
     )
@@ -91,88 +98,92 @@ def build_trajectory(
     records = records or {}
     dicts = [message_to_openai(m) for m in messages]
     own = [i for i, m in enumerate(messages) if _is_own(m)]
+    header: dict[str, Any] = {
+        "task": task,
+        "group_id": group_id,
+        "answer": answer,
+        "status": status,
+        "app_tag": app_tag,
+        "task_id": task_id,
+    }
     if not own:
         prompt = list(chat_format.render(dicts, list(tools), add_generation_prompt=True))
-        return Trajectory(
-            task=task,
-            prompt_token_ids=prompt,
-            group_id=group_id,
-            answer=answer,
-            status=status,
-            app_tag=app_tag,
-            task_id=task_id,
-            metadata={"token_exact": True},
-        )
+        return Trajectory(prompt_token_ids=prompt, metadata={"token_exact": True}, **header)
     first = messages[own[0]]
     assert isinstance(first, AIMessage)
     trajectory = Trajectory(
-        task=task,
-        prompt_token_ids=list(first.response_metadata["prompt_token_ids"]),
-        group_id=group_id,
-        answer=answer,
-        status=status,
-        app_tag=app_tag,
-        task_id=task_id,
+        prompt_token_ids=list(first.response_metadata["prompt_token_ids"]), **header
     )
     token_exact = True
-    for n, i in enumerate(own):
-        turn_msg = messages[i]
-        assert isinstance(turn_msg, AIMessage)
-        turn = _assistant_turn(turn_msg, chat_format)
-        trajectory.turns.append(turn)
-        end = own[n + 1] if n + 1 < len(own) else len(messages)
-        block = [m for m in messages[i + 1 : end] if isinstance(m, ToolMessage)]
-        if not block:
-            continue
-        meta = turn_msg.response_metadata
-        prefix = list(meta["prompt_token_ids"]) + turn.token_ids
-        delta: float | None = None
-        env: list[int]
-        if end < len(messages):
-            nxt = messages[end].response_metadata
-            next_prompt = list(nxt["prompt_token_ids"])
-            h_next = nxt.get("turn_entropy")
-            if turn.entropy_mean is not None and h_next is not None and not math.isnan(h_next):
-                delta = float(h_next) - turn.entropy_mean
-            if next_prompt[: len(prefix)] == prefix:
-                env = next_prompt[len(prefix) :]
-            else:
-                token_exact = False
-                env = _render_block(chat_format, dicts, i, end, tools, turn)
-        else:
-            env = _render_block(chat_format, dicts, i, end, tools, turn)
-        args_by_id = {c["id"]: c["args"] for c in turn_msg.tool_calls}
-        for k, tool_msg in enumerate(block):
-            tool_turn = _tool_turn(
-                tool_msg,
-                records.get(tool_msg.tool_call_id),
-                delta,
-                args_by_id.get(tool_msg.tool_call_id),
-            )
-            if k == 0:
-                tool_turn.token_ids = env
-            trajectory.turns.append(tool_turn)
+    conversation = _Conversation(messages, dicts, chat_format, tools, records)
+    for i, end in zip(own, [*own[1:], len(messages)], strict=True):
+        turns, exact = conversation.turn_and_block(i, end)
+        trajectory.turns.extend(turns)
+        token_exact = token_exact and exact
     trajectory.metadata["token_exact"] = token_exact and all(
         messages[i].response_metadata.get("prompt_render") != "rerendered" for i in own
     )
     return trajectory
 
 
-def _render_block(
-    chat_format: ChatFormat,
-    dicts: list[dict[str, Any]],
-    turn_index: int,
-    end: int,
-    tools: Sequence[dict[str, Any]],
-    turn: Turn,
-) -> list[int]:
-    ended = bool(turn.token_ids) and turn.token_ids[-1] == chat_format.end_of_turn_id
-    tool_dicts = [d for d in dicts[turn_index + 1 : end] if d["role"] == "tool"]
-    return list(
-        chat_format.environment_tokens(
-            dicts[: turn_index + 1], tool_dicts, list(tools), sampled_end_of_turn=ended
+@dataclass(frozen=True)
+class _Conversation:
+    """What :func:`build_trajectory` reads each assistant turn and its tool block from."""
+
+    messages: Sequence[BaseMessage]
+    dicts: list[dict[str, Any]]
+    chat_format: ChatFormat
+    tools: Sequence[dict[str, Any]]
+    records: Mapping[str, ToolCallRecord]
+
+    def turn_and_block(self, i: int, end: int) -> tuple[list[Turn], bool]:
+        """Assistant turn ``i`` and the tool turns of ``messages[i + 1 : end]``, and whether
+        the block's tokens were taken from the next prompt (token-exact)."""
+        message = self.messages[i]
+        assert isinstance(message, AIMessage)
+        turn = _assistant_turn(message, self.chat_format)
+        block = [m for m in self.messages[i + 1 : end] if isinstance(m, ToolMessage)]
+        if not block:
+            return [turn], True
+        env, delta, exact = self.environment(i, end, turn)
+        args_by_id = {c["id"]: c["args"] for c in message.tool_calls}
+        tool_turns = [
+            _tool_turn(
+                tool_msg,
+                self.records.get(tool_msg.tool_call_id),
+                delta,
+                args_by_id.get(tool_msg.tool_call_id),
+            )
+            for tool_msg in block
+        ]
+        tool_turns[0].token_ids = env
+        return [turn, *tool_turns], exact
+
+    def environment(self, i: int, end: int, turn: Turn) -> tuple[list[int], float | None, bool]:
+        """The environment tokens after turn ``i`` (tool results + next generation prompt),
+        the block's ΔH, and whether the tokens are the next prompt's own."""
+        if end == len(self.messages):  # no turn followed: render the block, ΔH unknown
+            return self.render_block(i, end, turn), None, True
+        following = self.messages[end].response_metadata
+        delta = delta_entropy(turn.entropy_mean, following.get("turn_entropy"))
+        prefix = list(self.messages[i].response_metadata["prompt_token_ids"]) + turn.token_ids
+        next_prompt = list(following["prompt_token_ids"])
+        if next_prompt[: len(prefix)] == prefix:
+            return next_prompt[len(prefix) :], delta, True
+        return self.render_block(i, end, turn), delta, False
+
+    def render_block(self, turn_index: int, end: int, turn: Turn) -> list[int]:
+        chat_format = self.chat_format
+        ended = bool(turn.token_ids) and turn.token_ids[-1] == chat_format.end_of_turn_id
+        tool_dicts = [d for d in self.dicts[turn_index + 1 : end] if d["role"] == "tool"]
+        return list(
+            chat_format.environment_tokens(
+                self.dicts[: turn_index + 1],
+                tool_dicts,
+                list(self.tools),
+                sampled_end_of_turn=ended,
+            )
         )
-    )
 
 
 __all__ = ["build_trajectory"]

@@ -51,8 +51,10 @@ from tepo_agent.agent.state import (
     route_after_model,
 )
 from tepo_agent.agent.sync import run_sync
+from tepo_agent.agent.tool_calls import call_record, exception_kind, failed_call, reported_kind
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.entropy import delta_entropy
 from tepo_agent.errors import ConfigError
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
@@ -147,7 +149,7 @@ class TepoAgent:
         meta = reply.response_metadata
         h = float(meta["turn_entropy"]) if meta["turn_entropy"] is not None else float("nan")
         previous = state.get("turn_entropies", [])
-        delta = h - previous[-1] if previous else None
+        delta = delta_entropy(previous[-1], h) if previous else None
         finished = [{**record, "delta_entropy": delta} for record in state.get("pending_calls", [])]
         total = len(meta["prompt_token_ids"]) + len(meta["token_ids"])
         update: dict[str, Any] = {
@@ -178,7 +180,8 @@ class TepoAgent:
                 "Call a tool as "
                 '<tool_call>\n{"name": "<tool>", "arguments": {...}}\n</tool_call>'
             )
-            results.append(_error(f"invalid-{new_id()[:8]}", call.get("name"), None, error, 0.0))
+            call_id = f"invalid-{new_id()[:8]}"
+            results.append(failed_call(call_id, call.get("name"), None, error, "malformed"))
         return {
             "messages": [message for message, _ in results],
             "pending_calls": [record for _, record in results],
@@ -190,7 +193,8 @@ class TepoAgent:
         tool = self.tools.get(name)
         if tool is None:
             known = ", ".join(sorted(self.tools)) or "none"
-            return _error(call_id, name, args, f"error: unknown tool {name!r}; tools: {known}", 0.0)
+            error = f"error: unknown tool {name!r}; tools: {known}"
+            return failed_call(call_id, name, args, error, "unknown_tool")
         start = time.perf_counter()
         try:
             # Invoked as a tool call, so a tool that handles its own errors
@@ -200,22 +204,16 @@ class TepoAgent:
             )
         except Exception as exc:  # any tool failure is shown to the model, never raised
             latency = time.perf_counter() - start
-            return _error(call_id, name, args, f"error: {type(exc).__name__}: {exc}", latency)
+            error = f"error: {type(exc).__name__}: {exc}"
+            return failed_call(call_id, name, args, error, exception_kind(exc), latency)
         latency = time.perf_counter() - start
         if isinstance(output, ToolMessage):
             if output.status == "error":
-                return _error(call_id, name, args, f"error: {output.text}", latency)
+                kind = reported_kind(output.text)
+                return failed_call(call_id, name, args, f"error: {output.text}", kind, latency)
             output = output.content
         text = output if isinstance(output, str) else str(output)
-        record = ToolCallRecord(
-            tool_call_id=call_id,
-            name=name,
-            args=args,
-            result=text,
-            error=None,
-            latency_s=latency,
-            delta_entropy=None,
-        )
+        record = call_record(call_id, name, args, latency_s=latency, result=text)
         return ToolMessage(content=text, tool_call_id=call_id, name=name), record
 
     # -- running -----------------------------------------------------------------------------
@@ -356,24 +354,6 @@ class TepoAgent:
                 question, state, group_id=group_id, task_id=task_id, app_tag=app_tag
             )
         }
-
-
-def _error(
-    call_id: str, name: str | None, args: dict[str, Any] | None, message: str, latency: float
-) -> tuple[ToolMessage, ToolCallRecord]:
-    record = ToolCallRecord(
-        tool_call_id=call_id,
-        name=name,
-        args=args,
-        result=None,
-        error=message,
-        latency_s=latency,
-        delta_entropy=None,
-    )
-    tool_message = ToolMessage(
-        content=message, tool_call_id=call_id, name=name or "invalid_tool_call", status="error"
-    )
-    return tool_message, record
 
 
 __all__ = ["AgentConfig", "AgentResult", "TepoAgent"]

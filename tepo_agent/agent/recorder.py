@@ -30,6 +30,7 @@ from langchain_core.outputs import LLMResult
 
 from tepo_agent.agent.build import build_trajectory
 from tepo_agent.agent.state import ToolCallRecord
+from tepo_agent.agent.tool_calls import call_record, exception_kind, reported_kind
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.trajectory import TrajectoryStatus
 
@@ -43,6 +44,13 @@ class _ToolRun:
     args: dict[str, Any] | None
     tool_call_id: str | None
     started: float
+
+    def record(self, recording: _Recording, call_id: str, **outcome: Any) -> None:
+        """Record this finished run as call ``call_id`` (``outcome``: result or error, kind)."""
+        latency = time.perf_counter() - self.started
+        recording.records[call_id] = call_record(
+            call_id, self.name, self.args, latency_s=latency, **outcome
+        )
 
 
 @dataclass
@@ -178,10 +186,10 @@ class TrajectoryRecorder(BaseCallbackHandler):
         )
 
     def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
-        recording = self._recording(run_id)
-        if recording is None or run_id not in recording.tool_runs:
+        ended = self._tool_ended(run_id)
+        if ended is None:
             return
-        run = recording.tool_runs.pop(run_id)
+        recording, run = ended
         call_id = run.tool_call_id
         failed = False
         if isinstance(output, ToolMessage):
@@ -192,33 +200,27 @@ class TrajectoryRecorder(BaseCallbackHandler):
             text = output if isinstance(output, str) else str(output)
         if call_id is None:
             return
-        recording.records[call_id] = ToolCallRecord(
-            tool_call_id=call_id,
-            name=run.name,
-            args=run.args,
-            result=None if failed else text,
-            error=text if failed else None,
-            latency_s=time.perf_counter() - run.started,
-            delta_entropy=None,
-        )
+        if failed:
+            run.record(recording, call_id, error=text, error_kind=reported_kind(text))
+        else:
+            run.record(recording, call_id, result=text)
 
     def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
-        recording = self._recording(run_id)
-        if recording is None or run_id not in recording.tool_runs:
+        ended = self._tool_ended(run_id)
+        if ended is None:
             return
-        run = recording.tool_runs.pop(run_id)
+        recording, run = ended
         call_id = run.tool_call_id or kwargs.get("tool_call_id")
         if call_id is None:
             return
-        recording.records[call_id] = ToolCallRecord(
-            tool_call_id=call_id,
-            name=run.name,
-            args=run.args,
-            result=None,
-            error=f"{type(error).__name__}: {error}",
-            latency_s=time.perf_counter() - run.started,
-            delta_entropy=None,
-        )
+        message = f"{type(error).__name__}: {error}"
+        run.record(recording, call_id, error=message, error_kind=exception_kind(error))
+
+    def _tool_ended(self, run_id: UUID) -> tuple[_Recording, _ToolRun] | None:
+        recording = self._recording(run_id)
+        if recording is None or run_id not in recording.tool_runs:
+            return None
+        return recording, recording.tool_runs.pop(run_id)
 
     def on_chain_end(
         self,

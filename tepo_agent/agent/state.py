@@ -21,7 +21,7 @@ from langgraph.graph.message import add_messages
 
 from tepo_agent.errors import ConfigError
 from tepo_agent.model.default import DEFAULT_SYSTEM_PROMPT
-from tepo_agent.trajectory import TrajectoryStatus
+from tepo_agent.trajectory import ErrorKind, TrajectoryStatus
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,9 @@ class ToolCallRecord(TypedDict):
     """One executed tool call, live in the graph state.
 
     ``delta_entropy`` is ΔH_k = H(t_k) − H(t_{k−1}); it is None while the turn after the call
-    has not been sampled yet (and stays None if the run ended before it).
+    has not been sampled yet (and stays None if the run ended before it). ``error_kind`` says why
+    a failed call failed (:data:`~tepo_agent.trajectory.ErrorKind`; None when it succeeded).
+    Build one with :func:`tepo_agent.agent.tool_calls.call_record`.
     """
 
     tool_call_id: str
@@ -89,6 +91,7 @@ class ToolCallRecord(TypedDict):
     args: dict[str, Any] | None
     result: str | None
     error: str | None
+    error_kind: ErrorKind | None
     latency_s: float
     delta_entropy: float | None
 

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import httpx
 
-from tepo_agent.backends.base import Generation, SamplingParams
+from tepo_agent.backends.base import EntropyKind, Generation, SamplingParams
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
 
 EntropyEstimator = Literal["topk", "surprisal", "server"]
@@ -252,6 +252,31 @@ class HttpBackend:
         if not isinstance(choices, list) or not choices:
             raise BackendError(f"the completion response has no choices: {_short(payload)}")
         choice = choices[0]
+        token_ids, logprobs = self._sampled_tokens(choice)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason not in ("stop", "length"):
+            raise BackendError(
+                f"the generation ended with finish_reason={finish_reason!r} (expected 'stop' or "
+                f"'length'); the server aborted it, see its log"
+            )
+        version = self._generation_version(choice.get("weight_versions"))
+        entropies, kind, bounds = self._entropies(choice, token_ids, logprobs)
+        return Generation(
+            prompt_token_ids=prompt_token_ids,
+            token_ids=token_ids,
+            logprobs=logprobs,
+            entropies=entropies,
+            entropy_kind=kind,
+            finish_reason=finish_reason,
+            policy_version=version,
+            entropy_lower=bounds[0] if bounds else None,
+            entropy_upper=bounds[1] if bounds else None,
+        )
+
+    def _sampled_tokens(
+        self, choice: Mapping[str, Any]
+    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """The sampled ids and their behaviour logprobs, checked to pair up."""
         token_ids = choice.get("token_ids")
         if token_ids is None:
             raise BackendError(
@@ -259,8 +284,7 @@ class HttpBackend:
                 "return_token_ids (vLLM >= 0.10.2 or tepo-agent serve)"
             )
         token_ids = tuple(int(t) for t in token_ids)
-        logprob_block = choice.get("logprobs") or {}
-        token_logprobs = logprob_block.get("token_logprobs")
+        token_logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
         if token_logprobs is None or len(token_logprobs) != len(token_ids):
             raise BackendError(
                 f"the server returned {len(token_ids)} token ids but "
@@ -269,14 +293,13 @@ class HttpBackend:
             )
         if any(lp is None for lp in token_logprobs):
             raise BackendError("the server returned a null logprob for a sampled token")
-        logprobs = tuple(float(lp) for lp in token_logprobs)
-        finish_reason = choice.get("finish_reason")
-        if finish_reason not in ("stop", "length"):
-            raise BackendError(
-                f"the generation ended with finish_reason={finish_reason!r} (expected 'stop' or "
-                f"'length'); the server aborted it, see its log"
-            )
-        version = self._generation_version(choice.get("weight_versions"))
+        return token_ids, tuple(float(lp) for lp in token_logprobs)
+
+    def _entropies(
+        self, choice: Mapping[str, Any], token_ids: tuple[int, ...], logprobs: tuple[float, ...]
+    ) -> tuple[tuple[float, ...], EntropyKind, tuple[tuple[float, ...], tuple[float, ...]] | None]:
+        """Per-token entropies by the configured estimator, their kind, and (top-k only) their
+        lower and upper bounds."""
         if self.config.entropy_estimator == "server":
             exact = choice.get("entropies")
             if (
@@ -289,26 +312,10 @@ class HttpBackend:
                     "entropy_estimator='server' needs tepo-agent serve, use 'surprisal' or "
                     "'topk' with vLLM"
                 )
-            return Generation(
-                prompt_token_ids=prompt_token_ids,
-                token_ids=token_ids,
-                logprobs=logprobs,
-                entropies=tuple(float(h) for h in exact),
-                entropy_kind="exact",
-                finish_reason=finish_reason,
-                policy_version=version,
-            )
+            return tuple(float(h) for h in exact), "exact", None
         if self.config.entropy_estimator == "surprisal":
-            return Generation(
-                prompt_token_ids=prompt_token_ids,
-                token_ids=token_ids,
-                logprobs=logprobs,
-                entropies=tuple(-lp for lp in logprobs),
-                entropy_kind="surprisal",
-                finish_reason=finish_reason,
-                policy_version=version,
-            )
-        top = logprob_block.get("top_logprobs")
+            return tuple(-lp for lp in logprobs), "surprisal", None
+        top = (choice.get("logprobs") or {}).get("top_logprobs")
         if top is None or len(top) != len(token_ids):
             raise BackendError(
                 "the server did not return top_logprobs for every sampled token; start it with "
@@ -326,17 +333,7 @@ class HttpBackend:
             estimates.append(bounds.estimate)
             lowers.append(bounds.lower)
             uppers.append(bounds.upper)
-        return Generation(
-            prompt_token_ids=prompt_token_ids,
-            token_ids=token_ids,
-            logprobs=logprobs,
-            entropies=tuple(estimates),
-            entropy_kind="topk",
-            finish_reason=finish_reason,
-            policy_version=version,
-            entropy_lower=tuple(lowers),
-            entropy_upper=tuple(uppers),
-        )
+        return tuple(estimates), "topk", (tuple(lowers), tuple(uppers))
 
     def _generation_version(self, spans: Any) -> int:
         """The version a generation is attributed to, updating :attr:`policy_version`.

@@ -37,10 +37,10 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 
+from tepo_agent.backends._sampling import left_pad, sample_tokens, sampled_logprobs
 from tepo_agent.backends.base import Generation, SamplingParams
-from tepo_agent.entropy import token_logprobs_and_entropy
 from tepo_agent.errors import BackendError, ConfigError, ModelLoadError
-from tepo_agent.model.io import DType, load_causal_lm, load_tokenizer
+from tepo_agent.model.io import DType, end_and_pad_ids, load_causal_lm
 
 __all__ = ["BackendStats", "TransformersBackend"]
 
@@ -162,10 +162,7 @@ class TransformersBackend:
                 the tokenizer's eos token) and the pad id from the same, else the first end id.
         """
         model = load_causal_lm(path, device=device, dtype=dtype)
-        eos = _config_ids(model, "eos_token_id")
-        if not eos:
-            eos = _tokenizer_eos(path)
-        pads = _config_ids(model, "pad_token_id")
+        eos, pads = end_and_pad_ids(model, path)
         kw.setdefault("eos_token_ids", eos)
         kw.setdefault("pad_token_id", pads[0] if pads else (eos[0] if eos else 0))
         return cls(model, max_batch_size=max_batch_size, policy_version=policy_version, **kw)
@@ -406,14 +403,7 @@ class TransformersBackend:
     def _decode(self, batch: list[_Request]) -> list[Generation]:
         device = self.device
         b = len(batch)
-        width = max(len(r.prompt) for r in batch)
-        ids = torch.full((b, width), self._pad, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, r in enumerate(batch):  # left padding: every prompt ends at column width-1
-            ids[i, width - len(r.prompt) :] = torch.tensor(r.prompt)
-            mask[i, width - len(r.prompt) :] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, W): real tokens count from 0
+        ids, mask, positions = left_pad([r.prompt for r in batch], self._pad, device)
         budgets = [self._budget(r) for r in batch]
         stops = [self._eos | set(r.params.stop_token_ids) for r in batch]
         gens = [self._generator(r.params.seed) for r in batch]
@@ -428,12 +418,8 @@ class TransformersBackend:
         out = self._forward(ids, mask, positions, cache)
         while True:
             logits = out.logits[:, -1, :].float()  # (R, V), raw temperature-1
-            chosen = self._sample(logits, [batch[i].params for i in rows], [gens[i] for i in rows])
-            if self._compute_entropy:
-                lp, h = token_logprobs_and_entropy(logits, chosen)
-            else:
-                lp = torch.log_softmax(logits, -1).gather(-1, chosen.unsqueeze(-1)).squeeze(-1)
-                h = torch.full_like(lp, math.nan)
+            chosen = sample_tokens(logits, [batch[i].params for i in rows], [gens[i] for i in rows])
+            lp, h = sampled_logprobs(logits, chosen, entropy=self._compute_entropy)
             chosen_l, lp_l, h_l = chosen.tolist(), lp.tolist(), h.tolist()
             keep: list[int] = []
             for j, i in enumerate(rows):
@@ -488,28 +474,6 @@ class TransformersBackend:
             return self._default_gen
         return torch.Generator(device=self.device).manual_seed(seed)
 
-    @staticmethod
-    def _sample(
-        logits: Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator]
-    ) -> Tensor:
-        """One token per row: argmax when greedy, else temperature → top-k → top-p → draw."""
-        chosen = logits.argmax(-1)  # (R,)
-        for j, (p, gen) in enumerate(zip(params, gens, strict=True)):
-            if p.greedy:
-                continue
-            row = logits[j] / p.temperature  # (V,)
-            if 0 < p.top_k < row.shape[-1]:
-                kth = row.topk(p.top_k).values[-1]
-                row = row.masked_fill(row < kth, -math.inf)
-            probs = torch.softmax(row, -1)
-            if p.top_p < 1:
-                sorted_p, order = probs.sort(descending=True)
-                # drop a token when the mass before it already reaches top_p (keeps the first)
-                drop = (sorted_p.cumsum(-1) - sorted_p) >= p.top_p
-                probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0.0))
-            chosen[j] = torch.multinomial(probs, 1, generator=gen)[0]
-        return chosen
-
 
 def _wrap(exc: Exception, what: str) -> BackendError:
     """``exc`` as the BackendError callers catch (one object per request: tracebacks differ)."""
@@ -518,22 +482,3 @@ def _wrap(exc: Exception, what: str) -> BackendError:
     error = BackendError(f"{what}: {type(exc).__name__}: {exc}")
     error.__cause__ = exc
     return error
-
-
-def _tokenizer_eos(path: str | Path) -> list[int]:
-    """The tokenizer's eos id, for model directories whose configs name none."""
-    try:
-        eos = load_tokenizer(path).eos_token_id
-    except ModelLoadError:
-        return []
-    return [] if eos is None else [int(eos)]
-
-
-def _config_ids(model: PreTrainedModel, name: str) -> list[int]:
-    """Token ids named ``name`` in the generation config, else the model config (int or list)."""
-    for config in (getattr(model, "generation_config", None), model.config):
-        value = getattr(config, name, None) if config is not None else None
-        if value is None:
-            continue
-        return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
-    return []

@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast, Qwen2Config
 
+from tepo_agent.atomic import publish_directory
 from tepo_agent.errors import ConfigError
 from tepo_agent.paths import default_home
 
@@ -351,23 +350,14 @@ def parameter_count(config: DefaultModelConfig = DefaultModelConfig()) -> int:
 def ensure_default_model() -> Path:
     """``default_home()/models/default-init``, built with ``init_model`` on first use.
 
-    The model is written into a temporary sibling directory and moved into place with
-    ``os.replace``, so concurrent first calls (several processes) are safe: one wins, the others
-    discard their copy, and no reader ever sees a half-written directory.
+    The model is written into a temporary sibling directory and moved into place
+    (:func:`~tepo_agent.atomic.publish_directory`), so concurrent first calls (several
+    processes) are safe: one wins, the others discard their copy, and no reader ever sees a
+    half-written directory.
     """
     target = default_home() / "models" / "default-init"
     if (target / "config.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".default-init-", dir=target.parent))
-    try:
-        init_model(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if not (target / "config.json").is_file():
-                raise  # not a lost race: a real failure to move the directory into place
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return publish_directory(
+        target, init_model, is_complete=lambda done: (done / "config.json").is_file()
+    )

