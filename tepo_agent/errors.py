@@ -14,11 +14,15 @@ catch one type. Messages say what was wrong and what to do about it.
     ├── StoreError             the trajectory store cannot be opened, migrated or written
     └── TrainerError           training, checkpointing or publishing failed
         └── PublishError       a candidate policy could not be registered or made live
+
+``ToolError`` and ``SandboxError`` are created on first access (``from tepo_agent.errors import
+ToolError`` works as for any name): their LangChain base class costs LangChain's import, which
+the store, the command line's parser and an HTTP client otherwise never pay.
 """
 
 from __future__ import annotations
 
-from langchain_core.tools import ToolException
+from typing import TYPE_CHECKING, Any
 
 
 class TepoError(Exception):
@@ -45,18 +49,6 @@ class BackendUnavailableError(BackendError):
     """The backend cannot be reached (connection refused, timeout, 5xx after retries)."""
 
 
-class ToolError(TepoError, ToolException):
-    """A tool failed; inside the agent this becomes an error tool message.
-
-    It is also a LangChain ``ToolException``, so the built-in tools (``handle_tool_error=True``)
-    return it to the model as an error ``ToolMessage`` inside any LangGraph/LangChain agent too.
-    """
-
-
-class SandboxError(ToolError):
-    """The python sandbox could not run or contain the submitted code."""
-
-
 class StoreError(TepoError):
     """The trajectory store cannot be opened, migrated or written."""
 
@@ -67,6 +59,42 @@ class TrainerError(TepoError):
 
 class PublishError(TrainerError):
     """A candidate policy could not be registered, published or rolled back."""
+
+
+def _tool_errors() -> dict[str, type[TepoError]]:
+    from langchain_core.tools import ToolException
+
+    class ToolError(TepoError, ToolException):
+        """A tool failed; inside the agent this becomes an error tool message.
+
+        It is also a LangChain ``ToolException``, so the built-in tools (``handle_tool_error=
+        True``) return it to the model as an error ``ToolMessage`` inside any LangGraph/LangChain
+        agent too.
+        """
+
+    class SandboxError(ToolError):
+        """The python sandbox could not run or contain the submitted code."""
+
+    for cls in (ToolError, SandboxError):
+        cls.__qualname__ = cls.__name__  # pickled and shown as tepo_agent.errors.ToolError
+    return {"ToolError": ToolError, "SandboxError": SandboxError}
+
+
+if TYPE_CHECKING:
+    from langchain_core.tools import ToolException
+
+    class ToolError(TepoError, ToolException):
+        """A tool failed (a LangChain ``ToolException`` too)."""
+
+    class SandboxError(ToolError):
+        """The python sandbox could not run or contain the submitted code."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ToolError", "SandboxError"):
+        globals().update(_tool_errors())  # once: later lookups find the classes directly
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
