@@ -1,6 +1,6 @@
 """Token and turn entropy: the exact value, a top-k estimate with bounds, and ΔH per tool call.
 
-ARCHITECTURE.md, invariants 3 and 4. Everything here is a pure function:
+docs/architecture.md, invariants 3 and 4. Everything here is a pure function:
 
 - :func:`token_logprobs_and_entropy` / :func:`entropy_from_logits`: the exact entropy
   H_t = −Σ_v p(v) log p(v) of the raw (temperature-1) distribution, in nats, from logits. The
@@ -192,7 +192,7 @@ def topk_entropy_bounds(
 
 
 def turn_entropy(entropies: Sequence[float], window: int | None = None) -> float:
-    """H(t_k): the mean token entropy of one assistant turn (ARCHITECTURE.md, invariant 4).
+    """H(t_k): the mean token entropy of one assistant turn (docs/architecture.md, invariant 4).
 
     Args:
         entropies: the per-token entropies of the turn, in order.
