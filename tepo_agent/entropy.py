@@ -10,6 +10,9 @@ docs/architecture.md, invariants 3 and 4. Everything here is a pure function:
 - :func:`turn_entropy` / :func:`delta_entropies`: H(t_k), the mean token entropy of an assistant
   turn, and ΔH_k = H(t_k) − H(t_{k−1}), the change that tool call k caused.
 
+The tensor functions import torch when called: the agent needs only the turn functions, so an
+application whose backend is HTTP does not load torch for them.
+
 Example::
 
     logp, ent = token_logprobs_and_entropy(logits, sampled_ids)   # logits (B, V), ids (B,)
@@ -23,12 +26,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar, overload
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 from tepo_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "EntropyEstimate",
@@ -39,7 +42,7 @@ __all__ = [
     "turn_entropy",
 ]
 
-T = TypeVar("T", float, Tensor)
+T = TypeVar("T", float, "Tensor")
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,6 +56,8 @@ def _plogp_sum(logp: Tensor) -> Tensor:
     decode loop of a small model every extra kernel launch is a measurable share of a step. An
     all-masked row (NaN log-probabilities) stays NaN.
     """
+    import torch
+
     return -torch.special.entr(logp.exp()).sum(dim=-1)
 
 
@@ -66,6 +71,8 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
         (...) float32 entropies. Logits of -inf (masked tokens) are fine; a row whose logits are
         all -inf has no distribution and gives NaN.
     """
+    import torch
+
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -_plogp_sum(logp)
 
@@ -81,6 +88,8 @@ def token_logprobs_and_entropy(logits: Tensor, token_ids: Tensor) -> tuple[Tenso
     Returns:
         ``(logprobs, entropies)``, both (...) float32; entropies in nats.
     """
+    import torch
+
     if logits.shape[:-1] != token_ids.shape:
         raise ConfigError(
             f"token_ids shape {tuple(token_ids.shape)} must equal logits shape without the "
@@ -140,10 +149,12 @@ def topk_entropy_bounds(
         :class:`EntropyEstimate` of floats for a sequence, of (...) float64 tensors for a tensor.
         When k == V (or the tail mass is 0) the three values coincide.
     """
-    as_tensor = isinstance(topk_logprobs, Tensor)
+    import torch
+
+    as_tensor = isinstance(topk_logprobs, torch.Tensor)
     lp = (
         topk_logprobs.detach().to(torch.float64)
-        if isinstance(topk_logprobs, Tensor)
+        if isinstance(topk_logprobs, torch.Tensor)
         else torch.tensor(list(topk_logprobs), dtype=torch.float64)
     )
     if lp.ndim == 0 or lp.shape[-1] == 0:

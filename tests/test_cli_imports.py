@@ -49,6 +49,28 @@ atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
 sys.exit(main(json.loads(sys.argv[2])))
 """
 
+# One generation over HTTP with the agent's modules loaded; prints [tokens, torch loaded].
+_HTTP_PROBE = """
+import json, sys
+import tepo_agent.agent.graph, tepo_agent.agent.recorder, tepo_agent.chat.format, tepo_agent.store
+from tepo_agent.agent.sync import run_sync
+from tepo_agent.backends import SamplingParams
+from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
+from tepo_agent.entropy import turn_entropy
+
+async def generate():
+    config = HttpBackendConfig(sys.argv[1], "tiny", entropy_estimator="surprisal")
+    backend = HttpBackend(config, vocab_size=512)
+    try:
+        return await backend.generate([1, 2, 3], SamplingParams(max_tokens=3, seed=0))
+    finally:
+        await backend.aclose()
+
+generation = run_sync(generate())
+turn_entropy(generation.entropies)
+print(json.dumps([len(generation.token_ids), "torch" in sys.modules]))
+"""
+
 HEAVY = ("torch", "transformers", "langgraph", "langchain_core", "sqlite_utils", "httpx")
 """What ``--help`` must not load: each costs a large share of a second or more to import."""
 
@@ -203,7 +225,7 @@ def serve_process(default_model_dir: Path, tmp_path: Path) -> Iterator[ServeProc
             server._proc.wait()
 
 
-def test_serve_and_run_over_http_load_no_trainer(
+def test_serve_and_the_http_path_load_no_trainer_and_http_generation_no_torch(
     serve_process: ServeProcess, default_model_dir: Path, tmp_path: Path
 ):
     db = tmp_path / "http.db"
@@ -215,6 +237,21 @@ def test_serve_and_run_over_http_load_no_trainer(
     assert _trainer_modules(client_modules) == []
     with TrajectoryStore(db) as store:
         assert len(store.list()) == 1
+
+    # The HTTP path itself, below the chat format: the agent's modules, a generation over HTTP
+    # and its turn entropy load no torch (building a ChatFormat still does: AutoTokenizer reads
+    # config.json through transformers' configuration module, which imports torch).
+    probe = subprocess.run(
+        [sys.executable, "-c", _HTTP_PROBE, serve_process.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    generated, torch_loaded = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert generated >= 1
+    assert torch_loaded is False
 
     served_modules = serve_process.stop()
     assert "uvicorn" in served_modules and "torch" in served_modules  # it really served
