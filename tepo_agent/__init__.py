@@ -1,13 +1,14 @@
 """tepo-agent: an agent runtime that tracks token entropy live and learns online with TEPO.
 
-The public API. Light names (records, errors, the store and registry) load eagerly; names that
-need torch, transformers or LangGraph load on first access, so a process that only reads the
-store or talks HTTP stays fast to start::
+The public API. Every name loads on first access (``from tepo_agent import X`` imports the one
+module that defines X), so ``import tepo_agent`` costs nothing, the command line's parser stays
+fast, and a process that only reads the store or talks HTTP never loads torch, transformers or
+LangGraph::
 
     from tepo_agent import TepoAgent, TransformersBackend, ChatFormat, TrajectoryStore
 
-The trainer (``tepo_agent.trainer``) is never imported from here: serving must not load training
-code.
+The trainer (``tepo_agent.trainer``), the server and the CLI are never imported from here
+(docs/architecture.md, "Layers"; the import-linter contracts in pyproject.toml).
 """
 
 from __future__ import annotations
@@ -16,52 +17,75 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from tepo_agent import _moved
-from tepo_agent.backends.base import Backend, Generation, SamplingParams
-from tepo_agent.errors import (
-    BackendError,
-    BackendUnavailableError,
-    ChatFormatError,
-    ConfigError,
-    ModelLoadError,
-    PublishError,
-    SandboxError,
-    StoreError,
-    TepoError,
-    ToolError,
-    TrainerError,
-)
-from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
-from tepo_agent.store import TrajectoryStore
-from tepo_agent.trajectory import Trajectory, Turn
 
 if TYPE_CHECKING:
     from tepo_agent.agent.chat_model import TepoChatModel
     from tepo_agent.agent.graph import AgentResult, TepoAgent
     from tepo_agent.agent.recorder import TrajectoryRecorder
     from tepo_agent.agent.state import AgentConfig
+    from tepo_agent.backends.base import Backend, Generation, SamplingParams
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
     from tepo_agent.backends.transformers_backend import TransformersBackend
     from tepo_agent.chat.format import ChatFormat, ParsedTurn, ToolCall
+    from tepo_agent.errors import (
+        BackendError,
+        BackendUnavailableError,
+        ChatFormatError,
+        ConfigError,
+        ModelLoadError,
+        PublishError,
+        SandboxError,
+        StoreError,
+        TepoError,
+        ToolError,
+        TrainerError,
+    )
     from tepo_agent.model.default import ensure_default_model, init_model
+    from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
+    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.trajectory import Trajectory, Turn
 
 __version__ = "0.1.0"
 
 _moved.install()  # old module paths (tepo_agent.hotswap, ...) keep working for one release
 
+_ERRORS = (
+    "BackendError",
+    "BackendUnavailableError",
+    "ChatFormatError",
+    "ConfigError",
+    "ModelLoadError",
+    "PublishError",
+    "SandboxError",
+    "StoreError",
+    "TepoError",
+    "ToolError",
+    "TrainerError",
+)
+
 _LAZY: dict[str, str] = {
     "AgentConfig": "tepo_agent.agent.state",
     "AgentResult": "tepo_agent.agent.graph",
+    "Backend": "tepo_agent.backends.base",
     "ChatFormat": "tepo_agent.chat.format",
+    "Generation": "tepo_agent.backends.base",
     "HttpBackend": "tepo_agent.backends.http_backend",
     "HttpBackendConfig": "tepo_agent.backends.http_backend",
     "ParsedTurn": "tepo_agent.chat.format",
+    "PolicyRecord": "tepo_agent.policy.registry",
+    "PolicyRegistry": "tepo_agent.policy.registry",
+    "SamplingParams": "tepo_agent.backends.base",
     "TepoAgent": "tepo_agent.agent.graph",
     "TepoChatModel": "tepo_agent.agent.chat_model",
     "ToolCall": "tepo_agent.chat.format",
+    "Trajectory": "tepo_agent.trajectory",
     "TrajectoryRecorder": "tepo_agent.agent.recorder",
+    "TrajectoryStore": "tepo_agent.store",
     "TransformersBackend": "tepo_agent.backends.transformers_backend",
+    "Turn": "tepo_agent.trajectory",
     "ensure_default_model": "tepo_agent.model.default",
     "init_model": "tepo_agent.model.default",
+    **dict.fromkeys(_ERRORS, "tepo_agent.errors"),
 }
 
 

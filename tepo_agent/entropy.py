@@ -1,6 +1,6 @@
 """Token and turn entropy: the exact value, a top-k estimate with bounds, and ΔH per tool call.
 
-ARCHITECTURE.md, invariants 3 and 4. Everything here is a pure function:
+docs/architecture.md, invariants 3 and 4. Everything here is a pure function:
 
 - :func:`token_logprobs_and_entropy` / :func:`entropy_from_logits`: the exact entropy
   H_t = −Σ_v p(v) log p(v) of the raw (temperature-1) distribution, in nats, from logits. The
@@ -10,6 +10,9 @@ ARCHITECTURE.md, invariants 3 and 4. Everything here is a pure function:
 - :func:`turn_entropy` / :func:`delta_entropy`: H(t_k), the mean token entropy of an assistant
   turn, and ΔH_k = H(t_k) − H(t_{k−1}), the change that tool call k caused (the one definition
   of ΔH; :func:`delta_entropies` applies it along a run).
+
+The tensor functions import torch when called: the agent needs only the turn functions, so an
+application whose backend is HTTP does not load torch for them.
 
 Example::
 
@@ -24,12 +27,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar, overload
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Generic, TypeVar, overload
 
 from tepo_agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
     "EntropyEstimate",
@@ -41,7 +44,7 @@ __all__ = [
     "turn_entropy",
 ]
 
-T = TypeVar("T", float, Tensor)
+T = TypeVar("T", float, "Tensor")
 
 
 # --------------------------------------------------------------------------------------------
@@ -55,6 +58,8 @@ def _plogp_sum(logp: Tensor) -> Tensor:
     decode loop of a small model every extra kernel launch is a measurable share of a step. An
     all-masked row (NaN log-probabilities) stays NaN.
     """
+    import torch
+
     return -torch.special.entr(logp.exp()).sum(dim=-1)
 
 
@@ -68,6 +73,8 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
         (...) float32 entropies. Logits of -inf (masked tokens) are fine; a row whose logits are
         all -inf has no distribution and gives NaN.
     """
+    import torch
+
     logp = torch.log_softmax(logits.float(), dim=-1)
     return -_plogp_sum(logp)
 
@@ -83,6 +90,8 @@ def token_logprobs_and_entropy(logits: Tensor, token_ids: Tensor) -> tuple[Tenso
     Returns:
         ``(logprobs, entropies)``, both (...) float32; entropies in nats.
     """
+    import torch
+
     if logits.shape[:-1] != token_ids.shape:
         raise ConfigError(
             f"token_ids shape {tuple(token_ids.shape)} must equal logits shape without the "
@@ -142,10 +151,12 @@ def topk_entropy_bounds(
         :class:`EntropyEstimate` of floats for a sequence, of (...) float64 tensors for a tensor.
         When k == V (or the tail mass is 0) the three values coincide.
     """
-    as_tensor = isinstance(topk_logprobs, Tensor)
+    import torch
+
+    as_tensor = isinstance(topk_logprobs, torch.Tensor)
     lp = (
         topk_logprobs.detach().to(torch.float64)
-        if isinstance(topk_logprobs, Tensor)
+        if isinstance(topk_logprobs, torch.Tensor)
         else torch.tensor(list(topk_logprobs), dtype=torch.float64)
     )
     if lp.ndim == 0 or lp.shape[-1] == 0:
@@ -194,7 +205,7 @@ def topk_entropy_bounds(
 
 
 def turn_entropy(entropies: Sequence[float], window: int | None = None) -> float:
-    """H(t_k): the mean token entropy of one assistant turn (ARCHITECTURE.md, invariant 4).
+    """H(t_k): the mean token entropy of one assistant turn (docs/architecture.md, invariant 4).
 
     Args:
         entropies: the per-token entropies of the turn, in order.

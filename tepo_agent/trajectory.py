@@ -1,7 +1,7 @@
 """The trajectory record: what one agent run produced, token-exact.
 
 Produced by the agent (``tepo_agent.agent``), persisted by the store (``tepo_agent.store``), read
-by the trainer. Layout (ARCHITECTURE.md, invariant 4)::
+by the trainer. Layout (docs/architecture.md, invariant 4)::
 
     prompt_token_ids | t_0 (assistant) | env_1 (tool) | t_1 (assistant) | ... | t_K (assistant)
 

@@ -1,5 +1,5 @@
 """Several real processes on one store file: concurrent writers with a polling reader, and a
-writer killed with SIGKILL mid-loop (ARCHITECTURE.md, invariant 8)."""
+writer killed with SIGKILL mid-loop (docs/architecture.md, invariant 8)."""
 
 from __future__ import annotations
 

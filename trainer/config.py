@@ -47,7 +47,7 @@ def _check_finite(name: str, value: float) -> None:
 
 @dataclass(frozen=True)
 class RewardConfig:
-    """How a scored trajectory becomes a reward (ARCHITECTURE.md, invariant 5).
+    """How a scored trajectory becomes a reward (docs/architecture.md, invariant 5).
 
     Attributes:
         kind: ``"sparse"`` (default) is TEPO's sparse reward R = score · m/n (m entropy-reducing
@@ -93,7 +93,7 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class AdvantageConfig:
-    """How rewards become group-relative advantages (GRPO, ARCHITECTURE.md invariant 6).
+    """How rewards become group-relative advantages (GRPO, docs/architecture.md, invariant 6).
 
     Attributes:
         normalize: ``"group_std"`` (default) is GRPO's (R − mean)/(std + eps) within a group of

@@ -1,6 +1,6 @@
 """``check-logprobs``: do the trainer's recomputed logprobs match what the sampler logged?
 
-ARCHITECTURE.md invariant 1: with the weights that sampled a trajectory, recomputing every
+docs/architecture.md, invariant 1: with the weights that sampled a trajectory, recomputing every
 sampled token's logprob in one batched forward pass must give back the logged behaviour logprob.
 A gap means the runtime's token ids are not what the model saw (re-tokenisation, a template
 mismatch), the sampler does not log raw temperature-1 logprobs, or the serving precision differs

@@ -8,7 +8,7 @@ uses it three ways:
 (b) the proximal policy of the loss: logprobs with the weights at the start of an optimisation step
     (``loss.policy_loss(proximal_logprobs=...)``);
 (c) ``check-logprobs``: with the sampler's weights, recomputed logprobs must equal the logged
-    behaviour logprobs (ARCHITECTURE.md, invariant 1; :func:`compare_logprobs`).
+    behaviour logprobs (docs/architecture.md, invariant 1; :func:`compare_logprobs`).
 
 Outputs are (B, T) and aligned to target positions like the batch: entry t is the logprob of
 token t and the entropy of the distribution it was drawn from, both from the logits at t − 1.

@@ -1,6 +1,6 @@
 """TEPO rewards: pure functions from a score and the calls' entropy changes to rewards.
 
-ARCHITECTURE.md, invariant 5. A trajectory's tool calls are its tool turns, in order; call k
+docs/architecture.md, invariant 5. A trajectory's tool calls are its tool turns, in order; call k
 carries ΔH_k = H(t_k) − H(t_{k−1}), the change of mean token entropy across the call. ΔH_k < 0
 marks an entropy-reducing call (the "good" calls of the TEPO paper, arXiv:2602.02050).
 

@@ -3,8 +3,8 @@
 It renders the conversation into token ids itself (with
 :class:`~tepo_agent.chat.format.ChatFormat`), samples with any
 :class:`~tepo_agent.backends.base.Backend`, parses tool calls, and returns an
-``AIMessage`` whose ``response_metadata`` carries everything a trajectory needs (ARCHITECTURE.md,
-invariants 1-4)::
+``AIMessage`` whose ``response_metadata`` carries everything a trajectory needs
+(docs/architecture.md, invariants 1-4)::
 
     token_ids, logprobs, entropies, entropy_lower/upper (estimators with bounds), entropy_kind,
     turn_entropy (H of the turn), policy_version, prompt_token_ids, finish_reason,

@@ -5,7 +5,7 @@ Prompts are token ids rendered by tepo-agent itself (never text the server re-to
 result carries, for every sampled token, its id, its behaviour log-probability and the entropy of
 the distribution it was drawn from, plus the policy version of the weights that sampled it.
 
-Conventions (see ARCHITECTURE.md, invariants 1-3):
+Conventions (see docs/architecture.md, invariants 1-3):
 - ``logprobs`` are *raw* log-probabilities at temperature 1, before temperature, top-k and top-p
   (vLLM's default ``--logprobs-mode raw_logprobs``). The trainer recomputes exactly these.
 - ``entropies`` are the entropy of the raw distribution at temperature 1, in nats. The in-process

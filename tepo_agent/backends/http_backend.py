@@ -9,7 +9,7 @@ re-tokenizes), and vLLM's extensions bring back what a token-exact trajectory ne
   alternatives keyed ``"token_id:N"`` (unambiguous even for byte tokens that are not valid text);
 - ``return_weight_versions``: which weight version sampled which output tokens.
 
-Entropy over HTTP is an estimate (logprobs cost throughput, see ARCHITECTURE.md invariant 3):
+Entropy over HTTP is an estimate (logprobs cost throughput, see docs/architecture.md, invariant 3):
 ``"topk"`` asks for ``top_logprobs`` alternatives and bounds the entropy with the tail mass,
 ``"surprisal"`` asks only for the sampled token's logprob (``logprobs=0``) and reports
 ``-log p(x_t)``, whose mean over a turn is an unbiased estimate of the turn entropy at

@@ -8,7 +8,7 @@ computed in float32 (:mod:`tepo_agent.entropy`) even when the model runs in bf16
 
 Weight reloads (:meth:`TransformersBackend.load_weights`, :meth:`~TransformersBackend.
 load_state_dict`) are queued behind the requests already waiting and run by the worker *between*
-batches, so a request never sees two versions of the weights (ARCHITECTURE.md, invariant 7).
+batches, so a request never sees two versions of the weights (docs/architecture.md, invariant 7).
 
 Example::
 

@@ -1,7 +1,7 @@
 """Token-exact chat rendering: conversations to token ids through the model's own chat template.
 
-The runtime, never the server, turns a conversation into token ids (ARCHITECTURE.md, invariant 1).
-A trajectory is built incrementally::
+The runtime, never the server, turns a conversation into token ids (docs/architecture.md,
+invariant 1). A trajectory is built incrementally::
 
     fmt = ChatFormat.from_pretrained(model_dir)
     ids = fmt.render(messages, tools)                    # prompt, ends with the generation prompt

@@ -13,12 +13,6 @@ import argparse
 import json
 from dataclasses import replace
 
-from tepo_agent.trainer.bootstrap import (
-    BootstrapConfig,
-    bootstrap_model,
-    ensure_bootstrapped_model,
-)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -34,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.trainer.bootstrap import (
+        BootstrapConfig,
+        bootstrap_model,
+        ensure_bootstrapped_model,
+    )
+
     cfg = BootstrapConfig(seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, sft=replace(cfg.sft, steps=args.steps))

@@ -25,17 +25,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from tepo_agent.agent.graph import AgentResult, TepoAgent
-from tepo_agent.agent.state import AgentConfig
-from tepo_agent.backends.base import Backend
-from tepo_agent.chat.format import ChatFormat
-from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
-from tepo_agent.policy.registry import PolicyRegistry
-from tepo_agent.store import TrajectoryStore
-from tepo_agent.tasks import KnowledgeBase, Task, knowledge_suite, math_suite
-from tepo_agent.tasks.world import build_world, world_tools
-from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
+if TYPE_CHECKING:  # the handler imports the library: building the parser stays light
+    from tepo_agent.agent.graph import AgentResult, TepoAgent
+    from tepo_agent.backends.base import Backend
+    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.tasks import Task
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _tasks(n: int, seed: int) -> list[Task]:
+    from tepo_agent.tasks import KnowledgeBase, knowledge_suite, math_suite
+
     kb = KnowledgeBase(seed=0)  # the bootstrapped world
     return math_suite(n - n // 2, seed=100 + seed) + knowledge_suite(kb, n // 2, seed=100 + seed)
 
@@ -128,6 +126,9 @@ def _summary(rows: list[tuple[Task, AgentResult, float]]) -> dict[int, str]:
 
 def _backend(args: argparse.Namespace, model_dir: Path) -> tuple[Backend, object, object]:
     """The serving backend, its swap target, and what to stop at the end."""
+    from tepo_agent.chat.format import ChatFormat
+    from tepo_agent.policy.hotswap import InProcessTarget
+
     if args.backend == "inprocess":
         from tepo_agent.backends.transformers_backend import TransformersBackend
 
@@ -146,25 +147,41 @@ def _backend(args: argparse.Namespace, model_dir: Path) -> tuple[Backend, object
     return HttpBackend(cfg, vocab_size=len(fmt.tokenizer)), HttpTarget(server.base_url), server
 
 
+def _model_and_world(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """Step 1: the model directory, and the directory of the task world its tools search."""
+    if args.model:
+        from tepo_agent.tasks.world import build_world
+
+        model_dir = Path(args.model)
+        world_dir = work / "world"
+        print(f"[1/6] model {model_dir}; the tasks' knowledge base indexed in {world_dir}")
+        if not (world_dir / "search.db").is_file():
+            build_world(0, world_dir)
+        return model_dir, world_dir
+    from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
+
+    print("[1/6] default model (bootstrapped by SFT on tool-use demonstrations; built once)")
+    model_dir = ensure_bootstrapped_model()
+    print(f"  {model_dir}")
+    return model_dir, model_dir / "world"
+
+
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.agent.graph import TepoAgent
+    from tepo_agent.agent.state import AgentConfig
+    from tepo_agent.chat.format import ChatFormat
+    from tepo_agent.policy.hotswap import PolicyFollower
+    from tepo_agent.policy.registry import PolicyRegistry
+    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.tasks.world import world_tools
+
     work = Path(args.workdir)
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     db = work / "tepo-agent.db"
     started = time.perf_counter()
-
-    if args.model:
-        model_dir = Path(args.model)
-        world_dir = work / "world"
-        print(f"[1/6] model {model_dir}; the tasks' knowledge base indexed in {world_dir}")
-        if not (world_dir / "search.db").is_file():
-            build_world(0, world_dir)
-    else:
-        print("[1/6] default model (bootstrapped by SFT on tool-use demonstrations; built once)")
-        model_dir = ensure_bootstrapped_model()
-        world_dir = model_dir / "world"
-        print(f"  {model_dir}")
+    model_dir, world_dir = _model_and_world(args, work)
 
     print(f"[2/6] serving ({args.backend}) and following the policy registry in {db}")
     store = TrajectoryStore(db)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from tepo_agent.store import TrajectoryStore, default_db_path
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -28,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.store import TrajectoryStore, default_db_path
+
     with TrajectoryStore(args.db or default_db_path(), create=False) as store:
         store.record_feedback(args.trajectory_id, args.value, source=args.source)
     print(f"{args.trajectory_id}: score {args.value:g} ({args.source})")

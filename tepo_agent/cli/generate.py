@@ -14,12 +14,6 @@ import math
 import sys
 import time
 
-from tepo_agent.backends import SamplingParams
-from tepo_agent.backends.transformers_backend import TransformersBackend
-from tepo_agent.chat.format import ChatFormat
-from tepo_agent.cli._models import resolve_model_dir
-from tepo_agent.entropy import turn_entropy
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -48,6 +42,12 @@ def _shade(entropy: float, max_entropy: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.backends import SamplingParams
+    from tepo_agent.backends.transformers_backend import TransformersBackend
+    from tepo_agent.chat.format import ChatFormat
+    from tepo_agent.cli._models import resolve_model_dir
+    from tepo_agent.entropy import turn_entropy
+
     model_dir = resolve_model_dir(args.model)
     fmt = ChatFormat.from_pretrained(model_dir)
     messages = [{"role": "user", "content": args.prompt}]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tepo_agent.tools.search import build_index
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -21,6 +19,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.tools.search import build_index
+
     count = build_index(args.corpus, args.out)
     print(f"indexed {count} documents into {args.out}")
     return 0

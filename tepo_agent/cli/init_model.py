@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 
-from tepo_agent.model.default import DefaultModelConfig, init_model, parameter_count
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.model.default import DefaultModelConfig, init_model, parameter_count
+
     config = DefaultModelConfig()
     out = init_model(args.out, seed=args.seed, config=config)
     for path in sorted(out.iterdir()):

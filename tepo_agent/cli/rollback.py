@@ -10,9 +10,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from tepo_agent.policy.registry import PolicyRegistry
-from tepo_agent.store import TrajectoryStore, default_db_path
-
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
@@ -30,6 +27,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.policy.registry import PolicyRegistry
+    from tepo_agent.store import TrajectoryStore, default_db_path
+
     with TrajectoryStore(args.db or default_db_path(), create=False) as store:
         registry = PolicyRegistry(store)
         if args.list or args.version is None:

@@ -16,16 +16,11 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tepo_agent.agent.graph import AgentConfig, AgentResult, TepoAgent
-from tepo_agent.agent.sync import run_sync
-from tepo_agent.backends.base import Backend
-from tepo_agent.chat.format import ChatFormat
-from tepo_agent.cli._models import resolve_model_dir
-from tepo_agent.errors import ConfigError
-from tepo_agent.store import TrajectoryStore, default_db_path
-from tepo_agent.tools import default_tools
+if TYPE_CHECKING:  # the handler imports the library: building the parser stays light
+    from tepo_agent.agent.graph import AgentResult, TepoAgent
+    from tepo_agent.backends.base import Backend
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _backend(args: argparse.Namespace, model_dir: Path) -> Backend:
+    from tepo_agent.errors import ConfigError
+
     if args.base_url:
         from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 
@@ -112,6 +109,14 @@ def _print(result: AgentResult, index: int | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.agent.graph import AgentConfig, TepoAgent
+    from tepo_agent.agent.sync import run_sync
+    from tepo_agent.chat.format import ChatFormat
+    from tepo_agent.cli._models import resolve_model_dir
+    from tepo_agent.errors import ConfigError
+    from tepo_agent.store import TrajectoryStore, default_db_path
+    from tepo_agent.tools import default_tools
+
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
     model_dir = resolve_model_dir(args.model)

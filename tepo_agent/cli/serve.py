@@ -14,8 +14,6 @@ import argparse
 import os
 from typing import Any
 
-from tepo_agent.errors import ConfigError
-
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
@@ -55,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tepo_agent.backends.transformers_backend import TransformersBackend
     from tepo_agent.chat.format import ChatFormat
+    from tepo_agent.errors import ConfigError
     from tepo_agent.model.default import ensure_default_model
     from tepo_agent.server.app import create_app
 

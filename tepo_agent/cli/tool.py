@@ -7,10 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pydantic import ValidationError
-
-from tepo_agent.errors import ConfigError
-from tepo_agent.tools.catalog import TOOL_NAMES, make_tool
+from tepo_agent.tools.catalog import TOOL_NAMES
 
 
 def register(subparsers: Any) -> None:
@@ -27,6 +24,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from tepo_agent.errors import ConfigError
+    from tepo_agent.tools.catalog import make_tool
+
     try:
         tool_args = json.loads(args.args)
     except json.JSONDecodeError as exc:

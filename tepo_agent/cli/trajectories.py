@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
-from tepo_agent.store import TrajectoryStore, default_db_path
-from tepo_agent.trajectory import Trajectory, Turn
+if TYPE_CHECKING:  # the handlers import the store: building the parser stays light
+    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.trajectory import Trajectory, Turn
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _open(args: argparse.Namespace) -> TrajectoryStore:
+    from tepo_agent.store import TrajectoryStore, default_db_path
+
     return TrajectoryStore(args.db or default_db_path(), create=False)
 
 

