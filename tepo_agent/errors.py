@@ -22,6 +22,7 @@ the store, the command line's parser and an HTTP client otherwise never pay.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 
@@ -90,9 +91,14 @@ if TYPE_CHECKING:
         """The python sandbox could not run or contain the submitted code."""
 
 
+_CREATE_LOCK = threading.Lock()
+
+
 def __getattr__(name: str) -> Any:
     if name in ("ToolError", "SandboxError"):
-        globals().update(_tool_errors())  # once: later lookups find the classes directly
+        with _CREATE_LOCK:  # two threads asking first must get the same classes
+            if name not in globals():
+                globals().update(_tool_errors())  # later lookups find the classes directly
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
