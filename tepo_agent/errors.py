@@ -24,6 +24,7 @@ the store, the command line's parser and an HTTP client otherwise never pay.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 
@@ -126,9 +127,14 @@ if TYPE_CHECKING:
         """The sandboxed code ran past its wall-time limit and was killed."""
 
 
+_CREATE_LOCK = threading.Lock()
+
+
 def __getattr__(name: str) -> Any:
     if name in _TOOL_ERRORS:
-        globals().update(_tool_errors())  # once: later lookups find the classes directly
+        with _CREATE_LOCK:  # two threads asking first must get the same classes
+            if name not in globals():
+                globals().update(_tool_errors())  # later lookups find the classes directly
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
