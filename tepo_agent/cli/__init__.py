@@ -30,6 +30,8 @@ _COMMANDS: tuple[str, ...] = (
     "train",
     "rollback",
     "check_logprobs",
+    "report",
+    "dashboard",
 )
 
 
