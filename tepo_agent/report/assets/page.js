@@ -86,10 +86,13 @@
   function timeline(policies, events) {
     if (!events.length) return empty("No policy events recorded (stores written before policy events existed show the versions' current status only).");
     const versions = [...new Set(policies.map((p) => p.version).concat(events.map((e) => e.version)))].sort((a, b) => a - b);
-    const t0 = Math.min(...events.map((e) => e.created_at));
-    const end = Math.max(DATA.meta.generated_at, ...events.map((e) => e.created_at));
+    // Events are placed in order, evenly spaced (their times are in the tooltips): a run's
+    // events come in bursts hours apart, which a linear time axis would squash into dots.
+    const times = [...new Set(events.map((e) => e.created_at))].sort((a, b) => a - b);
+    const t0 = times[0], end = Infinity;
     const W = 900, lane = 22, left = 48, right = 12, H = versions.length * lane + 30;
-    const x = (t) => left + (end > t0 ? ((t - t0) / (end - t0)) * (W - left - right) : 0);
+    const slot = (W - left - right - 10) / times.length;
+    const x = (t) => left + 5 + (t === end ? times.length : times.indexOf(t)) * slot;
     const y = (v) => 8 + versions.indexOf(v) * lane;
     const g = sv("svg", { class: "timeline", viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
     for (const v of versions) g.append(sv("text", { x: 4, y: y(v) + 14, class: "lane" }, `v${v}`));
@@ -103,7 +106,7 @@
         title(`v${e.version} ${e.event.replace("_", " ")} at ${when(e.created_at)}` + (Object.keys(e.detail).length ? "\n" + JSON.stringify(e.detail) : ""))));
     }
     g.append(sv("text", { x: left, y: H - 4, class: "axis" }, when(t0)));
-    g.append(sv("text", { x: W - right, y: H - 4, class: "axis", "text-anchor": "end" }, when(end)));
+    g.append(sv("text", { x: W - right, y: H - 4, class: "axis", "text-anchor": "end" }, "now"));
     const legend = el("div", { class: "legend-row" },
       Object.entries(STATE_COLOURS).map(([k, c]) => el("span", { class: "key" }, el("i", { style: `background:${c}` }), k)),
       Object.entries(EVENT_COLOURS).map(([k, c]) => el("span", { class: "key" }, el("b", { style: `background:${c}` }), k.replace("_", " "))));
