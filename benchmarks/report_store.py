@@ -72,7 +72,7 @@ def _run(tok: _Tok, rng: random.Random, version: int, group: str | None) -> Traj
             "calculator",
             {"expression": f"{a}*{b}"},
             str(a * b),
-        )  # noqa: E501
+        )
         answer = str(a * b)
     else:
         k = rng.randrange(len(_FIRMS))

@@ -108,7 +108,8 @@ def _rows(conn: sqlite3.Connection, sql: str, params: list[Any] | tuple = ()) ->
 def stamp(conn: sqlite3.Connection) -> str:
     """Changes whenever anything the report shows changes (the dashboard polls it)."""
     parts = [
-        "SELECT max(seq), count(*), max(score_seq), total(reward) FROM trajectories",
+        "SELECT max(seq), count(*), max(score_seq), total(score), total(reward) FROM trajectories",
+        "SELECT max(id) FROM feedback",
         "SELECT max(step) FROM train_steps",
         "SELECT max(updated_at), count(*) FROM policies",
     ]
