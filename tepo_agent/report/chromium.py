@@ -169,10 +169,16 @@ class Chromium:
         return result.get("result", {}).get("value")
 
     def wait_for(self, expression: str, timeout_s: float = 15.0, poll_s: float = 0.1) -> Any:
-        """Evaluate ``expression`` until it is truthy; its value (BrowserError on timeout)."""
+        """Evaluate ``expression`` until it is truthy; its value (BrowserError on timeout).
+
+        A failing evaluation counts as falsy: the page may be between two documents.
+        """
         deadline = time.monotonic() + timeout_s
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except BrowserError:
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
