@@ -25,6 +25,10 @@ SECTION_HEIGHTS = """[...document.querySelectorAll('section')]
     .map(s => [s.id, s.getBoundingClientRect().height])"""
 
 
+TOKEN_COLOURS = """[...document.querySelectorAll('span.tok')]
+    .map(s => getComputedStyle(s).backgroundColor)"""
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Chromium]:
     if find_chromium() is None:
@@ -77,7 +81,7 @@ def test_report_in_chromium_matches_the_store_and_loads_nothing(
     top = scale_max(h for t in stored.values() for u in t.assistant_turns() for h in u.entropies)
     page_top = browser.evaluate(
         "JSON.parse(document.getElementById('report-data').textContent).scale.max"
-    )  # noqa: E501
+    )
     assert page_top == top
     for tid, traj in stored.items():
         turns = browser.evaluate(f"""[...document.querySelectorAll('article.traj[data-id="{tid}"] .turn.assistant')]
@@ -90,21 +94,8 @@ def test_report_in_chromium_matches_the_store_and_loads_nothing(
                 want = entropy_colour(h, top)
                 got = parse_rgb(colour)
                 assert all(abs(a - b) <= 1 for a, b in zip(got, want, strict=True)), (h, got, want)
-    # a sure token and an unsure one really look different
-    assert (
-        len(
-            {
-                c
-                for t in [
-                    browser.evaluate(
-                        "[...document.querySelectorAll('span.tok')].map(s => getComputedStyle(s).backgroundColor)"
-                    )
-                ]
-                for c in t
-            }
-        )
-        > 3
-    )  # noqa: E501
+    # sure and unsure tokens really look different
+    assert len(set(browser.evaluate(TOKEN_COLOURS))) > 3
 
     # every chart point is a train_steps row, placed by its value
     charts = browser.evaluate("""[...document.querySelectorAll('svg.chart')].map(c => [c.dataset.metric,
