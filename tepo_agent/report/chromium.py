@@ -185,10 +185,23 @@ class Chromium:
                 raise BrowserError(f"{expression!r} stayed falsy for {timeout_s:g} s")
             time.sleep(poll_s)
 
-    def screenshot(self, path: str | os.PathLike[str], *, full_page: bool = True) -> Path:
-        """Save a PNG of the page (all of it, or the viewport)."""
+    def screenshot(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        full_page: bool = True,
+        clip: tuple[float, float, float, float] | None = None,
+    ) -> Path:
+        """Save a PNG of the page: all of it, the viewport, or ``clip`` (x, y, width, height
+        in page coordinates)."""
         params: dict[str, Any] = {"format": "png"}
-        if full_page:
+        if clip is not None:
+            x, y, width, height = clip
+            params.update(
+                captureBeyondViewport=True,
+                clip={"x": x, "y": y, "width": width, "height": height, "scale": 1},
+            )
+        elif full_page:
             size = self._send("Page.getLayoutMetrics", {})["cssContentSize"]
             params.update(
                 captureBeyondViewport=True,

@@ -217,8 +217,9 @@
     const grad = stops.map(([p, c]) => `${rgb(c)} ${(p * 100).toFixed(0)}%`).join(", ");
     return el("div", { class: "scale", id: "entropy-legend" },
       el("span", { text: "token entropy (nats):" }),
-      el("span", { class: "bar", style: `background: linear-gradient(to right, ${grad})` }),
-      el("span", { class: "ticks" }, [0, max / 2, max].map((v) => el("span", { text: fmt(v, 2) }))),
+      el("span", { class: "scalebox" },
+        el("span", { class: "bar", style: `background: linear-gradient(to right, ${grad})` }),
+        el("span", { class: "ticks" }, [0, max / 4, max / 2, (3 * max) / 4, max].map((v) => el("span", { text: fmt(v, 2) })))),
       el("span", { class: "note", text: `(values above ${fmt(max, 2)} share the top colour)` }));
   }
 
