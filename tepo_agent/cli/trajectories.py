@@ -4,6 +4,7 @@
     tepo-agent trajectories show ID [--json] [--no-color] every turn, with H and ΔH; on a
                                                           terminal, tokens coloured by entropy
     tepo-agent trajectories export --out FILE.jsonl       everything, one JSON line each
+    tepo-agent trajectories browse [--port 8001]          the store in Datasette (optional extra)
 
 ``--db`` defaults to ``$TEPO_AGENT_DB`` or ``./tepo-agent.db``.
 """
@@ -16,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 
+from tepo_agent.cli.trajectories_browse import register_browse
 from tepo_agent.report.terminal import TurnColourer, colour_wanted, legend, load_decoder
 from tepo_agent.store import TrajectoryStore, default_db_path
 from tepo_agent.trajectory import Trajectory, Turn
@@ -48,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument("--out", required=True, help="output .jsonl file")
     export.add_argument("--db", default=None, help=db_help)
     export.set_defaults(func=run_export)
+    register_browse(actions)
 
 
 def _open(args: argparse.Namespace) -> TrajectoryStore:

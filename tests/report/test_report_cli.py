@@ -16,7 +16,7 @@ from tepo_agent.trajectory import new_id
 # anything that would make a browser fetch: a URL in src/href/url()/@import, or a fetch call
 _FETCHES = re.compile(
     r"""(src|href)\s*=\s*["']?(https?:|//)|url\(\s*["']?(https?:|//)|@import|XMLHttpRequest"""
-)  # noqa: E501
+)
 
 
 def test_report_writes_one_self_contained_page(tmp_path: Path, default_model_dir: Path, capsys):
