@@ -32,6 +32,7 @@ from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
 from tepo_agent.policy.registry import PolicyRegistry
+from tepo_agent.report import write_report
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks import KnowledgeBase, Task, knowledge_suite, math_suite
 from tepo_agent.tasks.world import build_world, world_tools
@@ -220,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
             f"  tepo-agent check-logprobs --db {db}\n"
             f"  sqlite3 {db} 'select version, status, path from policies'"
         )
+        print(f"report: {write_report(db, work / 'report.html', model=model_dir).resolve()}")
     finally:
         follower.stop()
         for thing in (target, closer):
