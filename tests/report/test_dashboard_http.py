@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _server import free_port, serving
-from _stores import write_runs, write_store
+from _report_server import free_port, serving
+from _report_stores import write_runs, write_store
 
 from tepo_agent.report.dashboard import COOKIE, create_dashboard_app, session_token
 from tepo_agent.store import TrajectoryStore

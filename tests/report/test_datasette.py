@@ -12,8 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from _server import free_port
-from _stores import write_store
+from _report_server import free_port
+from _report_stores import write_store
 
 from tepo_agent.cli import main
 from tepo_agent.report.datasette import metadata_for, plugins_dir

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _server import serving
-from _stores import write_store
+from _report_server import serving
+from _report_stores import write_store
 
 from tepo_agent.report import SampleFilter, entropy_colour, scale_max, write_report
 from tepo_agent.report.chromium import Chromium, find_chromium

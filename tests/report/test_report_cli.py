@@ -6,7 +6,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from _stores import runs, write_store
+from _report_stores import runs, write_store
 from transformers import AutoTokenizer
 
 from tepo_agent.cli import main

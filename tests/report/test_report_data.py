@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from _stores import STEP_METRICS, write_store
+from _report_stores import STEP_METRICS, write_store
 
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.report import SampleFilter, collect, load_decoder

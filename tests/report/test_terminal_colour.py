@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from _stores import write_store
+from _report_stores import write_store
 
 from tepo_agent.cli import main
 from tepo_agent.report.colour import entropy_colour, scale_max
