@@ -90,3 +90,21 @@ def test_colour_wanted_only_on_a_tty_without_no_color(monkeypatch, tmp_path) -> 
         monkeypatch.setenv("NO_COLOR", "1")
         assert not colour_wanted(False, tty)
     os.close(leader)
+
+
+def test_run_prints_each_assistant_turn_coloured_with_a_legend(
+    stored, capsys, default_model_dir, monkeypatch
+):
+    monkeypatch.delenv("NO_COLOR", raising=False)  # rich honours it too
+    # what `tepo-agent run` prints on a terminal before the tool calls and the answer
+    from transformers import AutoTokenizer
+
+    from tepo_agent.report.terminal import TokenDecoder, print_coloured_turns
+
+    _, traj = stored
+    print_coloured_turns(traj, TokenDecoder(AutoTokenizer.from_pretrained(str(default_model_dir))))
+    lines = capsys.readouterr().out.splitlines()
+    top = scale_max(h for t in traj.assistant_turns() for h in t.entropies)
+    assert lines[-1].count("48;2;") == 5 and "nats" in lines[-1]  # the legend
+    r, g, b = entropy_colour(traj.turns[0].entropies[0], top)
+    assert lines[0].startswith("\x1b[") and f"48;2;{r};{g};{b}" in lines[0]
