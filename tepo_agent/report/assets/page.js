@@ -175,7 +175,8 @@
     const W = 900, H = 170, L = 46, R = 12, T = 14, B = 24;
     const g = sv("svg", { class: "evalchart", viewBox: `0 0 ${W} ${H}`, width: "100%", role: "img" });
     const Y = (v) => H - B - v * (H - T - B);
-    const X = (i) => L + (pts.length === 1 ? (W - L - R) / 2 : (i / (pts.length - 1)) * (W - L - R));
+    const pad = 60; // room for the first and last labels
+    const X = (i) => L + pad + (pts.length === 1 ? (W - L - R - 2 * pad) / 2 : (i / (pts.length - 1)) * (W - L - R - 2 * pad));
     for (const v of [0, 0.5, 1]) {
       g.append(sv("line", { x1: L, x2: W - R, y1: Y(v), y2: Y(v), class: "gridline" }));
       g.append(sv("text", { x: L - 4, y: Y(v) + 4, class: "axis", "text-anchor": "end" }, fmt(v, 1)));
