@@ -59,14 +59,25 @@ def create_dashboard_app(
     queries.open_readonly(db).close()  # fail now, with a clear error, if the store is missing
     sample = sample or SampleFilter()
     token = session_token(api_key) if api_key else None
-    decoder_lock = threading.Lock()
+    lock = threading.Lock()
     decoder: list[TokenDecoder] = []
+    latest: dict[str, Any] = {}  # the data of the newest stamp, shared by every viewer
 
-    def get_decoder() -> TokenDecoder:
-        with decoder_lock:  # loaded once, on the first page, not at start
-            if not decoder:
+    def current_data() -> dict[str, Any]:
+        """The store's data, collected again only when its stamp moved."""
+        with lock:  # one collect at a time; viewers polling together share it
+            if not decoder:  # the tokenizer is loaded on the first page, not at start
                 decoder.append(load_decoder(model, db))
-            return decoder[0]
+            conn = queries.open_readonly(db)
+            try:
+                now = queries.stamp(conn)
+            finally:
+                conn.close()
+            if latest.get("stamp") != now:
+                data = collect(db, sample, decoder[0])
+                data["meta"]["title"] = "tepo-agent dashboard"
+                latest.update(stamp=data["meta"]["stamp"], data=data)
+            return latest["data"]
 
     def signed_in(request: Request) -> bool:
         given = request.cookies.get(COOKIE, "")
@@ -82,9 +93,7 @@ def create_dashboard_app(
     def page(request: Request) -> Response:
         if not signed_in(request):
             return HTMLResponse(login_page("login", failed=False), status_code=401)
-        data = collect(db, sample, get_decoder())
-        data["meta"]["title"] = "tepo-agent dashboard"
-        return HTMLResponse(render_page(data, live=live(request)), headers=_NO_STORE)
+        return HTMLResponse(render_page(current_data(), live=live(request)), headers=_NO_STORE)
 
     @app.post("/login")
     async def login(request: Request) -> Response:
@@ -103,15 +112,9 @@ def create_dashboard_app(
     def data(request: Request, stamp: str = "") -> Response:
         if not signed_in(request):
             return JSONResponse({"error": "sign in first"}, status_code=401)
-        conn = queries.open_readonly(db)
-        try:
-            current = queries.stamp(conn)
-        finally:
-            conn.close()
-        if stamp and stamp == current:
+        body = current_data()
+        if stamp and stamp == body["meta"]["stamp"]:
             return Response(status_code=204, headers=_NO_STORE)
-        body = collect(db, sample, get_decoder())
-        body["meta"]["title"] = "tepo-agent dashboard"
         return JSONResponse(body, headers=_NO_STORE)
 
     return app

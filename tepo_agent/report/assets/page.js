@@ -269,7 +269,8 @@
     if (filters.version !== "" && String(tr.policy_version) !== filters.version) return false;
     if (filters.tool && !tr.turns.some((t) => t.role === "tool" && t.name === filters.tool)) return false;
     if (filters.minScore !== "" && !(tr.score !== null && tr.score >= Number(filters.minScore))) return false;
-    if (filters.text && !(tr.task + " " + (tr.answer || "") + " " + tr.id).toLowerCase().includes(filters.text.toLowerCase())) return false;
+    const haystack = [tr.task, tr.answer || "", tr.id, tr.group_id || ""].join(" ").toLowerCase();
+    if (filters.text && !haystack.includes(filters.text.toLowerCase())) return false;
     return true;
   }
 
@@ -282,7 +283,7 @@
     return el("div", { class: "controls" },
       select("version", "version ", versions), select("tool", "tool ", tools),
       el("label", {}, "min score ", el("input", { type: "number", step: "0.1", min: 0, max: 1, value: filters.minScore, on: { input: (e) => { filters.minScore = e.target.value; rerender(); } } })),
-      el("label", {}, "search ", el("input", { type: "search", value: filters.text, on: { input: (e) => { filters.text = e.target.value; rerender(); } } })));
+      el("label", { title: "task, answer, trajectory id or group id" }, "search ", el("input", { type: "search", value: filters.text, on: { input: (e) => { filters.text = e.target.value; rerender(); } } })));
   }
 
   function trajList() {
