@@ -76,3 +76,22 @@ def test_serve_with_db_mounts_the_dashboard(tmp_path: Path, default_model_dir: P
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_mounted_under_a_prefix_its_links_and_cookie_follow_it(tmp_path, default_model_dir):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    db = tmp_path / "m.db"
+    write_runs(db, default_model_dir)
+    app = FastAPI()
+    app.mount("/dashboard", create_dashboard_app(db, api_key="k", model=default_model_dir))
+    client = TestClient(app)
+    assert (
+        client.get("/dashboard", follow_redirects=False).headers["location"].endswith("/dashboard/")
+    )
+    signed = client.post("/dashboard/login", data={"key": "k"}, follow_redirects=False)
+    assert signed.headers["location"] == "/dashboard/"
+    assert "Path=/dashboard/" in signed.headers["set-cookie"]
+    page = client.get("/dashboard/")
+    assert page.status_code == 200 and '"data_url":"/dashboard/data"' in page.text
