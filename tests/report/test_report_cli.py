@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from tepo_agent.cli import main
 from tepo_agent.store import TrajectoryStore
-from tepo_agent.trajectory import new_id
+from tepo_agent.trajectory import Trajectory, new_id
 
 # anything that would make a browser fetch: a URL in src/href/url()/@import, or a fetch call
 _FETCHES = re.compile(
@@ -54,3 +54,15 @@ def test_the_page_grows_with_the_sample_not_with_the_store(tmp_path, default_mod
         assert main(["report", "--db", str(db), "--out", str(out), "--limit", "10"]) == 0
         sizes.append(out.stat().st_size)
     assert abs(sizes[1] - sizes[0]) / sizes[0] < 0.05, sizes
+
+
+def test_stored_text_cannot_close_the_pages_script(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    evil = "</script><script>alert(1)</script><!--"
+    with TrajectoryStore(db) as store:
+        store.add(Trajectory(task=evil, prompt_token_ids=[1], answer=evil))
+    out = tmp_path / "x.html"
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
+    page = out.read_text()
+    assert evil not in page and "alert(1)" in page  # kept, as data, with "<" escaped
+    assert page.count("</script>") == 3  # the data, the live config and the page script
