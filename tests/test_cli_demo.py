@@ -38,3 +38,5 @@ def test_demo_collects_trains_publishes_and_serves_the_new_version(tmp_path: Pat
         assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
     assert live == [(1,)]
     assert by_version == {0: 4, 1: 4}  # every trajectory names the version that produced it
+    report = (work / "report.html").resolve()
+    assert f"report: {report}" in out.stdout and "tepo-agent report" in report.read_text()

@@ -175,3 +175,26 @@ def test_concurrent_registration_and_promotion_stay_atomic(tmp_path: Path) -> No
     with PolicyRegistry(path) as reg:
         assert sum(p.status == "live" for p in reg.list()) == 1
         assert sum(p.status == "retired" for p in reg.list()) == 40
+
+
+def test_every_status_change_is_recorded_as_an_event_in_order(registry: PolicyRegistry) -> None:
+    registry.ensure_base("/m/base")
+    gate = {"accuracy": 0.75, "key": "k"}
+    v1 = registry.register("/ckpt/1", kind="lora", parent=0, metrics={"gate": gate})
+    registry.promote(v1)
+    v2 = registry.register("/ckpt/2", kind="lora", parent=v1)
+    registry.reject(v2, "accuracy fell")
+    registry.rollback(0)
+    got = [(e.version, e.event) for e in registry.events()]
+    assert got == [
+        (0, "registered"), (0, "promoted"),
+        (1, "registered"), (1, "gated"), (0, "retired"), (1, "promoted"),
+        (2, "registered"), (2, "rejected"),
+        (1, "retired"), (0, "rolled_back"),
+    ]  # fmt: skip
+    (gated,) = [e for e in registry.events(1) if e.event == "gated"]
+    assert gated.detail["gate"] == gate
+    assert registry.events(2)[-1].detail == {"reason": "accuracy fell"}
+    assert registry.events(0)[-1].detail == {"replaced": 1}
+    times = [e.created_at for e in registry.events()]
+    assert times == sorted(times)

@@ -35,6 +35,8 @@ _COMMANDS: tuple[str, ...] = (
     "train",
     "rollback",
     "check_logprobs",
+    "report",
+    "dashboard",
 )
 
 

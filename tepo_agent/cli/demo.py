@@ -237,6 +237,9 @@ def run(args: argparse.Namespace) -> int:
             f"  tepo-agent check-logprobs --db {db}\n"
             f"  sqlite3 {db} 'select version, status, path from policies'"
         )
+        from tepo_agent.report import write_report
+
+        print(f"report: {write_report(db, work / 'report.html', model=model_dir).resolve()}")
     finally:
         follower.stop()
         for thing in (target, closer):

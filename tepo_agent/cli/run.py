@@ -7,7 +7,8 @@ trajectory. With ``--samples G`` it runs G samples concurrently under one group 
 The model is the in-process ``--model DIR`` (default: the bootstrapped default model if built,
 else the random-weight one), or a server (``--base-url URL --served-model NAME``: vLLM or
 ``tepo-agent serve``), in which case ``--model`` only supplies the tokenizer and chat template.
-Tools: calculator and python, plus search with ``--search-db``.
+Tools: calculator and python, plus search with ``--search-db``. On a terminal the model's tokens
+are coloured by their entropy (white: sure, to red: unsure); ``--no-color`` or a pipe: plain text.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-color", action="store_true", help="never colour tokens by entropy")
     parser.set_defaults(func=run)
 
 
@@ -114,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from tepo_agent.chat.format import ChatFormat
     from tepo_agent.cli._models import resolve_model_dir
     from tepo_agent.errors import ConfigError
+    from tepo_agent.report.terminal import TokenDecoder, colour_wanted, print_coloured_turns
     from tepo_agent.store import TrajectoryStore, default_db_path
     from tepo_agent.tools import default_tools
 
@@ -151,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
         payload = [_describe(r) for r in results]
         print(json.dumps(payload[0] if args.samples == 1 else payload, indent=2))
     else:
+        colour = colour_wanted(args.no_color, sys.stdout)
         for i, result in enumerate(results):
+            if colour:  # the model's tokens, each on the colour of its entropy
+                print_coloured_turns(result.trajectory, TokenDecoder(chat_format.tokenizer))
             _print(result, i if args.samples > 1 else None)
         if args.samples > 1:
             print(f"group: {results[0].trajectory.group_id}")

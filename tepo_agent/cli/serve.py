@@ -6,6 +6,7 @@
 
 Without ``--model`` it serves the embedded default model (built on first use). The API key comes
 from ``--api-key`` or, when that is absent, ``TEPO_AGENT_API_KEY`` (read once, at start).
+With ``--db`` the live dashboard of that store is also served, read-only, at ``/dashboard``.
 """
 
 from __future__ import annotations
@@ -78,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
         follower.start(poll_interval_s=args.poll_s)
     try:
         app = create_app(backend, chat_format, model_name=name, api_key=api_key)
+        if args.db:  # the live dashboard of the same store, read-only, behind the same key
+            from tepo_agent.report.dashboard import create_dashboard_app
+
+            app.mount("/dashboard", create_dashboard_app(args.db, api_key=api_key))
         print(f"tepo-agent serve: {name} from {model_dir} on http://{args.host}:{args.port}")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

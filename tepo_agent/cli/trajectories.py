@@ -1,8 +1,10 @@
 """``tepo-agent trajectories list|show|export``: look at what the agent has recorded.
 
     tepo-agent trajectories list [--limit N] [--json]     newest first
-    tepo-agent trajectories show ID [--json]              every turn, with H and ΔH
+    tepo-agent trajectories show ID [--json] [--no-color] every turn, with H and ΔH; on a
+                                                          terminal, tokens coloured by entropy
     tepo-agent trajectories export --out FILE.jsonl       everything, one JSON line each
+    tepo-agent trajectories browse [--port 8001]          the store in Datasette (optional extra)
 
 ``--db`` defaults to ``$TEPO_AGENT_DB`` or ``./tepo-agent.db``.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
@@ -39,12 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     show.add_argument("id", metavar="ID")
     show.add_argument("--db", default=None, help=db_help)
     show.add_argument("--json", action="store_true", help="the full record as JSON")
+    show.add_argument("--no-color", action="store_true", help="never colour tokens by entropy")
     show.set_defaults(func=run_show)
 
     export = actions.add_parser("export", help="every trajectory as JSON lines")
     export.add_argument("--out", required=True, help="output .jsonl file")
     export.add_argument("--db", default=None, help=db_help)
     export.set_defaults(func=run_export)
+    from tepo_agent.cli.trajectories_browse import register_browse
+
+    register_browse(actions)
 
 
 def _open(args: argparse.Namespace) -> TrajectoryStore:
@@ -76,22 +84,23 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _turn_lines(idx: int, turn: Turn) -> list[str]:
+def _turn_lines(idx: int, turn: Turn, colour: Callable[[Turn], str] | None = None) -> list[str]:
     if turn.role == "assistant":
+        text = colour(turn) if colour is not None else turn.text
         policy = "-" if turn.policy_version is None else str(turn.policy_version)
         head = (
             f"[{idx}] assistant  policy={policy}"
             f"  tokens={len(turn.token_ids)}  H={_fmt(turn.entropy_mean)}"
             f"  finish={turn.finish_reason or '-'}"
         )
-        return [head, *("    " + line for line in turn.text.splitlines() or [""])]
+        return [head, *("    " + line for line in text.splitlines() or [""])]
     args = json.dumps(turn.tool_args, ensure_ascii=False) if turn.tool_args is not None else ""
     head = f"[{idx}] tool {turn.tool_name or '?'}({args})  ΔH={_fmt(turn.delta_entropy, '+.3f')}"
     outcome = f"error: {turn.tool_error}" if turn.tool_error else (turn.tool_result or "")
     return [head, *("    → " + line for line in outcome.splitlines() or [""])]
 
 
-def _show_text(traj: Trajectory) -> list[str]:
+def _show_text(traj: Trajectory, colour: Callable[[Turn], str] | None = None) -> list[str]:
     lines = [
         f"id: {traj.id}",
         f"task: {traj.task}",
@@ -100,20 +109,27 @@ def _show_text(traj: Trajectory) -> list[str]:
         f"prompt tokens: {len(traj.prompt_token_ids)}",
     ]
     for idx, turn in enumerate(traj.turns):
-        lines.extend(_turn_lines(idx, turn))
+        lines.extend(_turn_lines(idx, turn, colour))
     lines.append(f"answer: {traj.answer if traj.answer is not None else '-'}")
     return lines
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from tepo_agent.report.terminal import TurnColourer, colour_wanted, legend, load_decoder
+
     with _open(args) as store:
         traj = store.get(args.id)
         feedback = store.feedback(args.id)
     if args.json:
         print(json.dumps({**asdict(traj), "feedback": feedback}, ensure_ascii=False, indent=2))
         return 0
-    lines = _show_text(traj)
+    colour = None
+    if colour_wanted(args.no_color, sys.stdout):  # each token on the colour of its entropy
+        colour = TurnColourer.for_trajectory(traj, load_decoder(None, store.path))
+    lines = _show_text(traj, colour)
     lines.extend(f"feedback: {f['value']:g} from {f['source']}" for f in feedback)
+    if colour is not None:
+        lines.append(legend(colour.top))
     print("\n".join(lines))
     return 0
 

@@ -5,6 +5,6 @@ The registry names load here; the hot swap (torch, the transformers backend) onl
 ``tepo_agent.policy.hotswap`` is imported.
 """
 
-from tepo_agent.policy.registry import PolicyKind, PolicyRecord, PolicyRegistry
+from tepo_agent.policy.registry import PolicyEvent, PolicyKind, PolicyRecord, PolicyRegistry
 
-__all__ = ["PolicyKind", "PolicyRecord", "PolicyRegistry"]
+__all__ = ["PolicyEvent", "PolicyKind", "PolicyRecord", "PolicyRegistry"]

@@ -13,6 +13,11 @@ Lifecycle of a version (docs/architecture.md, invariant 7)::
 - ``rollback`` makes an earlier (retired) version live again, retiring the current one.
 - Version 0 is the base model (``ensure_base``), live until the first promotion.
 
+Every change is also appended to the ``policy_events`` table in the same transaction
+(``registered``, ``gated``, ``promoted``, ``rejected``, ``retired``, ``rolled_back``, with their
+times), so a version's history survives its status being overwritten: :meth:`PolicyRegistry.events`
+reads it, and ``tepo-agent report`` draws it as a timeline.
+
 Serving processes poll :meth:`PolicyRegistry.live`; it is one indexed SELECT on a WAL database,
 which never waits for writers, so polling it between requests is cheap.
 """
@@ -35,6 +40,10 @@ PolicyKind = Literal["full", "lora"]
 """``full``: a complete model directory; ``lora``: a PEFT adapter directory over the base."""
 
 PolicyStatus = Literal["candidate", "live", "rejected", "retired"]
+
+PolicyEventKind = Literal["registered", "gated", "promoted", "rejected", "retired", "rolled_back"]
+"""What happened to a version: ``gated`` carries the gate's evaluation (``metrics["gate"]`` at
+registration), ``rejected`` the reason, ``promoted``/``rolled_back`` the version they replaced."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,17 @@ class PolicyRecord:
     reason: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PolicyEvent:
+    """One entry of a version's history (the ``policy_events`` table)."""
+
+    id: int
+    version: int
+    event: PolicyEventKind
+    detail: dict[str, Any]
+    created_at: float
 
 
 def _record(row: dict[str, Any]) -> PolicyRecord:
@@ -98,6 +118,12 @@ class PolicyRegistry:
         """Every version, oldest first."""
         return [_record(r) for r in self.store.read("SELECT * FROM policies ORDER BY version")]
 
+    def events(self, version: int | None = None) -> list[PolicyEvent]:
+        """The recorded history, oldest first (of one version, or of all)."""
+        where, params = ("WHERE version = ?", [version]) if version is not None else ("", [])
+        rows = self.store.read(f"SELECT * FROM policy_events {where} ORDER BY id", params)
+        return [PolicyEvent(**{**r, "detail": load_json(r["detail"]) or {}}) for r in rows]
+
     # -- writes --------------------------------------------------------------------------------
 
     def ensure_base(
@@ -123,6 +149,9 @@ class PolicyRegistry:
                  "status": "retired" if has_live else "live", "metrics": "{}",
                  "reason": None, "created_at": now, "updated_at": now}
             )  # fmt: skip
+            _event(db, 0, "registered", {"kind": kind, "base": True}, now)
+            if not has_live:
+                _event(db, 0, "promoted", {"reason": "base model"}, now)
 
         self.store.write(apply)
         return self.get(0)
@@ -149,6 +178,11 @@ class PolicyRegistry:
             db.table("policies").insert(
                 {**row, "version": version, "created_at": now, "updated_at": now}
             )
+            _event(db, version, "registered", {"kind": kind, "parent": parent}, now)
+            if metrics and isinstance(metrics.get("gate"), dict):
+                # publish_checkpoint stores the gate's evaluation under metrics["gate"].
+                gate = {"gate": metrics["gate"], "live_gate": metrics.get("live_gate")}
+                _event(db, version, "gated", gate, now)
             return version
 
         return self.store.write(apply)
@@ -171,11 +205,13 @@ class PolicyRegistry:
                     f"cannot reject version {version}: it is {status}, and only candidates can be "
                     "rejected (use rollback to replace a live version)"
                 )
+            now = time.time()
             db.execute(
                 "UPDATE policies SET status = 'rejected', reason = ?, updated_at = ? "
                 "WHERE version = ?",
-                [reason, time.time(), version],
+                [reason, now, version],
             )
+            _event(db, version, "rejected", {"reason": reason}, now)
 
         self.store.write(apply)
         return self.get(version)
@@ -193,6 +229,8 @@ class PolicyRegistry:
                     f"{' or '.join(allowed)}"
                 )
             now = time.time()
+            row = db.execute("SELECT version FROM policies WHERE status = 'live'").fetchone()
+            replaced = None if row is None else int(row[0])
             # Retire first: the unique index allows at most one live row at any statement.
             db.execute(
                 "UPDATE policies SET status = 'retired', updated_at = ? WHERE status = 'live'",
@@ -202,6 +240,10 @@ class PolicyRegistry:
                 "UPDATE policies SET status = 'live', updated_at = ? WHERE version = ?",
                 [now, version],
             )
+            if replaced is not None:
+                _event(db, replaced, "retired", {"by": version}, now)
+            kind: PolicyEventKind = "promoted" if status == "candidate" else "rolled_back"
+            _event(db, version, kind, {"replaced": replaced}, now)
 
         self.store.write(apply)
         return self.get(version)
@@ -228,6 +270,20 @@ class PolicyRegistry:
 def _check_kind(kind: str) -> None:
     if kind not in get_args(PolicyKind):
         raise ConfigError(f"policy kind must be one of {get_args(PolicyKind)}, got {kind!r}")
+
+
+def _event(
+    db: sqlite_utils.Database,
+    version: int,
+    event: PolicyEventKind,
+    detail: dict[str, Any],
+    now: float,
+) -> None:
+    """Append to ``policy_events`` (inside the caller's transaction, with the change itself)."""
+    db.execute(
+        "INSERT INTO policy_events (version, event, detail, created_at) VALUES (?, ?, ?, ?)",
+        [version, event, dump_json(detail), now],
+    )
 
 
 def _exists(db: sqlite_utils.Database, version: int) -> bool:

@@ -149,6 +149,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE role = 'tool' AND tool_error IS NOT NULL""",
         ),
     ),
+    Migration(
+        version=4,
+        description="policy_events: each version's history (the policies table keeps only now)",
+        statements=(
+            # One row per status change, written by the registry in the same transaction as the
+            # change itself, so the report's timeline can never disagree with ``policies``.
+            # ``detail`` is JSON: the gate's numbers for gated/rejected, the reason, the version
+            # a promotion or rollback replaced.
+            """CREATE TABLE policy_events (
+                id INTEGER PRIMARY KEY,
+                version INTEGER NOT NULL REFERENCES policies(version),
+                event TEXT NOT NULL CHECK (event IN
+                    ('registered', 'gated', 'promoted', 'rejected', 'retired', 'rolled_back')),
+                detail TEXT NOT NULL DEFAULT '{}',
+                created_at REAL NOT NULL
+            )""",
+            "CREATE INDEX policy_events_version ON policy_events(version, id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
