@@ -15,7 +15,6 @@ import argparse
 import os
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.store import default_db_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tepo_agent.report import SampleFilter
     from tepo_agent.report.dashboard import create_dashboard_app
+    from tepo_agent.store import default_db_path
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")

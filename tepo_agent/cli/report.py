@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 
-from tepo_agent.store import default_db_path
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -42,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tepo_agent.report import SampleFilter, write_report
+    from tepo_agent.store import default_db_path
 
     sample = SampleFilter(
         limit=args.limit,
