@@ -1,8 +1,8 @@
 """tepo-agent: an agent runtime that tracks token entropy live and learns online with TEPO.
 
-The public API. Light names (records, errors, the store and registry) load eagerly; names that
-need torch, transformers or LangGraph load on first access, so a process that only reads the
-store or talks HTTP stays fast to start::
+The public API. Light names (records, errors) load eagerly; the rest (the store and registry,
+whose SQLite layer imports pandas, and everything that needs torch, transformers or LangGraph)
+load on first access, so ``import tepo_agent`` and ``tepo-agent --help`` stay fast::
 
     from tepo_agent import TepoAgent, TransformersBackend, ChatFormat, TrajectoryStore
 
@@ -24,14 +24,10 @@ from tepo_agent.errors import (
     ConfigError,
     ModelLoadError,
     PublishError,
-    SandboxError,
     StoreError,
     TepoError,
-    ToolError,
     TrainerError,
 )
-from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
-from tepo_agent.store import TrajectoryStore
 from tepo_agent.trajectory import Trajectory, Turn
 
 if TYPE_CHECKING:
@@ -42,7 +38,10 @@ if TYPE_CHECKING:
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
     from tepo_agent.backends.transformers_backend import TransformersBackend
     from tepo_agent.chat.format import ChatFormat, ParsedTurn, ToolCall
+    from tepo_agent.errors import SandboxError, ToolError
     from tepo_agent.model.default import ensure_default_model, init_model
+    from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
+    from tepo_agent.store import TrajectoryStore
 
 __version__ = "0.1.0"
 
@@ -55,10 +54,15 @@ _LAZY: dict[str, str] = {
     "HttpBackend": "tepo_agent.backends.http_backend",
     "HttpBackendConfig": "tepo_agent.backends.http_backend",
     "ParsedTurn": "tepo_agent.chat.format",
+    "PolicyRecord": "tepo_agent.policy.registry",
+    "PolicyRegistry": "tepo_agent.policy.registry",
+    "SandboxError": "tepo_agent.errors",
     "TepoAgent": "tepo_agent.agent.graph",
     "TepoChatModel": "tepo_agent.agent.chat_model",
     "ToolCall": "tepo_agent.chat.format",
+    "ToolError": "tepo_agent.errors",
     "TrajectoryRecorder": "tepo_agent.agent.recorder",
+    "TrajectoryStore": "tepo_agent.store",
     "TransformersBackend": "tepo_agent.backends.transformers_backend",
     "ensure_default_model": "tepo_agent.model.default",
     "init_model": "tepo_agent.model.default",

@@ -18,7 +18,10 @@ catch one type. Messages say what was wrong and what to do about it.
 
 from __future__ import annotations
 
-from langchain_core.tools import ToolException
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from langchain_core.tools import ToolException
 
 
 class TepoError(Exception):
@@ -45,16 +48,43 @@ class BackendUnavailableError(BackendError):
     """The backend cannot be reached (connection refused, timeout, 5xx after retries)."""
 
 
-class ToolError(TepoError, ToolException):
-    """A tool failed; inside the agent this becomes an error tool message.
+def _tool_errors() -> tuple[type[TepoError], type[TepoError]]:
+    """ToolError and SandboxError, made on first use: their LangChain base class takes ~0.5 s to
+    import, which a process that only reads the store (``tepo-agent feedback``) never needs."""
+    from langchain_core.tools import ToolException
 
-    It is also a LangChain ``ToolException``, so the built-in tools (``handle_tool_error=True``)
-    return it to the model as an error ``ToolMessage`` inside any LangGraph/LangChain agent too.
-    """
+    class ToolError(TepoError, ToolException):
+        """A tool failed; inside the agent this becomes an error tool message.
+
+        It is also a LangChain ``ToolException``, so the built-in tools
+        (``handle_tool_error=True``) return it to the model as an error ``ToolMessage`` inside
+        any LangGraph/LangChain agent too.
+        """
+
+    class SandboxError(ToolError):
+        """The python sandbox could not run or contain the submitted code."""
+
+    for cls in (ToolError, SandboxError):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    return ToolError, SandboxError
 
 
-class SandboxError(ToolError):
-    """The python sandbox could not run or contain the submitted code."""
+if TYPE_CHECKING:
+
+    class ToolError(TepoError, ToolException):
+        """A tool failed (see :func:`_tool_errors`)."""
+
+    class SandboxError(ToolError):
+        """The python sandbox could not run or contain the submitted code."""
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ToolError", "SandboxError"):
+        tool_error, sandbox_error = _tool_errors()
+        globals().update(ToolError=tool_error, SandboxError=sandbox_error)
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class StoreError(TepoError):
