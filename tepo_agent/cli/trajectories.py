@@ -4,16 +4,19 @@
     tepo-agent trajectories show ID [--json]              every turn, with H and ΔH
     tepo-agent trajectories export --out FILE.jsonl       everything, one JSON line each
 
-``--db`` defaults to ``$TEPO_AGENT_DB`` or ``./tepo-agent.db``.
+ID may be any unique prefix of a trajectory id (an ambiguous one lists the candidates).
+``--out -`` writes to standard output. ``--db`` defaults to ``$TEPO_AGENT_DB`` or
+``./tepo-agent.db`` and must exist.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
-from tepo_agent.store import TrajectoryStore, default_db_path
+from tepo_agent.cli._db import DB_HELP, open_store
 from tepo_agent.trajectory import Trajectory, Turn
 
 
@@ -25,28 +28,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    db_help = "database file (default: $TEPO_AGENT_DB or ./tepo-agent.db)"
+    db_help = DB_HELP
 
     ls = actions.add_parser("list", help="the most recent trajectories")
     ls.add_argument("--db", default=None, help=db_help)
-    ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--limit", type=int, default=20, help="most trajectories listed")
     ls.add_argument("--json", action="store_true", help="one JSON object per line")
     ls.set_defaults(func=run_list)
 
     show = actions.add_parser("show", help="one trajectory turn by turn")
-    show.add_argument("id", metavar="ID")
+    show.add_argument("id", metavar="ID", help="a trajectory id or a unique prefix of one")
     show.add_argument("--db", default=None, help=db_help)
-    show.add_argument("--json", action="store_true", help="the full record as JSON")
+    show.add_argument(
+        "--json", action="store_true", help="the full record and its feedback as one JSON line"
+    )
     show.set_defaults(func=run_show)
 
     export = actions.add_parser("export", help="every trajectory as JSON lines")
-    export.add_argument("--out", required=True, help="output .jsonl file")
+    export.add_argument("--out", required=True, help="output .jsonl file, or - for stdout")
     export.add_argument("--db", default=None, help=db_help)
     export.set_defaults(func=run_export)
-
-
-def _open(args: argparse.Namespace) -> TrajectoryStore:
-    return TrajectoryStore(args.db or default_db_path(), create=False)
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -54,7 +55,7 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    with _open(args) as store:
+    with open_store(args.db) as store:
         rows = store.list(limit=args.limit, newest_first=True)
     if args.json:
         for row in rows:
@@ -102,11 +103,11 @@ def _show_text(traj: Trajectory) -> list[str]:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    with _open(args) as store:
-        traj = store.get(args.id)
-        feedback = store.feedback(args.id)
+    with open_store(args.db) as store:
+        traj = store.get(store.resolve_id(args.id))
+        feedback = store.feedback(traj.id)
     if args.json:
-        print(json.dumps({**asdict(traj), "feedback": feedback}, ensure_ascii=False, indent=2))
+        print(json.dumps({**asdict(traj), "feedback": feedback}, ensure_ascii=False))
         return 0
     lines = _show_text(traj)
     lines.extend(f"feedback: {f['value']:g} from {f['source']}" for f in feedback)
@@ -115,7 +116,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    with _open(args) as store:
-        count = store.export_jsonl(args.out)
-    print(f"exported {count} trajectories to {args.out}")
+    with open_store(args.db) as store:
+        count = store.export_jsonl(sys.stdout if args.out == "-" else args.out)
+    # the count goes to stderr when the records go to stdout, so a pipe gets JSON lines only
+    print(
+        f"exported {count} trajectories to {'stdout' if args.out == '-' else args.out}",
+        file=sys.stderr if args.out == "-" else sys.stdout,
+    )
     return 0
