@@ -172,9 +172,11 @@ class TepoAgent:
         jobs = [self._call_tool(c["id"] or new_id(), c["name"], c["args"]) for c in last.tool_calls]
         # one call runs in this task; several run concurrently
         results = [await jobs[0]] if len(jobs) == 1 else list(await asyncio.gather(*jobs))
+        cut = last.response_metadata.get("finish_reason") == "length"
         for call in last.invalid_tool_calls:
+            why = (call.get("error") or "unparseable") + (", cut off by max_tokens" if cut else "")
             error = (
-                f"error: malformed tool call ({call.get('error') or 'unparseable'}). "
+                f"error: malformed tool call ({why}). "
                 "Call a tool as "
                 '<tool_call>\n{"name": "<tool>", "arguments": {...}}\n</tool_call>'
             )
