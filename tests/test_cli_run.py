@@ -45,9 +45,10 @@ def test_run_prints_answer_status_and_trajectory_id(
         assert store.get(trajectory_id).task == "Hi"
 
 
-def test_base_url_without_served_model_is_a_readable_error(
+def test_unreachable_base_url_is_a_readable_error(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["run", "Hi", "--model", str(tiny_model_dir), "--db", str(tmp_path / "x.db")]
-    assert main([*argv, "--base-url", "http://127.0.0.1:9"]) == 1
-    assert "--served-model" in capsys.readouterr().err
+    assert main([*argv, "--base-url", "http://127.0.0.1:9/v1"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach http://127.0.0.1:9/v1/models" in err and "Traceback" not in err

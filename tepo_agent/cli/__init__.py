@@ -68,7 +68,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         default = action.default
         shown = (
             action.option_strings
-            and default not in (None, False, argparse.SUPPRESS)
+            and default is not None
+            and default is not False
+            and default != argparse.SUPPRESS
             and not isinstance(action, argparse._VersionAction | argparse._HelpAction)
             and "default" not in help_text
             and "%(default)" not in help_text

@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
           f"{'registered':<16}  {'trajs':>5}  path")  # fmt: skip
     for row in rows:
         if row["version"] is None:
-            print(f"{'-':>4}  {'':>6}  {'(none)':<9} {'':<4}  {'':>5}  {'':>5}  {'':<16}  "
-                  f"{row['trajectories']:>5}  trajectories of models outside the registry")  # fmt: skip
+            blank = f"{'-':>4}  {'':>6}  {'(none)':<9} {'':<4}  {'':>5}  {'':>5}  {'':<16}"
+            print(f"{blank}  {row['trajectories']:>5}  sampled by models outside the registry")
             continue
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(row["created_at"]))
         parent = "-" if row["parent"] is None else str(row["parent"])

@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict
 
 from tepo_agent.cli._db import DB_HELP, open_store
+from tepo_agent.cli._show import error_text, malformed_texts
 from tepo_agent.trajectory import Trajectory, Turn
 
 
@@ -73,7 +74,7 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _turn_lines(idx: int, turn: Turn) -> list[str]:
+def _turn_lines(idx: int, turn: Turn, raw: str | None) -> list[str]:
     if turn.role == "assistant":
         policy = "-" if turn.policy_version is None else str(turn.policy_version)
         head = (
@@ -82,9 +83,13 @@ def _turn_lines(idx: int, turn: Turn) -> list[str]:
             f"  finish={turn.finish_reason or '-'}"
         )
         return [head, *("    " + line for line in turn.text.splitlines() or [""])]
-    args = json.dumps(turn.tool_args, ensure_ascii=False) if turn.tool_args is not None else ""
-    head = f"[{idx}] tool {turn.tool_name or '?'}({args})  ΔH={_fmt(turn.delta_entropy, '+.3f')}"
-    outcome = f"error: {turn.tool_error}" if turn.tool_error else (turn.tool_result or "")
+    if turn.tool_name is None:
+        what = f"malformed call {raw!r}"
+    else:
+        args = json.dumps(turn.tool_args, ensure_ascii=False) if turn.tool_args is not None else ""
+        what = f"{turn.tool_name}({args})"
+    head = f"[{idx}] tool {what}  ΔH={_fmt(turn.delta_entropy, '+.3f')}"
+    outcome = error_text(turn.tool_error) if turn.tool_error else (turn.tool_result or "")
     return [head, *("    → " + line for line in outcome.splitlines() or [""])]
 
 
@@ -93,11 +98,12 @@ def _show_text(traj: Trajectory) -> list[str]:
         f"id: {traj.id}",
         f"task: {traj.task}",
         f"group: {traj.group_id or '-'}  policy: {traj.policy_version}  status: {traj.status}"
-        f"  score: {_fmt(traj.score, '.2f')}",
+        f"  score: {_fmt(traj.score, '.2f')}  seed: {traj.metadata.get('seed', '-')}",
         f"prompt tokens: {len(traj.prompt_token_ids)}",
     ]
-    for idx, turn in enumerate(traj.turns):
-        lines.extend(_turn_lines(idx, turn))
+    raws = malformed_texts(traj, [t.tool_call_id or "" for t in traj.turns])
+    for idx, (turn, raw) in enumerate(zip(traj.turns, raws, strict=True)):
+        lines.extend(_turn_lines(idx, turn, raw))
     lines.append(f"answer: {traj.answer if traj.answer is not None else '-'}")
     return lines
 
