@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from langchain_core.tools import ToolException
+    from pydantic import ValidationError
 
 
 class TepoError(Exception):
@@ -99,6 +100,16 @@ class PublishError(TrainerError):
     """A candidate policy could not be registered, published or rolled back."""
 
 
+def argument_errors(exc: ValidationError) -> str:
+    """A pydantic validation error as one line naming each argument (``code: Field required``),
+    instead of pydantic's multi-line text with a documentation URL."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "arguments"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
@@ -111,4 +122,5 @@ __all__ = [
     "TepoError",
     "ToolError",
     "TrainerError",
+    "argument_errors",
 ]

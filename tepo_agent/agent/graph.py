@@ -40,6 +40,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
+from pydantic import ValidationError
 
 from tepo_agent.agent.build import build_trajectory
 from tepo_agent.agent.chat_model import TepoChatModel
@@ -53,7 +54,7 @@ from tepo_agent.agent.state import (
 from tepo_agent.agent.sync import run_sync
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
-from tepo_agent.errors import ConfigError
+from tepo_agent.errors import ConfigError, argument_errors
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
 if TYPE_CHECKING:
@@ -200,6 +201,10 @@ class TepoAgent:
             output = await tool.ainvoke(
                 {"type": "tool_call", "id": call_id, "name": name, "args": args}
             )
+        except ValidationError as exc:  # arguments that do not fit: one line naming each
+            latency = time.perf_counter() - start
+            message = f"error: invalid arguments for {name}: {argument_errors(exc)}"
+            return _error(call_id, name, args, message, latency)
         except Exception as exc:  # any tool failure is shown to the model, never raised
             latency = time.perf_counter() - start
             return _error(call_id, name, args, f"error: {type(exc).__name__}: {exc}", latency)
