@@ -13,11 +13,7 @@ import argparse
 import json
 from dataclasses import replace
 
-from tepo_agent.trainer.bootstrap import (
-    BootstrapConfig,
-    bootstrap_model,
-    ensure_bootstrapped_model,
-)
+from tepo_agent.errors import ConfigError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,15 +21,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "bootstrap",
         help="fine-tune the default model on synthetic tool-use demonstrations (cached)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", metavar="DIR", help="write here instead of the default cache")
-    parser.add_argument("--steps", type=int, help="SFT steps (default: see BootstrapConfig)")
-    parser.add_argument("--seed", type=int, default=0, help="weights and demonstrations seed")
+    parser.add_argument(
+        "--steps", type=int, help="SFT steps (default: BootstrapConfig's; needs --out)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weights and demonstrations seed (other: needs --out)"
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from tepo_agent.trainer.bootstrap import (
+        BootstrapConfig,
+        bootstrap_model,
+        ensure_bootstrapped_model,
+    )
+
+    if not args.out and (args.steps is not None or args.seed != 0):
+        # the cache holds THE default model; other settings make another model, never
+        # silently the cached one
+        raise ConfigError(
+            "--steps and --seed build a model other than the default one: give it its own "
+            "directory with --out DIR"
+        )
     cfg = BootstrapConfig(seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, sft=replace(cfg.sft, steps=args.steps))
