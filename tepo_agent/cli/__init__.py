@@ -12,6 +12,7 @@ from ``COMMANDS`` alone, so it never loads torch, transformers or LangGraph.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import re
 import sys
@@ -63,19 +64,28 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return super()._fill_text(plain_text(text), width, indent)
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
+    @staticmethod
+    def _has_default(action: argparse.Action) -> bool:
         default = action.default
-        shown = (
+        return bool(
             action.option_strings
             and default is not None
             and default is not False
             and default != argparse.SUPPRESS
             and not isinstance(action, argparse._VersionAction | argparse._HelpAction)
-            and "default" not in help_text
-            and "%(default)" not in help_text
         )
-        return f"{help_text} (default: %(default)s)".strip() if shown else help_text
+
+    def _format_action(self, action: argparse.Action) -> str:
+        if action.help is None and self._has_default(action):
+            action = copy.copy(action)  # an option without help still shows its default
+            action.help = "(default: %(default)s)"
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        if self._has_default(action) and "default" not in help_text:
+            return f"{help_text} (default: %(default)s)".strip()
+        return help_text
 
 
 class ArgumentParser(argparse.ArgumentParser):
