@@ -17,7 +17,8 @@ Run it::
     tepo-agent trajectories list --db tepo-agent.db
 
 A random-weight model rarely writes the tool-call markup; build the bootstrapped default model
-once (``tepo-agent bootstrap``, a few minutes) to see it call tools.
+once (``tepo-agent bootstrap``, 1,883 s on 2 CPU cores, benchmarks/RESULTS.md) to see it call
+tools.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Builds the default model's seeded world (knowledge base, search index), generate
 with scripted solvers that call the real calculator and search tools, and fine-tunes the random
 default model on them. Without ``--out`` the result is cached as the default model
 (``$TEPO_AGENT_HOME/models/default-sft-v1``), which ``generate``, ``run``, ``serve`` and the demo
-then use. Takes a few minutes on 2 CPU cores, once.
+then use. Built once: 1,883 s on 2 shared CPU cores (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
