@@ -191,9 +191,9 @@ def test_a_group_runs_concurrently_under_one_group_id(
         backend.close()
 
 
-def _ai(calls: int = 0, finish: str = "stop") -> AIMessage:
+def _ai(calls: int = 0, finish: str = "stop", text: str = "x") -> AIMessage:
     return AIMessage(
-        content="x",
+        content=text,
         tool_calls=[{"name": "calculator", "args": {}, "id": f"c{i}"} for i in range(calls)],
         response_metadata={"finish_reason": finish},
     )
@@ -203,6 +203,8 @@ def _ai(calls: int = 0, finish: str = "stop") -> AIMessage:
     ("messages", "extra", "route", "status"),
     [
         ([_ai(0)], {}, "finish", "ok"),
+        ([_ai(0, text="")], {}, "finish", "no_answer"),
+        ([_ai(0, text=" </tool_call>\n")], {}, "finish", "no_answer"),  # markup is no answer
         ([_ai(0, "length")], {}, "finish", "max_tokens"),
         ([_ai(1)], {}, "tools", None),
         ([_ai(3)], {}, "finish", "max_tool_calls"),  # 0 done + 3 asked > 2

@@ -202,6 +202,8 @@ def run(args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     path = db_path(args.db)
     created = not path.exists()
+    if created:
+        resolve_model_dir(args.model)  # a missing default model fails before a file is made
     with TrajectoryStore(path) as store:
         if created:
             print(f"tepo-agent run: created trajectory database {path}", file=sys.stderr)
