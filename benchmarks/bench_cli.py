@@ -2,11 +2,12 @@
 
 Each command runs as a fresh process, ``--runs`` times, interleaved with the other commands and
 with a bare ``python -c pass`` (the interpreter's own start, the floor); the median is reported.
-``--src DIR`` measures another checkout of the project (its root: ``tepo_agent/``, ``tools/``,
-``trainer/``), e.g. the commit before the lazy CLI::
+``--before DIR`` also measures another checkout of the project (its root: ``tepo_agent/``,
+``tools/``, ``trainer/``), e.g. the commit before the lazy CLI, interleaved with this one so both
+see the same machine load::
 
-    python benchmarks/bench_cli.py --runs 7
-    git archive 761dc96 | tar -x -C /tmp/before && python benchmarks/bench_cli.py --src /tmp/before
+    mkdir /tmp/before && git archive 761dc96 | tar -x -C /tmp/before
+    python benchmarks/bench_cli.py --runs 7 --before /tmp/before
 
 Results go to benchmarks/RESULTS.md by hand.
 """
@@ -23,16 +24,15 @@ import time
 from pathlib import Path
 
 
-def _env(src: Path | None) -> dict[str, str]:
-    env = dict(os.environ)
-    if src is not None:
-        # tools/ and trainer/ install as tepo_agent.tools/.trainer: mirror that with links
-        for name in ("tools", "trainer"):
-            link = src / "tepo_agent" / name
-            if not link.exists():
-                link.symlink_to(src / name, target_is_directory=True)
-        env["PYTHONPATH"] = str(src)
-    return env
+def _env(src: Path) -> dict[str, str]:
+    """Run ``src``'s tepo_agent instead of the installed one (PYTHONPATH wins over the editable
+    install's finder); tools/ and trainer/ install as tepo_agent.tools/.trainer, mirrored by
+    links."""
+    for name in ("tools", "trainer"):
+        link = src / "tepo_agent" / name
+        if not link.exists():
+            link.symlink_to(src.resolve() / name, target_is_directory=True)
+    return {**os.environ, "PYTHONPATH": str(src)}
 
 
 def _database(folder: Path) -> tuple[Path, str]:
@@ -50,28 +50,29 @@ def _database(folder: Path) -> tuple[Path, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--src", type=Path, help="another checkout's root (default: installed)")
+    parser.add_argument("--before", type=Path, help="another checkout's root, measured too")
     args = parser.parse_args()
-    env = _env(args.src)
+    trees = {"": dict(os.environ)}
+    if args.before is not None:
+        trees = {"before: ": _env(args.before), "after:  ": dict(os.environ)}
     with tempfile.TemporaryDirectory() as tmp:
         db, tid = _database(Path(tmp))
-        commands = {
-            "python -c pass": [sys.executable, "-c", "pass"],
-            "tepo-agent --help": [sys.executable, "-m", "tepo_agent", "--help"],
-            "tepo-agent feedback ID 1.0": [
-                *(sys.executable, "-m", "tepo_agent", "feedback", tid, "1.0", "--db", str(db))
-            ],
-        }
+        tepo = [sys.executable, "-m", "tepo_agent"]
+        commands = {"python -c pass": ([sys.executable, "-c", "pass"], dict(os.environ))}
+        for label, env in trees.items():
+            commands[f"{label}tepo-agent --help"] = ([*tepo, "--help"], env)
+            feedback = [*tepo, "feedback", tid, "1.0", "--db", str(db)]
+            commands[f"{label}tepo-agent feedback ID 1.0"] = (feedback, env)
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.runs):
-            for name, cmd in commands.items():
+            for name, (cmd, env) in commands.items():
                 started = time.perf_counter()
                 subprocess.run(cmd, env=env, capture_output=True, check=True, cwd=tmp)
                 times[name].append(time.perf_counter() - started)
-    print(f"source: {args.src or 'installed'}, {args.runs} runs each, median (min..max) seconds")
+    print(f"{args.runs} runs each, interleaved; median (min..max) seconds")
     for name, values in times.items():
         print(
-            f"  {name:<28} {statistics.median(values):6.3f}  ({min(values):.3f}..{max(values):.3f})"
+            f"  {name:<36} {statistics.median(values):6.3f}  ({min(values):.3f}..{max(values):.3f})"
         )
 
 
