@@ -127,3 +127,18 @@ def test_tool_calls_are_shown_once_and_malformed_ones_as_written(
     assert "tool search({}) -> error: unknown tool 'search'; tools: calculator  ΔH=-0.250" in out
     assert "error: error:" not in out and "None(null)" not in out
     assert "status: no_answer" in out and "seed: 5" in out
+
+
+def test_the_default_model_s_own_world_tools_are_offered_by_default(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from tepo_agent.tools import build_index
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text(json.dumps({"id": "a", "title": "A", "text": "alpha"}) + "\n")
+    (tmp_path / "model" / "world").mkdir(parents=True)
+    build_index(corpus, tmp_path / "model" / "world" / "search.db")
+    offered = cli_run._tools(Namespace(search_db=None), [tmp_path / "model"])
+    assert sorted(t.name for t in offered) == ["calculator", "search"]
+    plain = cli_run._tools(Namespace(search_db=None), [tmp_path / "elsewhere"])
+    assert sorted(t.name for t in plain) == ["calculator", "python"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -36,14 +35,8 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def home(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME
-
-    root = tmp_path_factory.mktemp("home")
-    target = root / "models" / BOOTSTRAPPED_MODEL_NAME
-    shutil.copytree(default_model_dir, target)
-    (target / "bootstrap.json").write_text(json.dumps({"stand_in": "random weights, for tests"}))
-    return root
+def home(stand_in_home: Path) -> Path:
+    return stand_in_home
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +102,20 @@ def test_stated_build_times_are_the_measured_one() -> None:
         assert "12–15 minutes" not in text and "a few minutes" not in text, path
     for path in (ROOT / "README.md", ROOT / "docs" / "guide.md"):
         assert figure in path.read_text(), path
+
+
+def test_cli_run_against_the_server_finds_its_model(server: str, home: Path, workdir: Path) -> None:
+    # the guide's `run --base-url http://127.0.0.1:8000/v1`, without --served-model
+    cmd = [sys.executable, "-m", "tepo_agent", "run", "What is 17 * 23?", "--json"]
+    cmd += ["--base-url", f"{server}/v1", "--max-new-tokens", "8", "--db", "http.db"]
+    done = subprocess.run(
+        cmd,
+        cwd=workdir,
+        env={**os.environ, "TEPO_AGENT_HOME": str(home)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["policy_version"] == 0
