@@ -68,6 +68,20 @@ def test_help_loads_no_heavy_library_and_answers_fast() -> None:
     assert wall < 3.0  # generous: ~0.2 s on a quiet machine (benchmarks/RESULTS.md)
 
 
+def test_store_only_commands_load_no_heavy_library(db: Path) -> None:
+    code = (
+        "import sys; from tepo_agent.cli import main\n"
+        f"assert main(['feedback', 'beef', '0.5', '--db', {str(db)!r}]) == 0\n"
+        "heavy = [m for m in ('torch', 'transformers', 'langgraph', 'langchain_core', 'pandas',"
+        " 'numpy') if m in sys.modules]\nprint(heavy, file=sys.stderr)"
+    )
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    wall = time.perf_counter() - started
+    assert done.returncode == 0 and done.stderr.strip() == "[]", done.stderr
+    assert wall < 3.0  # generous: ~0.4 s on a quiet machine (benchmarks/RESULTS.md)
+
+
 def test_version_and_lazy_help_match_the_full_parser(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
