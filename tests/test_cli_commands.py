@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -197,3 +198,26 @@ def test_policies_view_counts_trajectories_per_version(
         "status": "unregistered",
         "trajectories": 1,
     }
+
+
+@pytest.mark.parametrize(
+    ("line", "expected", "absent"),
+    [
+        ("tepo-agent tra", {"trajectories", "train"}, {"run"}),
+        ("tepo-agent run --max-", {"--max-tool-calls", "--max-new-tokens"}, {"--watch"}),
+    ],
+)
+def test_shell_completion_names_commands_and_options(
+    line: str, expected: set[str], absent: set[str], tmp_path: Path
+) -> None:
+    pytest.importorskip("argcomplete")
+    out = tmp_path / "completions"
+    env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line, "COMP_POINT": str(len(line))}
+    # argcomplete answers on file descriptor 8, as the shell hook sets it up
+    done = subprocess.run(
+        f'{sys.executable} -m tepo_agent 8>"{out}" 9>/dev/null',
+        shell=True, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    offered = set(out.read_text().replace("\x0b", " ").split())
+    assert expected <= offered and not (absent & offered), offered

@@ -150,7 +150,23 @@ def _end_quietly_on_closed_pipe() -> int:
     return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
 
 
+def complete(**kwargs: Any) -> None:
+    """Shell completion (``eval "$(register-python-argcomplete tepo-agent)"``) when argcomplete
+    is installed (``pip install 'tepo-agent[completion]'``) and the shell asks for it; it
+    answers and exits. Only the command being completed is imported, so Tab stays quick."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    words = os.environ.get("COMP_LINE", "")[: int(os.environ.get("COMP_POINT", "0") or 0)]
+    command = _selected(words.split()[1:-1] if not words.endswith(" ") else words.split()[1:])
+    argcomplete.autocomplete(build_parser(load=() if command is None else (command,)), **kwargs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    complete()
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _selected(argv)
     parser = build_parser(load=() if command is None else (command,))
