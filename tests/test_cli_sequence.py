@@ -64,6 +64,11 @@ def test_guide_sequence_on_a_fresh_database(
         "policy version 0: 2 "
     )
 
+    with PolicyRegistry(db) as registry:
+        v1_dir = registry.get(1).path
+    named = _run(capsys, db, "--model", v1_dir)  # a registered directory is that version
+    assert [r["policy_version"] for r in named] == [1, 1]
+
     assert "version 0 is live" in _cli(capsys, "rollback", "0", "--db", str(db))
     third = _run(capsys, db)
     assert [r["policy_version"] for r in third] == [0, 0]
@@ -75,8 +80,8 @@ def test_guide_sequence_on_a_fresh_database(
         assert registry.get(2).parent == 0
         assert registry.get(1).parent == 0
 
-    seeds = {r["seed"] for r in first + second + third}
-    assert len(seeds) == 3  # a fresh seed per run, stored; the samples of a group share it
+    seeds = {r["seed"] for r in first + second + named + third}
+    assert len(seeds) == 4  # a fresh seed per run, stored; the samples of a group share it
     with TrajectoryStore(db) as store:
         stored = store.get(third[1]["trajectory_id"])
     assert stored.metadata["seed"] == third[1]["seed"] and stored.metadata["sample"] == 1
@@ -85,6 +90,6 @@ def test_guide_sequence_on_a_fresh_database(
     table = [json.loads(line) for line in listed.splitlines()]
     assert [(r["version"], r["parent"], r["status"], r["trajectories"]) for r in table] == [
         (0, None, "retired", 4),
-        (1, 0, "retired", 2),
+        (1, 0, "retired", 4),
         (2, 0, "live", 0),
     ]

@@ -119,3 +119,6 @@ def test_cli_run_against_the_server_finds_its_model(server: str, home: Path, wor
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["policy_version"] == 0
+    # `serve` without --model serves the default model, not a random-weight one of its own
+    models = httpx.get(f"{server}/v1/models").json()["data"]
+    assert [m["id"] for m in models] == ["default-sft-v1"]
