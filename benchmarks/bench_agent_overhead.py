@@ -29,7 +29,7 @@ from tepo_agent.agent.chat_model import TepoChatModel
 from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
-from tepo_agent.cli._models import resolve_model_dir
+from tepo_agent.paths import resolve_model_dir
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks.math_tasks import math_suite
 from tepo_agent.tasks.world import EVAL_SEED, world_tools

@@ -32,9 +32,9 @@ from tepo_agent.backends import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
-from tepo_agent.cli._models import resolve_model_dir
 from tepo_agent.entropy import entropy_from_logits, topk_entropy_bounds
 from tepo_agent.net import free_port
+from tepo_agent.paths import resolve_model_dir
 from tepo_agent.tasks import KnowledgeBase, knowledge_suite, math_suite
 
 KS = (1, 5, 10, 20)

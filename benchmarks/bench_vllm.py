@@ -43,7 +43,7 @@ from tepo_agent.backends.base import Backend
 from tepo_agent.backends.http_backend import EntropyEstimator, HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
-from tepo_agent.cli._models import resolve_model_dir
+from tepo_agent.paths import resolve_model_dir
 from tepo_agent.policy.hotswap import HttpTarget
 from tepo_agent.policy.registry import PolicyRecord
 from tepo_agent.tasks import math_suite

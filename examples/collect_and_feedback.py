@@ -38,13 +38,10 @@ def tasks_of(worker: int) -> list[Task]:
 def run_worker(worker: int, db: Path, model: Path | None) -> None:
     """One application process: answer its questions and store every run."""
     from tepo_agent import AgentConfig, ChatFormat, TepoAgent, TransformersBackend
-    from tepo_agent.model.default import ensure_default_model
-    from tepo_agent.paths import bootstrapped_model_dir
+    from tepo_agent.paths import resolve_model_dir
     from tepo_agent.tools import make_calculator_tool
 
-    if model is None:
-        boot = bootstrapped_model_dir()
-        model = boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
+    model = resolve_model_dir(model)
     config = AgentConfig(max_tool_calls=2, max_new_tokens=32, seed=worker)
     with TransformersBackend.from_pretrained(model) as backend, TrajectoryStore(db) as store:
         agent = TepoAgent(

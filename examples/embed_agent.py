@@ -2,9 +2,9 @@
 
 What it shows:
 
-- an in-process :class:`~tepo_agent.TransformersBackend` on the default model (the bootstrapped
-  one if ``tepo-agent bootstrap`` has built it, else the random-weight one; ``--model DIR`` takes
-  any local Hugging Face causal-LM directory);
+- an in-process :class:`~tepo_agent.TransformersBackend` on the default model
+  (``tepo_agent.paths.resolve_model_dir``; ``--model DIR`` takes any local Hugging Face causal-LM
+  directory, ``--model random`` the random-weight model);
 - the calculator tool and the search tool over a small corpus this program indexes (SQLite FTS5);
 - ``TepoAgent.astream``: the graph's updates as they happen, so the app prints each assistant
   turn's entropy H(t_k) the moment it is sampled and each tool call's ΔH_k as soon as the turn
@@ -17,7 +17,8 @@ Run it::
     tepo-agent trajectories list --db tepo-agent.db
 
 A random-weight model rarely writes the tool-call markup; build the bootstrapped default model
-once (``tepo-agent bootstrap``, a few minutes) to see it call tools.
+once (``tepo-agent bootstrap``, 1,883 s on 2 CPU cores, benchmarks/RESULTS.md) to see it call
+tools.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.model.default import ensure_default_model
-from tepo_agent.paths import bootstrapped_model_dir
+from tepo_agent.paths import resolve_model_dir
 from tepo_agent.tools import build_index, make_calculator_tool, make_search_tool
 
 CORPUS = [
@@ -44,12 +44,6 @@ CORPUS = [
     {"id": "seine", "title": "Seine", "text": "The Seine is 777 km long and flows into the sea."},
     {"id": "tiber", "title": "Tiber", "text": "The Tiber is 406 km long and flows through Rome."},
 ]
-
-
-def default_model_dir() -> Path:
-    """The bootstrapped default model if it has been built, else the random-weight default."""
-    boot = bootstrapped_model_dir()
-    return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
 
 
 def index_corpus(workdir: Path) -> Path:
@@ -92,7 +86,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    model_dir = args.model or default_model_dir()
+    model_dir = resolve_model_dir(args.model)
     tools = [make_calculator_tool(), make_search_tool(index_corpus(args.db.resolve().parent))]
     config = AgentConfig(max_tool_calls=3, max_new_tokens=64, seed=args.seed)
     print(f"model: {model_dir}")

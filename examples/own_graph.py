@@ -29,15 +29,8 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.model.default import ensure_default_model
-from tepo_agent.paths import bootstrapped_model_dir
+from tepo_agent.paths import resolve_model_dir
 from tepo_agent.tools import make_calculator_tool
-
-
-def default_model_dir() -> Path:
-    """The bootstrapped default model if it has been built, else the random-weight default."""
-    boot = bootstrapped_model_dir()
-    return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
 
 
 def build_graph(model: TepoChatModel) -> object:
@@ -65,7 +58,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    model_dir = args.model or default_model_dir()
+    model_dir = resolve_model_dir(args.model)
     fmt = ChatFormat.from_pretrained(model_dir)
     with (
         TransformersBackend.from_pretrained(model_dir) as backend,

@@ -38,17 +38,10 @@ from tepo_agent import (
     TrajectoryStore,
     TransformersBackend,
 )
-from tepo_agent.model.default import ensure_default_model
-from tepo_agent.paths import bootstrapped_model_dir
+from tepo_agent.paths import resolve_model_dir
 from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
 from tepo_agent.tasks import math_suite
 from tepo_agent.tools import make_calculator_tool
-
-
-def default_model_dir() -> Path:
-    """The bootstrapped default model if it has been built, else the random-weight default."""
-    boot = bootstrapped_model_dir()
-    return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
 
 
 def feedback(answer: str | None, reference: str) -> float:
@@ -94,7 +87,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for a publish")
     args = parser.parse_args()
     args.db.parent.mkdir(parents=True, exist_ok=True)
-    model_dir = args.model or default_model_dir()
+    model_dir = resolve_model_dir(args.model)
 
     store = TrajectoryStore(args.db)
     registry = PolicyRegistry(store)

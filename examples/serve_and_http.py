@@ -38,15 +38,6 @@ SERVED_NAME = "tepo-local"
 QUESTIONS = ["What is 17 * 23?", "What is 2 to the power 10?", "What is 144 / 12?"]
 
 
-def default_model_dir() -> Path:
-    """The bootstrapped default model if it has been built, else the random-weight default."""
-    from tepo_agent.model.default import ensure_default_model
-    from tepo_agent.paths import bootstrapped_model_dir
-
-    boot = bootstrapped_model_dir()
-    return boot if (boot / "bootstrap.json").is_file() else ensure_default_model()
-
-
 def wait_healthy(url: str, server: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -96,7 +87,9 @@ def main() -> None:
     parser.add_argument("--app", type=int, help=argparse.SUPPRESS)  # set in the app processes
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    model_dir = args.model or default_model_dir()
+    from tepo_agent.paths import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
     if args.app is not None:
         asyncio.run(run_app(args.app, args.url, args.db, model_dir))
         return

@@ -27,6 +27,9 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class TepoError(Exception):
     """Root of every error tepo-agent raises on purpose."""
@@ -139,6 +142,16 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def argument_errors(exc: ValidationError) -> str:
+    """A pydantic validation error as one line naming each argument (``code: Field required``),
+    instead of pydantic's multi-line text with a documentation URL."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error.get("loc", ())) or "arguments"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
 __all__ = [
     "TIMED_OUT",
     "BackendError",
@@ -154,4 +167,5 @@ __all__ = [
     "ToolError",
     "ToolTimeoutError",
     "TrainerError",
+    "argument_errors",
 ]

@@ -20,3 +20,50 @@ BOOTSTRAPPED_MODEL_NAME = "default-sft-v1"
 def bootstrapped_model_dir() -> Path:
     """Where ``tepo-agent bootstrap`` caches the bootstrapped default model."""
     return default_home() / "models" / BOOTSTRAPPED_MODEL_NAME
+
+
+RANDOM_MODEL = "random"
+"""The ``--model`` name (and :func:`resolve_model_dir` argument) that asks for the random-weight
+default model: for testing the machinery only, it cannot call tools or answer."""
+
+
+def resolve_model_dir(model: str | os.PathLike[str] | None = None) -> Path:
+    """The model directory every command and snippet uses: ``model`` when given, else THE
+    default model.
+
+    The default is the bootstrapped default model (``tepo-agent bootstrap``); when it has not been
+    built this is an error that says how to build it, never a silent fallback. The random-weight
+    default model is used only when asked for by name (``model="random"``), with a warning.
+    """
+    if model is not None and str(model) != RANDOM_MODEL:
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            from tepo_agent.errors import ConfigError
+
+            raise ConfigError(
+                f"--model {path} is not a model directory (no config.json); pass a directory "
+                f"written by save_pretrained, or leave --model out for the default model"
+            )
+        return path
+    if model is None:
+        boot = bootstrapped_model_dir()
+        if (boot / "bootstrap.json").is_file():
+            return boot
+        from tepo_agent.errors import ConfigError
+
+        raise ConfigError(
+            f"the default model is not built yet ({boot}): build it once with `tepo-agent "
+            f"bootstrap` (see docs/guide.md for the time it takes), or pass --model DIR, or "
+            f"--model {RANDOM_MODEL} for random weights (machinery tests only)"
+        )
+    import warnings
+
+    from tepo_agent.model.default import ensure_default_model
+
+    warnings.warn(
+        "using the random-weight default model: it cannot call tools or answer; build the "
+        "trained default with `tepo-agent bootstrap`",
+        UserWarning,
+        stacklevel=2,
+    )
+    return ensure_default_model()

@@ -26,7 +26,9 @@ from typing import Any, Literal
 from tepo_agent.backends.base import EntropyKind
 
 TurnRole = Literal["assistant", "tool"]
-TrajectoryStatus = Literal["ok", "max_tool_calls", "max_tokens", "error"]
+TrajectoryStatus = Literal["ok", "no_answer", "max_tool_calls", "max_tokens", "error"]
+"""Why a run ended: ``ok`` an answer; ``no_answer`` the last turn ended the run with no text
+(or only tool markup); ``max_tool_calls``/``max_tokens`` a limit; ``error`` a failure."""
 ErrorKind = Literal["malformed", "unknown_tool", "tool_error", "timeout"]
 """Why a tool call failed: ``malformed`` (the turn's tool-call syntax did not parse),
 ``unknown_tool`` (a name the agent does not offer), ``tool_error`` (the tool refused or raised),

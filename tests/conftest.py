@@ -14,3 +14,22 @@ def default_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tepo_agent.model.default import init_model
 
     return init_model(tmp_path_factory.mktemp("default-model") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def stand_in_home(default_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``TEPO_AGENT_HOME`` whose bootstrapped default model is the random-weight one.
+
+    ``resolve_model_dir()`` (every command's and snippet's default) then finds "the default
+    model" without the half-hour bootstrap: enough for tests of the machinery, not of answers.
+    """
+    import json
+    import shutil
+
+    from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME
+
+    root = tmp_path_factory.mktemp("home")
+    target = root / "models" / BOOTSTRAPPED_MODEL_NAME
+    shutil.copytree(default_model_dir, target)
+    (target / "bootstrap.json").write_text(json.dumps({"stand_in": "random weights, for tests"}))
+    return root

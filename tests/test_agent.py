@@ -84,6 +84,8 @@ def test_model_mistakes_become_error_tool_messages_and_the_run_goes_on(
         '<tool_call>\n{"name": "teleport", "arguments": {}}\n</tool_call>',
         '<tool_call>\n{"name": "boom", "arguments": {"text": "x"}}\n</tool_call>',
         '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1/0"}}\n</tool_call>',
+        '<tool_call>\n{"name": "calculator", "arguments": {"expr": "1"}}\n</tool_call>',
+        '<tool_call>\n{"name": "calcu',  # unclosed, but the turn ended (finish=stop)
         "I give up.",
     ]
     agent, backend = make_agent(tiny_model_dir, chat_format, script)
@@ -91,11 +93,14 @@ def test_model_mistakes_become_error_tool_messages_and_the_run_goes_on(
     assert result.status == "ok"
     assert result.answer == "I give up."
     errors = [r["error"] or "" for r in result.tool_calls]
-    assert len(errors) == 4
+    assert len(errors) == 6
     assert "malformed tool call" in errors[0]
     assert "unknown tool 'teleport'" in errors[1] and "calculator" in errors[1]
     assert "cannot handle x" in errors[2]
     assert "division" in errors[3].lower() or "zero" in errors[3].lower()
+    # pydantic's verdict as one line naming the argument, not its multi-line text with a URL
+    assert errors[4] == "error: invalid arguments for calculator: expression: Field required"
+    assert "never closed" in errors[5] and "cut off" not in errors[5]
     # the model saw each error in its next prompt
     for prompt, error in zip(backend.prompts[1:], errors, strict=True):
         assert error.split("\n")[0] in chat_format.decode(prompt)
@@ -232,9 +237,9 @@ def test_a_group_runs_concurrently_under_one_group_id(
         backend.close()
 
 
-def _ai(calls: int = 0, finish: str = "stop") -> AIMessage:
+def _ai(calls: int = 0, finish: str = "stop", text: str = "x") -> AIMessage:
     return AIMessage(
-        content="x",
+        content=text,
         tool_calls=[{"name": "calculator", "args": {}, "id": f"c{i}"} for i in range(calls)],
         response_metadata={"finish_reason": finish},
     )
@@ -244,6 +249,8 @@ def _ai(calls: int = 0, finish: str = "stop") -> AIMessage:
     ("messages", "extra", "route", "status"),
     [
         ([_ai(0)], {}, "finish", "ok"),
+        ([_ai(0, text="")], {}, "finish", "no_answer"),
+        ([_ai(0, text=" </tool_call>\n")], {}, "finish", "no_answer"),  # markup is no answer
         ([_ai(0, "length")], {}, "finish", "max_tokens"),
         ([_ai(1)], {}, "tools", None),
         ([_ai(3)], {}, "finish", "max_tool_calls"),  # 0 done + 3 asked > 2

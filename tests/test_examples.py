@@ -1,7 +1,8 @@
 """The programs in examples/ run as a user runs them and do what their docstrings say.
 
-Each runs as a subprocess in a fresh working directory, on the default model from the shared
-cache (``TEPO_AGENT_HOME``), and its output and database are checked.
+Each runs as a subprocess in a fresh working directory, on "the default model" of a stand-in
+``TEPO_AGENT_HOME`` (the random-weight model where the bootstrapped one lives, see conftest), and
+its output and database are checked.
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from tepo_agent.model.default import default_home
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(autouse=True)
+def _home(stand_in_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEPO_AGENT_HOME", str(stand_in_home))
+
+
 def run_example(name: str, cwd: Path, *args: str, timeout: float = 240) -> str:
-    env = {**os.environ, "TEPO_AGENT_HOME": str(default_home())}
+    env = dict(os.environ)
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
         cwd=cwd,

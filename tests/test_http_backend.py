@@ -177,7 +177,6 @@ def test_sent_bodies_validate_and_carry_the_api_key() -> None:
     "fields",
     [
         {"base_url": "127.0.0.1:8000"},
-        {"base_url": "http://h/v1"},
         {"model": ""},
         {"top_logprobs": 0},
         {"entropy_estimator": "exact"},
@@ -190,6 +189,11 @@ def test_invalid_config_raises_config_error(fields: dict[str, Any]) -> None:
     base: dict[str, Any] = {"base_url": "http://h:1", "model": "m"}
     with pytest.raises(ConfigError):
         HttpBackendConfig(**{**base, **fields})
+
+
+@pytest.mark.parametrize("url", ["http://h:1", "http://h:1/", "http://h:1/v1", "http://h:1/v1/"])
+def test_base_url_is_taken_with_or_without_v1(url: str) -> None:
+    assert HttpBackendConfig(base_url=url, model="m").base_url == "http://h:1"
 
 
 # -- response parsing -------------------------------------------------------------------------

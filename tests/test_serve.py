@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from tepo_agent.backends.base import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.cli.serve import add_request_log
 from tepo_agent.model.default import DefaultModelConfig, init_model
 from tepo_agent.net import free_port
 from tepo_agent.server.app import create_app
@@ -139,7 +142,9 @@ def fmt(model_dir: Path) -> ChatFormat:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, fmt: ChatFormat) -> Iterator[tuple[LiveServer, TransformersBackend]]:
     backend = TransformersBackend.from_pretrained(model_dir, device="cpu", max_batch_size=8)
-    with LiveServer(create_app(backend, fmt, model_name=NAME, api_key=KEY)) as live:
+    app = create_app(backend, fmt, model_name=NAME, api_key=KEY)
+    add_request_log(app, lambda: backend.policy_version)  # as `tepo-agent serve` does
+    with LiveServer(app) as live:
         yield live, backend
     backend.close()
 
@@ -242,6 +247,32 @@ def test_chat_parses_the_tool_call(client: httpx.Client) -> None:
     content = choice["logprobs"]["content"]
     assert len(content) == len(choice["token_ids"]) == len(choice["entropies"])
     assert all(len(c["top_logprobs"]) == 3 for c in content)
+
+
+def test_chat_tool_call_cut_by_max_tokens_comes_back_as_content(client: httpx.Client) -> None:
+    body = {"model": NAME, "messages": MESSAGES, "tools": TOOLS, "temperature": 0, "max_tokens": 6}
+    answer = client.post("/v1/chat/completions", json=body).json()
+    jsonschema.validate(answer, schema("ChatCompletionResponse"))
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["tool_calls"] == []
+    # what the model wrote, as vLLM returns it (the memorised call, cut after 6 tokens)
+    assert choice["message"]["content"].startswith("<tool_call>")
+
+
+def test_each_request_is_logged_on_one_line(
+    client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="tepo_agent.serve")
+    body = {"model": NAME, "messages": MESSAGES, "max_tokens": 3, "temperature": 0}
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert client.get("/v1/nothing").status_code == 404
+    lines = [r.getMessage() for r in caplog.records if r.name == "tepo_agent.serve"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(
+        r'127\.0\.0\.1 "POST /v1/chat/completions" 200 tokens=\d+\+3 \d+\.\d{3}s v0', lines[0]
+    ), lines[0]
+    assert '"GET /v1/nothing" 404 tokens=-' in lines[1]
 
 
 def test_chat_stream_chunks_validate_and_carry_the_tool_call(client: httpx.Client) -> None:

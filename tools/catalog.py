@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from langchain_core.tools import BaseTool
+    from pydantic import BaseModel
 
     from tepo_agent.tools.sandbox import SandboxConfig
 
@@ -58,4 +59,13 @@ def make_tool(
     raise ConfigError(f"unknown tool {name!r}; built-in tools: {', '.join(TOOL_NAMES)}")
 
 
-__all__ = ["TOOL_NAMES", "default_tools", "make_tool"]
+def argument_schemas() -> dict[str, type[BaseModel]]:
+    """Each built-in tool's arguments model, by tool name (for help text)."""
+    from tepo_agent.tools.calculator import CalculatorArgs
+    from tepo_agent.tools.python_tool import PythonArgs
+    from tepo_agent.tools.search import SearchArgs
+
+    return {"calculator": CalculatorArgs, "python": PythonArgs, "search": SearchArgs}
+
+
+__all__ = ["TOOL_NAMES", "argument_schemas", "default_tools", "make_tool"]

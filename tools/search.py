@@ -23,11 +23,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from tepo_agent.errors import ConfigError, ToolError
+from tepo_agent.store._sqlite import sqlite_utils
 
 MAX_QUERY_TERMS = 32
 """Words of a query beyond this many are ignored."""

@@ -57,62 +57,79 @@ class LogprobReport:
         ]
 
 
-def _live_model(registry: PolicyRegistry, device: str) -> tuple[torch.nn.Module, str]:
-    live = registry.live()
-    if live is None:
-        raise TrainerError("no live policy in this database; pass --model DIR")
-    if live.kind == "full":
-        return load_causal_lm(live.path, device=device, dtype="float32"), live.path
+def _version_model(
+    registry: PolicyRegistry, version: int, device: str
+) -> tuple[torch.nn.Module, str]:
+    """The weights of a registered version (a LoRA version merged into version 0)."""
+    record = registry.get(version)
+    if record.kind == "full":
+        return load_causal_lm(record.path, device=device, dtype="float32"), record.path
     from tepo_agent.model.lora import merged_lora_weights
     from tepo_agent.policy.hotswap import base_weights
 
     base = registry.get(0).path
     model = load_causal_lm(base, device=device, dtype="float32")
-    model.load_state_dict(merged_lora_weights(model, base_weights(base), live.path))
+    model.load_state_dict(merged_lora_weights(model, base_weights(base), record.path))
     return model, base
+
+
+def _latest_sampled_version(store: TrajectoryStore) -> int:
+    rows = store.read(
+        "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
+        "ORDER BY seq DESC LIMIT 1"
+    )
+    if not rows:
+        raise TrainerError(
+            f"no trajectory of a registered policy version in {store.path}; run the agent "
+            "with --db first (`tepo-agent run QUESTION --db ...`)"
+        )
+    return int(rows[0]["v"])
 
 
 def check_logprobs(
     db: str | os.PathLike[str],
     *,
     model_dir: str | os.PathLike[str] | None = None,
+    version: int | None = None,
     limit: int = 32,
     device: str = "cpu",
     micro_batch_size: int = 8,
 ) -> LogprobReport:
-    """Compare the ``limit`` most recent trajectories of the live version (see module docstring).
+    """Compare the ``limit`` most recent trajectories of one version (see module docstring).
 
     Args:
         db: The trajectory database.
-        model_dir: The weights to recompute with; default: the live policy's.
+        model_dir: The weights to recompute with; default: the checked version's.
+        version: The policy version whose trajectories are checked; default: the latest version
+            that has trajectories (the one the last run sampled with).
         limit: Most trajectories to check.
     """
     if limit < 1:
         raise TrainerError(f"limit must be >= 1, got {limit}")
     with TrajectoryStore(db, create=False) as store:
         registry = PolicyRegistry(store)
-        live = registry.live()
-        if live is None:
-            raise TrainerError(f"{db} has no live policy version to check")
+        if version is None:
+            version = _latest_sampled_version(store)
         rows = store.read(
             "SELECT id FROM trajectories WHERE policy_version = ? ORDER BY seq DESC LIMIT ?",
-            [live.version, limit],
+            [version, limit],
         )
         trajectories: list[Trajectory] = [store.get(r["id"]) for r in rows]
         trajectories = [
             t
             for t in trajectories
-            if all(turn.policy_version == live.version for turn in t.assistant_turns())
+            if all(turn.policy_version == version for turn in t.assistant_turns())
         ]
         if not trajectories:
             raise TrainerError(
-                f"no trajectory of the live version {live.version} in {db}; run the agent first"
+                f"no trajectory of policy version {version} in {db}; run the agent first, or "
+                "name a version that sampled some (`tepo-agent policies` counts them)"
             )
         if model_dir is not None:
             model = load_causal_lm(model_dir, device=device, dtype="float32")
             tokenizer_dir = str(model_dir)
         else:
-            model, tokenizer_dir = _live_model(registry, device)
+            model, tokenizer_dir = _version_model(registry, version, device)
     pad = load_tokenizer(tokenizer_dir).pad_token_id or 0
     batch = pack_batch(trajectories, pad_token_id=int(pad))
     logprobs, _ = recompute(model, batch, micro_batch_size=micro_batch_size)
@@ -121,7 +138,7 @@ def check_logprobs(
     sampled[:, 0] = False
     ratio = torch.exp(logprobs - batch.behaviour_logprobs)[sampled]
     return LogprobReport(
-        version=live.version,
+        version=version,
         trajectories=len(trajectories),
         tokens=check.tokens,
         mean_abs_diff=check.mean_abs_diff,

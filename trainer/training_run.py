@@ -14,6 +14,8 @@ at worst one step is redone on the same trajectories (the cursor is saved with t
 
 A fresh run (no saved state) starts from the live policy's weights when their kind matches the
 run's (else from the base model), and from the cursor of the last step recorded in the database.
+So does a run whose saved weights are a published version that is no longer live (after a
+rollback, or a rejected candidate): training follows the registry, keeping its step and cursor.
 """
 
 from __future__ import annotations
@@ -113,43 +115,39 @@ class TrainingRun:
         self.registry = PolicyRegistry(self.store)
         self.run_dir = Path(cfg.run_dir or f"{self.store.path}.trainer")
         saved = load_latest_state(self.run_dir)
-        if saved is not None:
-            base = saved.state.base_model
-            if saved.state.finetune != cfg.train.finetune:
-                raise ConfigError(
-                    f"{self.run_dir} holds a {saved.state.finetune} run; train with the same "
-                    f"--finetune or use another --run-dir"
-                )
-        elif base_model is not None:
-            base = str(base_model)
-        else:
-            try:
-                base = self.registry.get(0).path
-            except Exception as exc:
-                raise ConfigError(
-                    "no base model: pass base_model (--model) for a database without one"
-                ) from exc
-        self.base_model = str(base)
+        if saved is not None and saved.state.finetune != cfg.train.finetune:
+            raise ConfigError(
+                f"{self.run_dir} holds a {saved.state.finetune} run; train with the same "
+                f"--finetune or use another --run-dir"
+            )
+        self.base_model = saved.state.base_model if saved is not None else self._base(base_model)
         self.registry.ensure_base(self.base_model)
-        if saved is not None:
+        live = self.registry.live()
+        published = saved.state.weights_version if saved is not None else None
+        if saved is not None and (published is None or live is None or published == live.version):
+            # the saved weights are what the registry serves (or newer, unpublished): go on
             self.state = saved.state
             init_from: str | None = str(saved.model_dir)
-            self.resumed_from: int | None = saved.state.step
+            self.start_note: str | None = f"resuming from step {saved.state.step} ({self.run_dir})"
         else:
-            live = self.registry.live()
+            # a new run, or the registry moved past the saved weights (a rollback, a rejected
+            # candidate): start from the live version's weights, keep the step and the cursor
             same_kind = live is not None and live.kind == cfg.train.finetune and live.version > 0
             init_from = live.path if same_kind and live is not None else None
             # a fresh LoRA adapter starts at zero, so it too equals the base model (version 0)
             version = live.version if same_kind and live is not None else 0
             steps = self.store.train_steps()
+            last = saved.state if saved is not None else (steps[-1] if steps else None)
             self.state = TrainerState(
-                step=steps[-1].step if steps else 0,
-                cursor_seq=steps[-1].cursor_seq if steps else 0,
+                step=last.step if last is not None else 0,
+                cursor_seq=last.cursor_seq if last is not None else 0,
                 weights_version=version,
                 base_model=self.base_model,
                 finetune=cfg.train.finetune,
             )
-            self.resumed_from = None
+            moved = f"; the registry moved on from v{published}" if saved is not None else ""
+            self.start_note = f"training from live policy v{version}{moved}"
+            saved = None
         model = build_policy(cfg.train, self.base_model, init_from)
         tokenizer = load_tokenizer(self.base_model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -162,6 +160,18 @@ class TrainingRun:
         )
         if saved is not None:
             self.trainer.optimizer.load_state_dict(saved.optimizer_state(self.trainer.device))
+
+    def _base(self, base_model: str | os.PathLike[str] | None) -> str:
+        if base_model is not None:
+            return str(base_model)
+        try:
+            return self.registry.get(0).path
+        except Exception as exc:
+            raise ConfigError(
+                f"{self.store.path} has no base model (policy version 0) yet: pass --model DIR, "
+                "the model its trajectories were sampled with (`tepo-agent run --db` registers "
+                "it by itself)"
+            ) from exc
 
     # -- pieces -------------------------------------------------------------------------------
 
@@ -245,9 +255,9 @@ class TrainingRun:
         if steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         summary = RunSummary()
-        if self.resumed_from is not None:
-            print(f"resuming from step {self.resumed_from} ({self.run_dir})", file=self.out)
-            self.resumed_from = None
+        if self.start_note is not None:
+            print(self.start_note, file=self.out)
+            self.start_note = None
         bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
         for i in range(steps):
             due = self.cfg.publish_every > 0 and (self.state.step + 1) % self.cfg.publish_every == 0
@@ -266,7 +276,13 @@ class TrainingRun:
         bar.close()
         if summary.stopped_for_data and summary.steps and self.cfg.publish_every == 0:
             published = self.publish(summary.steps[-1].metrics)
-            save_state(self.run_dir, self.trainer.model, self.trainer.optimizer, self.state)
+            save_state(
+                self.run_dir,
+                self.trainer.model,
+                self.trainer.optimizer,
+                self.state,
+                keep=self.cfg.keep_states,
+            )
             summary.published.append(published)
             print(_publish_line(published), file=self.out, flush=True)
         return summary

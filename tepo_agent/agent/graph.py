@@ -40,6 +40,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
+from pydantic import ValidationError
 
 from tepo_agent.agent.build import build_trajectory
 from tepo_agent.agent.chat_model import TepoChatModel
@@ -55,7 +56,7 @@ from tepo_agent.agent.tool_calls import call_record, exception_kind, failed_call
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.entropy import delta_entropy
-from tepo_agent.errors import ConfigError
+from tepo_agent.errors import ConfigError, argument_errors
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
 if TYPE_CHECKING:
@@ -174,9 +175,11 @@ class TepoAgent:
         jobs = [self._call_tool(c["id"] or new_id(), c["name"], c["args"]) for c in last.tool_calls]
         # one call runs in this task; several run concurrently
         results = [await jobs[0]] if len(jobs) == 1 else list(await asyncio.gather(*jobs))
+        cut = last.response_metadata.get("finish_reason") == "length"
         for call in last.invalid_tool_calls:
+            why = (call.get("error") or "unparseable") + (", cut off by max_tokens" if cut else "")
             error = (
-                f"error: malformed tool call ({call.get('error') or 'unparseable'}). "
+                f"error: malformed tool call ({why}). "
                 "Call a tool as "
                 '<tool_call>\n{"name": "<tool>", "arguments": {...}}\n</tool_call>'
             )
@@ -202,6 +205,10 @@ class TepoAgent:
             output = await tool.ainvoke(
                 {"type": "tool_call", "id": call_id, "name": name, "args": args}
             )
+        except ValidationError as exc:  # arguments that do not fit: one line naming each
+            latency = time.perf_counter() - start
+            message = f"error: invalid arguments for {name}: {argument_errors(exc)}"
+            return failed_call(call_id, name, args, message, "tool_error", latency)
         except Exception as exc:  # any tool failure is shown to the model, never raised
             latency = time.perf_counter() - start
             error = f"error: {type(exc).__name__}: {exc}"

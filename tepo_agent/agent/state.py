@@ -13,6 +13,7 @@ tool call's ΔH_k as soon as the turn after it is sampled.
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -22,6 +23,9 @@ from langgraph.graph.message import add_messages
 from tepo_agent.errors import ConfigError
 from tepo_agent.model.default import DEFAULT_SYSTEM_PROMPT
 from tepo_agent.trajectory import ErrorKind, TrajectoryStatus
+
+_TOOL_MARKUP = re.compile(r"</?tool_(?:call|response)>")
+"""Tool markup left in a final turn (a stray ``</tool_call>``): not an answer."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,8 @@ def final_status(state: AgentState, limits: AgentConfig) -> TrajectoryStatus:
         return "max_tokens"
     if last.response_metadata.get("finish_reason") == "length":
         return "max_tokens"
+    if not _TOOL_MARKUP.sub("", last.text).strip():
+        return "no_answer"
     return "ok"
 
 

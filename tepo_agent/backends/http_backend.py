@@ -51,7 +51,8 @@ class HttpBackendConfig:
     """Where the server is and how to talk to it.
 
     Attributes:
-        base_url: Server root, e.g. ``http://127.0.0.1:8000`` (without ``/v1``).
+        base_url: The server, e.g. ``http://127.0.0.1:8000`` or ``http://127.0.0.1:8000/v1`` (what
+            OpenAI clients take); a trailing ``/v1`` is dropped, the backend adds the paths.
         model: The served model name (or a LoRA adapter's ``lora_name``) sent as ``model``.
         api_key: Sent as ``Authorization: Bearer <key>`` when set.
         entropy_estimator: ``"topk"`` (estimate + bounds from ``top_logprobs`` alternatives;
@@ -85,11 +86,7 @@ class HttpBackendConfig:
             raise ConfigError(
                 f"base_url must start with http:// or https://, got {self.base_url!r}"
             )
-        if self.base_url.rstrip("/").endswith("/v1"):
-            raise ConfigError(
-                f"base_url is the server root without /v1 (the backend adds /v1/completions), "
-                f"got {self.base_url!r}"
-            )
+        object.__setattr__(self, "base_url", server_root(self.base_url))
         if not self.model:
             raise ConfigError("model must name the served model (see GET /v1/models)")
         if self.entropy_estimator not in ("topk", "surprisal", "server"):
@@ -113,6 +110,32 @@ class HttpBackendConfig:
     def logprobs_k(self) -> int:
         """The ``logprobs`` request field: k alternatives, or 0 (sampled token only)."""
         return self.top_logprobs if self.entropy_estimator == "topk" else 0
+
+
+def server_root(base_url: str) -> str:
+    """``http://host:port`` from a URL given with or without a trailing ``/v1``."""
+    root = base_url.rstrip("/")
+    return root[: -len("/v1")] if root.endswith("/v1") else root
+
+
+def served_models(
+    base_url: str, *, api_key: str | None = None, timeout_s: float = 10.0
+) -> list[str]:
+    """The model names a vLLM/OpenAI-compatible server lists at ``GET /v1/models``."""
+    url = f"{server_root(base_url)}/v1/models"
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        response = httpx.get(url, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise BackendUnavailableError(
+            f"cannot reach {url} ({type(exc).__name__}: {exc}); is the server running there?"
+        ) from exc
+    if response.status_code != 200:
+        status = response.status_code
+        raise BackendError(f"{url} answered HTTP {status}: {_error_message(response)}")
+    body = response.json()
+    data = body.get("data") if isinstance(body, dict) else None
+    return [str(m["id"]) for m in data or [] if isinstance(m, dict) and "id" in m]
 
 
 class _Retryable(Exception):

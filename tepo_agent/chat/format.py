@@ -324,8 +324,7 @@ class ChatFormat:
             invalid.append(
                 InvalidToolCall(
                     raw=rest[open_at:],
-                    error=f"{TOOL_CALL_OPEN} was never closed with {TOOL_CALL_CLOSE} (the turn "
-                    "was probably cut off by max_tokens)",
+                    error=f"{TOOL_CALL_OPEN} was never closed with {TOOL_CALL_CLOSE}",
                 )
             )
             rest = rest[:open_at]
@@ -335,6 +334,10 @@ class ChatFormat:
             tool_calls=tuple(calls),
             invalid_calls=tuple(invalid),
         )
+
+    def strip_stop_markers(self, text: str) -> str:
+        """``text`` without the end-of-turn markers it ends with (what a reply shows)."""
+        return self._strip_stop_markers(text).strip()
 
     def _strip_stop_markers(self, text: str) -> str:
         stripped = text.rstrip()

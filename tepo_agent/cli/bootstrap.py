@@ -4,7 +4,7 @@ Builds the default model's seeded world (knowledge base, search index), generate
 with scripted solvers that call the real calculator and search tools, and fine-tunes the random
 default model on them. Without ``--out`` the result is cached as the default model
 (``$TEPO_AGENT_HOME/models/default-sft-v1``), which ``generate``, ``run``, ``serve`` and the demo
-then use. Takes a few minutes on 2 CPU cores, once.
+then use. Built once: 1,883 s on 2 shared CPU cores (benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -13,17 +13,22 @@ import argparse
 import json
 from dataclasses import replace
 
+from tepo_agent.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bootstrap",
         help="fine-tune the default model on synthetic tool-use demonstrations (cached)",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", metavar="DIR", help="write here instead of the default cache")
-    parser.add_argument("--steps", type=int, help="SFT steps (default: see BootstrapConfig)")
-    parser.add_argument("--seed", type=int, default=0, help="weights and demonstrations seed")
+    parser.add_argument(
+        "--steps", type=int, help="SFT steps (default: BootstrapConfig's; needs --out)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="weights and demonstrations seed (other: needs --out)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -34,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
         ensure_bootstrapped_model,
     )
 
+    if not args.out and (args.steps is not None or args.seed != 0):
+        # the cache holds THE default model; other settings make another model, never
+        # silently the cached one
+        raise ConfigError(
+            "--steps and --seed build a model other than the default one: give it its own "
+            "directory with --out DIR"
+        )
     cfg = BootstrapConfig(seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, sft=replace(cfg.sft, steps=args.steps))

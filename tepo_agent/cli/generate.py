@@ -2,8 +2,9 @@
 
 The prompt is sent as one user message through the model's chat template; the reply is sampled
 by the in-process backend, which returns every token's id, log-probability and exact entropy
-(nats, full vocabulary, temperature 1). The default model is the bootstrapped one if it has been
-built (``tepo-agent bootstrap`` or the demo), else the random-weight default.
+(nats, full vocabulary, temperature 1). The model is ``--model DIR`` or the default model (the
+bootstrapped one, ``tepo-agent bootstrap``; ``--model random`` for random weights). Without
+``--seed`` a fresh seed is drawn and printed, so any reply can be sampled again.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import secrets
 import sys
 import time
 
@@ -20,17 +22,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="sample a reply and print each token with its entropy",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("prompt", help="the user message")
-    parser.add_argument("--model", metavar="DIR", help="model directory (default: see above)")
+    parser.add_argument(
+        "--model", metavar="DIR", help="model directory, or 'random' (default: the default model)"
+    )
     parser.add_argument("--system", help="system message (default: the template's)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="default: 64")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
-    parser.add_argument("--top-p", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=-1)
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    parser.add_argument("--max-tokens", type=int, default=64, help="most tokens sampled")
+    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus mass")
+    parser.add_argument("--top-k", type=int, default=-1, help="-1: off")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="sampling seed (default: a fresh one, printed)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -45,9 +50,10 @@ def run(args: argparse.Namespace) -> int:
     from tepo_agent.backends import SamplingParams
     from tepo_agent.backends.transformers_backend import TransformersBackend
     from tepo_agent.chat.format import ChatFormat
-    from tepo_agent.cli._models import resolve_model_dir
     from tepo_agent.entropy import turn_entropy
+    from tepo_agent.paths import resolve_model_dir
 
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
     model_dir = resolve_model_dir(args.model)
     fmt = ChatFormat.from_pretrained(model_dir)
     messages = [{"role": "user", "content": args.prompt}]
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         top_p=args.top_p,
         top_k=args.top_k,
-        seed=args.seed,
+        seed=seed,
         stop_token_ids=fmt.stop_token_ids,
     )
     with TransformersBackend.from_pretrained(model_dir, device=args.device) as backend:
@@ -82,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
                     "turn_entropy": mean_h,
                     "finish_reason": gen.finish_reason,
                     "policy_version": gen.policy_version,
+                    "seed": seed,
                 }
             )
         )
         return 0
     color = sys.stdout.isatty()
     max_h = math.log(backend.vocab_size)
-    print(f"model: {model_dir}")
+    print(f"model: {model_dir}  seed: {seed}")
     print(f"prompt: {len(prompt_ids)} tokens\n")
     print(text)
     print("\n  #  token            id  logprob  entropy")

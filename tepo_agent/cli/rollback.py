@@ -2,13 +2,16 @@
 
 Serving processes that follow the registry (``tepo_agent.policy.hotswap``) swap it in between
 requests.
-``--list`` shows every version with its status instead.
+``--list`` shows every version with its status instead (``tepo-agent policies`` shows more).
+The next ``tepo-agent train`` starts from the version rolled back to.
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from tepo_agent.cli._db import DB_HELP, open_store
 
 
 def register(subparsers: Any) -> None:
@@ -18,19 +21,16 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("version", metavar="VERSION", type=int, nargs="?")
-    p.add_argument(
-        "--db", default=None, help="database (default: $TEPO_AGENT_DB or ./tepo-agent.db)"
-    )
+    p.add_argument("version", metavar="VERSION", type=int, nargs="?", help="the version")
+    p.add_argument("--db", metavar="PATH", help=DB_HELP)
     p.add_argument("--list", action="store_true", help="list the versions and their status")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from tepo_agent.policy.registry import PolicyRegistry
-    from tepo_agent.store import TrajectoryStore, default_db_path
 
-    with TrajectoryStore(args.db or default_db_path(), create=False) as store:
+    with open_store(args.db) as store:
         registry = PolicyRegistry(store)
         if args.list or args.version is None:
             for r in registry.list():

@@ -2,31 +2,47 @@
 
     tepo-agent serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
                      [--max-batch-size 8] [--device auto] [--dtype auto] [--api-key KEY]
-                     [--db tepo-agent.db]
+                     [--db tepo-agent.db] [--log-level info]
 
-Without ``--model`` it serves the embedded default model (built on first use). The API key comes
-from ``--api-key`` or, when that is absent, ``TEPO_AGENT_API_KEY`` (read once, at start).
+Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/load_lora_adapter and
+/v1/reload_weights (vLLM's protocol plus an exact per-token entropy field).
+
+Which weights: without --db, --model DIR or the default model (the bootstrapped one; --model
+random for random weights). With --db, the database's policy registry: its live version (a new
+database is created, with the default model or --model registered as version 0), and each newly
+live version is hot-swapped in between requests.
+
+Every request is logged on one line (client, method, path, status, prompt and completion
+tokens, latency, the policy version serving) at level info; --log-level warning silences them.
+The API key comes from --api-key or, when that is absent, $TEPO_AGENT_API_KEY (read once).
 With ``--db`` the live dashboard of that store is also served, read-only, at ``/dashboard``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from tepo_agent.errors import ConfigError
+
+LOG = logging.getLogger("tepo_agent.serve")
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
-        "serve",
-        help="serve a model over an OpenAI/vLLM-compatible HTTP API",
-        description="Run the in-process backend behind /v1/completions, /v1/chat/completions, "
-        "/v1/models, /v1/load_lora_adapter and /v1/reload_weights (vLLM's protocol plus an "
-        "exact per-token entropy field).",
+        "serve", help="serve a model over an OpenAI/vLLM-compatible HTTP API", description=__doc__
     )
-    parser.add_argument("--model", help="model directory (default: the embedded default model)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--model", metavar="DIR", help="model directory, or 'random' (default: the default model)"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
+    parser.add_argument("--port", type=int, default=8000, help="port")
     parser.add_argument(
         "--served-model-name", help="name clients send as `model` (default: the directory name)"
     )
@@ -40,13 +56,56 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--db",
-        help="follow the policy registry in this trajectory database: each newly live version "
-        "is hot-swapped in between requests",
+        metavar="PATH",
+        help="follow the policy registry in this trajectory database (created if missing)",
     )
+    parser.add_argument("--poll-s", type=float, default=1.0, help="registry poll interval (--db)")
     parser.add_argument(
-        "--poll-s", type=float, default=1.0, help="registry poll interval with --db (default 1)"
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="info logs one line per request",
     )
     parser.set_defaults(func=run)
+
+
+def _tokens(body: bytes) -> tuple[int | None, int | None]:
+    try:
+        usage = json.loads(body).get("usage") or {}
+    except (ValueError, AttributeError):
+        return None, None
+    return usage.get("prompt_tokens"), usage.get("completion_tokens")
+
+
+def add_request_log(app: Any, version: Callable[[], int]) -> None:
+    """Log one line per request: client, method, path, status, tokens, latency, version."""
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    @app.middleware("http")
+    async def _log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        prompt = completion = None
+        if response.headers.get("content-type", "").startswith("application/json"):
+            body = b"".join([chunk async for chunk in response.body_iterator])
+            prompt, completion = _tokens(body)
+            response = Response(
+                body, response.status_code, dict(response.headers), response.media_type
+            )
+        tokens = "-" if prompt is None else f"{prompt}+{completion}"
+        client = request.client.host if request.client else "-"
+        LOG.info(
+            '%s "%s %s" %d tokens=%s %.3fs v%s',
+            client,
+            request.method,
+            request.url.path,
+            response.status_code,
+            tokens,
+            time.perf_counter() - started,
+            version(),
+        )
+        return response
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,39 +113,77 @@ def run(args: argparse.Namespace) -> int:
 
     from tepo_agent.backends.transformers_backend import TransformersBackend
     from tepo_agent.chat.format import ChatFormat
-    from tepo_agent.errors import ConfigError
-    from tepo_agent.model.default import ensure_default_model
+    from tepo_agent.paths import resolve_model_dir
     from tepo_agent.server.app import create_app
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
-    model_dir = args.model or str(ensure_default_model())
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
+    policy = None
+    if args.db:
+        policy = _registry_policy(args)
+        model_dir = policy.model_dir
+    else:
+        model_dir = resolve_model_dir(args.model)
     name = args.served_model_name or os.path.basename(os.path.normpath(model_dir))
     api_key = args.api_key or os.environ.get("TEPO_AGENT_API_KEY") or None
     chat_format = ChatFormat.from_pretrained(model_dir)
     backend = TransformersBackend.from_pretrained(
-        model_dir, device=args.device, dtype=args.dtype, max_batch_size=args.max_batch_size
+        model_dir,
+        device=args.device,
+        dtype=args.dtype,
+        max_batch_size=args.max_batch_size,
+        policy_version=(policy.version or 0) if policy is not None else 0,
     )
     follower = None
-    if args.db:
-        from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
-
-        # The model directory serves until the registry names a live version; from then on
-        # each newly live version is loaded between batches (never inside a request).
-        follower = PolicyFollower(args.db, InProcessTarget(backend), current_version=-1)
-        follower.on_swap = lambda rec: print(f"tepo-agent serve: now serving v{rec.version}")
-        follower.poll_once()
-        follower.start(poll_interval_s=args.poll_s)
     try:
+        if policy is not None:
+            follower = _follow(args, backend, policy)
         app = create_app(backend, chat_format, model_name=name, api_key=api_key)
         if args.db:  # the live dashboard of the same store, read-only, behind the same key
             from tepo_agent.report.dashboard import create_dashboard_app
 
             app.mount("/dashboard", create_dashboard_app(args.db, api_key=api_key))
-        print(f"tepo-agent serve: {name} from {model_dir} on http://{args.host}:{args.port}")
+        add_request_log(app, lambda: backend.policy_version)
+        print(
+            f"tepo-agent serve: {name} from {model_dir} on http://{args.host}:{args.port}/v1",
+            flush=True,
+        )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
         if follower is not None:
             follower.stop()
         backend.close()
     return 0
+
+
+def _registry_policy(args: argparse.Namespace) -> Any:
+    from tepo_agent.cli._db import db_path
+    from tepo_agent.cli._policy import choose_policy
+    from tepo_agent.policy.registry import PolicyRegistry
+    from tepo_agent.store import TrajectoryStore
+
+    path = db_path(args.db)
+    if not path.exists():
+        print(f"tepo-agent serve: created trajectory database {path}", file=sys.stderr)
+    with TrajectoryStore(path) as store:
+        return choose_policy(PolicyRegistry(store), args.model)
+
+
+def _follow(args: argparse.Namespace, backend: Any, policy: Any) -> Any:
+    """Serve the chosen version now, and each newly live version from then on."""
+    from tepo_agent.cli._policy import load_policy
+    from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
+
+    load_policy(backend, policy)
+    follower = PolicyFollower(
+        args.db,
+        InProcessTarget(backend),
+        current_version=policy.version if policy.version is not None else -1,
+    )
+    follower.on_swap = lambda rec: LOG.warning("now serving policy v%d", rec.version)
+    follower.poll_once()
+    follower.start(poll_interval_s=args.poll_s)
+    return follower

@@ -1,18 +1,22 @@
 """``tepo-agent train``: the TEPO trainer process.
 
-    tepo-agent train --db PATH --reward outcome|sparse|dense [--steps N]
-    tepo-agent train --db PATH --reward sparse --watch [--every-n 64] [--every-s 600]
+    tepo-agent train [--db PATH] [--reward outcome|sparse|dense] [--steps N]
+    tepo-agent train [--db PATH] --reward sparse --watch [--every-n 64] [--every-s 600]
 
 Trains on the scored trajectories of the database (``--steps`` updates, then publishes through
 the held-out gate), or with ``--watch`` keeps running and retrains whenever ``--every-n`` new
-scored trajectories arrived or ``--every-s`` seconds passed. Resumes from its last checkpoint
-in ``--run-dir`` after a crash. Prints a progress bar and one summary line per step.
+scored trajectories arrived or ``--every-s`` seconds passed. Starts from the live policy
+version (after ``tepo-agent rollback``, the version rolled back to) and says which; resumes from
+its last checkpoint in ``--run-dir`` after a crash. Prints a progress bar and one summary line
+per step. The database must exist (``tepo-agent run --db`` creates it).
 """
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
+
+from tepo_agent.cli._db import DB_HELP, existing_db
 
 
 def register(subparsers: Any) -> None:
@@ -22,8 +26,13 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--db", required=True, help="the trajectory database")
-    p.add_argument("--reward", choices=("outcome", "sparse", "dense"), default="sparse")
+    p.add_argument("--db", metavar="PATH", help=DB_HELP)
+    p.add_argument(
+        "--reward",
+        choices=("outcome", "sparse", "dense"),
+        default="sparse",
+        help="outcome: the score; sparse/dense: TEPO's entropy-shaped rewards",
+    )
     p.add_argument("--alpha", type=float, default=1.0, help="dense reward bonus (default 1.0)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--steps", type=int, default=1, help="optimisation steps (default 1)")
@@ -31,14 +40,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("--every-n", type=int, default=None, help="--watch: after N new trajectories")
     p.add_argument("--every-s", type=float, default=None, help="--watch: after S seconds")
     p.add_argument("--poll-s", type=float, default=5.0, help="--watch: poll interval (seconds)")
-    p.add_argument("--model", help="base model directory (default: the registry's version 0)")
+    p.add_argument(
+        "--model", metavar="DIR", help="base model directory (default: the registry's version 0)"
+    )
     p.add_argument("--run-dir", help="checkpoints and trainer state (default: DB.trainer/)")
-    p.add_argument("--finetune", choices=("full", "lora"), default="full")
-    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--finetune", choices=("full", "lora"), default="full", help="what is trained")
+    p.add_argument("--lora-rank", type=int, default=16, help="with --finetune lora")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
     p.add_argument("--batch", type=int, default=32, help="trajectories per step")
     p.add_argument("--micro-batch", type=int, default=4, help="rows per forward/backward")
-    p.add_argument("--updates-per-batch", type=int, default=1)
+    p.add_argument("--updates-per-batch", type=int, default=1, help="optimizer updates per batch")
     p.add_argument("--kl", type=float, default=0.0, help="k3 KL coefficient to the base model")
     p.add_argument("--publish-every", type=int, default=0, help="0: at the end of each run")
     p.add_argument("--gate-tasks", type=int, default=16, help="held-out tasks per suite")
@@ -46,8 +57,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gate-margin", type=float, default=0.05, help="allowed accuracy drop")
     p.add_argument("--gate-format-margin", type=float, default=0.0, help="allowed format rise")
     p.add_argument("--no-gate", action="store_true", help="accept every candidate (experiments)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=0, help="the trainer's seed (minibatch order)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -79,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         enabled=not args.no_gate,
     )
     cfg = RunConfig(train=train, gate=gate, run_dir=args.run_dir, publish_every=args.publish_every)
-    with TrainingRun(args.db, cfg, base_model=args.model) as training:
+    with TrainingRun(existing_db(args.db), cfg, base_model=args.model) as training:
         if args.watch:
             watch_cfg = WatchConfig(
                 min_new=args.every_n if args.every_n or args.every_s else 64,

@@ -365,9 +365,15 @@ def _chat_choices(
     as_ids = bool(req.return_tokens_as_token_ids)
     choices = []
     for index, (gen, top) in enumerate(results):
-        parsed = chat_format.parse(chat_format.decode(list(gen.token_ids)))
+        text = chat_format.decode(list(gen.token_ids))
+        parsed = chat_format.parse(text)
         calls = r.tool_call_objects(parsed.tool_calls)
-        message: dict[str, Any] = {"role": "assistant", "content": parsed.content or None}
+        # A call the parser could not read (cut by max_tokens, bad JSON) comes back as the
+        # text the model wrote, as vLLM does, never as an empty message.
+        content = parsed.content
+        if parsed.invalid_calls:
+            content = chat_format.strip_stop_markers(text)
+        message: dict[str, Any] = {"role": "assistant", "content": content or None}
         message["tool_calls"] = calls
         finish = r.finish_fields(gen)
         if calls and gen.finish_reason == "stop":

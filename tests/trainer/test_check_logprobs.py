@@ -49,9 +49,11 @@ def test_library_report_and_other_weights_disagree(
     assert other.mean_abs_diff > 1e-2 and other.ratio_std > same.ratio_std
 
 
-def test_no_trajectory_of_the_live_version_is_an_error(tmp_path: Path) -> None:
+def test_no_trajectory_of_a_version_is_an_error(tmp_path: Path) -> None:
     model = make_model(tmp_path / "model")
     with PolicyRegistry(tmp_path / "t.db") as registry:
         registry.ensure_base(str(model))
-    with pytest.raises(TrainerError, match="no trajectory of the live version"):
+    with pytest.raises(TrainerError, match="no trajectory of a registered policy version"):
         check_logprobs(tmp_path / "t.db")
+    with pytest.raises(TrainerError, match="no trajectory of policy version 3"):
+        check_logprobs(tmp_path / "t.db", version=3)
