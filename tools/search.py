@@ -27,7 +27,7 @@ from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
 from tepo_agent.errors import ConfigError, ToolError
-from tepo_agent.store._sqlite import sqlite_utils
+from tepo_agent._sqlite import sqlite_utils
 
 MAX_QUERY_TERMS = 32
 """Words of a query beyond this many are ignored."""

@@ -49,7 +49,7 @@ from tepo_agent.store._records import (
     trajectory_row,
     turn_row,
 )
-from tepo_agent.store._sqlite import sqlite_utils
+from tepo_agent._sqlite import sqlite_utils
 from tepo_agent.store.schema import SCHEMA_VERSION, apply_migrations, configure, schema_version
 from tepo_agent.trajectory import Trajectory
 
