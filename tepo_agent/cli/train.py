@@ -92,11 +92,22 @@ def run(args: argparse.Namespace) -> int:
     cfg = RunConfig(train=train, gate=gate, run_dir=args.run_dir, publish_every=args.publish_every)
     with TrainingRun(existing_db(args.db), cfg, base_model=args.model) as training:
         if args.watch:
+            _stop_on_signals()
             watch_cfg = WatchConfig(
                 min_new=args.every_n if args.every_n or args.every_s else 64,
                 every_s=args.every_s,
                 poll_s=args.poll_s,
             )
+            trigger = " or ".join(
+                t
+                for t in (
+                    f"{watch_cfg.min_new} new scored trajectories" if watch_cfg.min_new else "",
+                    f"{watch_cfg.every_s:g} s" if watch_cfg.every_s else "",
+                )
+                if t
+            )
+            print(f"watching {args.db or 'the database'}: a round after {trigger}; "
+                  "Ctrl-C or SIGTERM stops", flush=True)  # fmt: skip
             watch(training, watch_cfg, progress=not args.no_progress)
             return 0
         summary = training.run(args.steps, progress=not args.no_progress)
@@ -105,3 +116,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rejected = [p for p in summary.published if not p.accepted]
     return 2 if rejected else 0
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM end ``--watch`` (a process started in the background inherits SIGINT
+    ignored, and a process manager stops it with SIGTERM): both raise KeyboardInterrupt, which
+    the command line turns into exit status 130."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)

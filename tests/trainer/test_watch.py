@@ -58,3 +58,40 @@ def test_a_watch_round_trains_on_what_arrived_and_publishes(tmp_path: Path):
         live = run.registry.live()
     assert len(rounds[0].steps) == 1
     assert live is not None and live.version == 1
+
+
+@pytest.mark.parametrize("stop_signal", ["SIGINT", "SIGTERM"])
+def test_train_watch_ends_on_a_signal_even_when_started_with_sigint_ignored(
+    tmp_path: Path, stop_signal: str
+):
+    """A background job inherits SIGINT ignored and a process manager sends SIGTERM: either way
+    `tepo-agent train --watch` must stop (exit 130), not keep running."""
+    import signal
+    import subprocess
+    import sys
+
+    model_dir = make_model(tmp_path / "model")
+    db = tmp_path / "t.db"
+    collect(model_dir, db, groups=1, n=2, scores=[1.0, 0.0])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tepo_agent", "train", "--db", str(db), "--model", str(model_dir),
+         "--reward", "outcome", "--watch", "--every-n", "1000", "--poll-s", "0.1",
+         "--run-dir", str(tmp_path / "run"), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        seen = []
+        for line in proc.stdout:  # the handlers are installed before this line is printed
+            seen.append(line)
+            if line.startswith("watching "):
+                break
+        else:
+            pytest.fail(f"train --watch exited early: {''.join(seen)}")
+        proc.send_signal(getattr(signal, stop_signal))
+        output, _ = proc.communicate(timeout=60)
+        output = "".join(seen) + output
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output
+    assert "interrupted" in output
