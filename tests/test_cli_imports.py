@@ -111,12 +111,22 @@ def _command_paths(
 
 
 def test_help_of_every_command_loads_no_heavy_library_and_no_trainer():
-    commands = _command_paths(build_parser())
+    # `tool --help` lists each tool's arguments from the tools' own schemas, which means loading
+    # the tools (LangChain, pydantic, sqlite-utils); it is checked apart, with the rest of HEAVY.
+    commands = [c for c in _command_paths(build_parser()) if c != ["tool"]]
     assert ["serve"] in commands and ["trajectories", "list"] in commands  # the walk works
     codes, modules, output = _cli(["--help"], *([*c, "--help"] for c in commands))
     assert codes == [0] * (len(commands) + 1), output
     assert "usage: tepo-agent trajectories list" in output
     assert _loaded(modules, HEAVY) == []
+    assert _trainer_modules(modules) == []
+
+
+def test_tool_help_lists_arguments_without_torch_or_trainer():
+    codes, modules, output = _cli(["tool", "--help"])
+    assert codes == [0], output
+    assert "expression" in output and "query" in output  # the calculator's and search's arguments
+    assert _loaded(modules, ("torch", "transformers", "langgraph", "httpx")) == []
     assert _trainer_modules(modules) == []
 
 

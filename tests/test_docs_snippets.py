@@ -93,14 +93,14 @@ def test_snippet_runs_as_written(
 
 
 def test_stated_build_times_are_the_measured_one() -> None:
-    results = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    results = (ROOT / "benchmarks/RESULTS.md").read_text()
     measured = re.search(r"## Building the bootstrapped default model.*?([\d,]+) s", results, re.S)
     assert measured is not None
     figure = f"{measured.group(1)} s"
     for path in [*DOCS, ROOT / "tepo_agent" / "cli" / "bootstrap.py"]:
         text = path.read_text()
         assert "12–15 minutes" not in text and "a few minutes" not in text, path
-    for path in (ROOT / "README.md", ROOT / "docs" / "guide.md"):
+    for path in (ROOT / "README.md", ROOT / "docs/guide.md"):
         assert figure in path.read_text(), path
 
 

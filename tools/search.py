@@ -26,8 +26,8 @@ from pathlib import Path
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel, Field
 
-from tepo_agent.errors import ConfigError, ToolError
 from tepo_agent._sqlite import sqlite_utils
+from tepo_agent.errors import ConfigError, ToolError
 
 MAX_QUERY_TERMS = 32
 """Words of a query beyond this many are ignored."""

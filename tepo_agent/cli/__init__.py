@@ -30,8 +30,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "feedback": ("feedback", "record a score in [0, 1] for a stored trajectory"),
     "trajectories": ("trajectories", "list, show or export stored trajectories"),
     "policies": ("policies", "the policy versions: parent, status, gate figures, trajectories"),
-    "report": ("report", "write a self-contained HTML report of a store (entropy, curves, runs)"),
-    "dashboard": ("dashboard", "serve the report of a store live, read-only, refreshing itself"),
+    "report": (
+        "report",
+        "write a self-contained HTML report: versions, curves, tools, token entropy",
+    ),
+    "dashboard": (
+        "dashboard",
+        "a live, read-only dashboard of a store (versions, curves, token entropy)",
+    ),
     "tool": ("tool", "run one tool directly and print its result"),
     "index": ("index", "build the search index from a JSON-lines corpus"),
     "serve": ("serve", "serve a model over an OpenAI/vLLM-compatible HTTP API"),

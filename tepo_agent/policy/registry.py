@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, get_args
 
+from tepo_agent._sqlite import sqlite_utils
 from tepo_agent.errors import ConfigError, PublishError
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.store._codec import dump_json, load_json
-from tepo_agent._sqlite import sqlite_utils
 
 PolicyKind = Literal["full", "lora"]
 """``full``: a complete model directory; ``lora``: a PEFT adapter directory over the base."""

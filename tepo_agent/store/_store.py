@@ -37,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, TypeVar
 
+from tepo_agent._sqlite import sqlite_utils
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.store._codec import dump_json, load_json
 from tepo_agent.store._records import (
@@ -49,7 +50,6 @@ from tepo_agent.store._records import (
     trajectory_row,
     turn_row,
 )
-from tepo_agent._sqlite import sqlite_utils
 from tepo_agent.store.schema import SCHEMA_VERSION, apply_migrations, configure, schema_version
 from tepo_agent.trajectory import Trajectory
 
