@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, get_args
 
 import sqlite_utils
@@ -216,12 +215,7 @@ class PolicyRegistry:
     def __enter__(self) -> PolicyRegistry:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
