@@ -16,11 +16,23 @@ catch one type. Messages say what was wrong and what to do about it.
     ├── StoreError             the trajectory store cannot be opened, migrated or written
     └── TrainerError           training, checkpointing or publishing failed
         └── PublishError       a candidate policy could not be registered or made live
+
+``ToolError`` and its subclasses are created on first access (``from tepo_agent.errors import
+ToolError`` works as for any name): their LangChain base class costs LangChain's import, which
+the store, the command line's parser and an HTTP client otherwise never pay.
 """
 
 from __future__ import annotations
 
-from langchain_core.tools import ToolException
+import threading
+from typing import TYPE_CHECKING, Any
+
+TIMED_OUT = "timed out"
+"""How the message of every :class:`ToolTimeoutError` starts.
+
+A tool that reports its errors as a message (LangChain's ``handle_tool_error``) hands the agent
+only the text, so this prefix is how a handled timeout keeps its ``error_kind`` (``timeout``).
+"""
 
 
 class TepoError(Exception):
@@ -47,43 +59,6 @@ class BackendUnavailableError(BackendError):
     """The backend cannot be reached (connection refused, timeout, 5xx after retries)."""
 
 
-class ToolError(TepoError, ToolException):
-    """A tool failed; inside the agent this becomes an error tool message.
-
-    It is also a LangChain ``ToolException``, so the built-in tools (``handle_tool_error=True``)
-    return it to the model as an error ``ToolMessage`` inside any LangGraph/LangChain agent too.
-    """
-
-
-TIMED_OUT = "timed out"
-"""How the message of every :class:`ToolTimeoutError` starts.
-
-A tool that reports its errors as a message (LangChain's ``handle_tool_error``) hands the agent
-only the text, so this prefix is how a handled timeout keeps its ``error_kind`` (``timeout``).
-"""
-
-
-class ToolTimeoutError(ToolError, TimeoutError):
-    """A tool did not finish within its time limit.
-
-    The message always starts with :data:`TIMED_OUT`; it is also a ``TimeoutError``, so code that
-    catches timeouts generically catches it too.
-    """
-
-    def __init__(self, message: str) -> None:
-        if not message.startswith(TIMED_OUT):
-            message = f"{TIMED_OUT}: {message}"
-        super().__init__(message)
-
-
-class SandboxError(ToolError):
-    """The python sandbox could not run or contain the submitted code."""
-
-
-class SandboxTimeoutError(SandboxError, ToolTimeoutError):
-    """The sandboxed code ran past its wall-time limit and was killed."""
-
-
 class StoreError(TepoError):
     """The trajectory store cannot be opened, migrated or written."""
 
@@ -94,6 +69,70 @@ class TrainerError(TepoError):
 
 class PublishError(TrainerError):
     """A candidate policy could not be registered, published or rolled back."""
+
+
+def _tool_errors() -> dict[str, type[TepoError]]:
+    from langchain_core.tools import ToolException
+
+    class ToolError(TepoError, ToolException):
+        """A tool failed; inside the agent this becomes an error tool message.
+
+        It is also a LangChain ``ToolException``, so the built-in tools (``handle_tool_error=
+        True``) return it to the model as an error ``ToolMessage`` inside any LangGraph/LangChain
+        agent too.
+        """
+
+    class ToolTimeoutError(ToolError, TimeoutError):
+        """A tool did not finish within its time limit.
+
+        The message always starts with :data:`TIMED_OUT`; it is also a ``TimeoutError``, so code
+        that catches timeouts generically catches it too.
+        """
+
+        def __init__(self, message: str) -> None:
+            if not message.startswith(TIMED_OUT):
+                message = f"{TIMED_OUT}: {message}"
+            super().__init__(message)
+
+    class SandboxError(ToolError):
+        """The python sandbox could not run or contain the submitted code."""
+
+    class SandboxTimeoutError(SandboxError, ToolTimeoutError):
+        """The sandboxed code ran past its wall-time limit and was killed."""
+
+    classes = (ToolError, ToolTimeoutError, SandboxError, SandboxTimeoutError)
+    for cls in classes:
+        cls.__qualname__ = cls.__name__  # pickled and shown as tepo_agent.errors.ToolError
+    return {cls.__name__: cls for cls in classes}
+
+
+if TYPE_CHECKING:
+    from langchain_core.tools import ToolException
+
+    class ToolError(TepoError, ToolException):
+        """A tool failed (a LangChain ``ToolException`` too)."""
+
+    class ToolTimeoutError(ToolError, TimeoutError):
+        """A tool did not finish within its time limit (the message starts with TIMED_OUT)."""
+
+    class SandboxError(ToolError):
+        """The python sandbox could not run or contain the submitted code."""
+
+    class SandboxTimeoutError(SandboxError, ToolTimeoutError):
+        """The sandboxed code ran past its wall-time limit and was killed."""
+
+
+_LAZY = ("ToolError", "ToolTimeoutError", "SandboxError", "SandboxTimeoutError")
+_CREATE_LOCK = threading.Lock()
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        with _CREATE_LOCK:  # two threads asking first must get the same classes
+            if name not in globals():
+                globals().update(_tool_errors())  # later lookups find the classes directly
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
