@@ -27,6 +27,12 @@ def _boom(text: str) -> str:
 
 
 BOOM = StructuredTool.from_function(func=_boom, name="boom", description="Always fails.")
+MISTAKES = [  # a malformed call, an unknown tool, a tool that raises, one that refuses
+    "<tool_call>\nnot json\n</tool_call>",
+    '<tool_call>\n{"name": "teleport", "arguments": {}}\n</tool_call>',
+    '<tool_call>\n{"name": "boom", "arguments": {"text": "x"}}\n</tool_call>',
+    '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1/0"}}\n</tool_call>',
+]
 
 
 def make_agent(
@@ -80,10 +86,7 @@ def test_model_mistakes_become_error_tool_messages_and_the_run_goes_on(
     tiny_model_dir: Path, chat_format: ChatFormat
 ) -> None:
     script = [
-        "<tool_call>\nnot json\n</tool_call>",
-        '<tool_call>\n{"name": "teleport", "arguments": {}}\n</tool_call>',
-        '<tool_call>\n{"name": "boom", "arguments": {"text": "x"}}\n</tool_call>',
-        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1/0"}}\n</tool_call>',
+        *MISTAKES,
         '<tool_call>\n{"name": "calculator", "arguments": {"expr": "1"}}\n</tool_call>',
         '<tool_call>\n{"name": "calcu',  # unclosed, but the turn ended (finish=stop)
         "I give up.",
@@ -126,10 +129,7 @@ def test_each_failed_call_records_its_error_kind_as_data(
     tiny_model_dir: Path, chat_format: ChatFormat, tmp_path: Path
 ) -> None:
     script = [
-        "<tool_call>\nnot json\n</tool_call>",
-        '<tool_call>\n{"name": "teleport", "arguments": {}}\n</tool_call>',
-        '<tool_call>\n{"name": "boom", "arguments": {"text": "x"}}\n</tool_call>',
-        '<tool_call>\n{"name": "calculator", "arguments": {"expression": "1/0"}}\n</tool_call>',
+        *MISTAKES,
         '<tool_call>\n{"name": "slow", "arguments": {"seconds": 3}}\n</tool_call>',
         '<tool_call>\n{"name": "sandbox_slow", "arguments": {"seconds": 3}}\n</tool_call>',
         calc_call("2+2"),

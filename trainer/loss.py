@@ -132,15 +132,15 @@ def policy_loss(
             ``kl_coef > 0`` without reference logprobs.
     """
     shape = logprobs.shape
-    _check_shapes(
-        shape,
-        behaviour_logprobs=behaviour_logprobs,
-        advantages=advantages,
-        loss_mask=loss_mask,
-        proximal_logprobs=proximal_logprobs,
-        ref_logprobs=ref_logprobs,
-        entropy=entropy,
-    )
+    named = {
+        "behaviour_logprobs": behaviour_logprobs,
+        "advantages": advantages,
+        "loss_mask": loss_mask,
+        "proximal_logprobs": proximal_logprobs,
+        "ref_logprobs": ref_logprobs,
+        "entropy": entropy,
+    }
+    _check_shapes(shape, named)
     if cfg.kl_coef > 0 and ref_logprobs is None:
         raise TrainerError("LossConfig.kl_coef > 0 needs ref_logprobs from a reference policy")
     mask = loss_mask.to(logprobs.dtype)  # (B, T)
@@ -168,7 +168,7 @@ def policy_loss(
     return LossOutput(loss=loss, metrics=_metrics(loss, terms, cfg))
 
 
-def _check_shapes(shape: torch.Size, **tensors: torch.Tensor | None) -> None:
+def _check_shapes(shape: torch.Size, tensors: dict[str, torch.Tensor | None]) -> None:
     for name, tensor in tensors.items():
         if tensor is not None and tensor.shape != shape:
             raise TrainerError(

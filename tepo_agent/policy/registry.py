@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal, get_args
 
 from tepo_agent._sqlite import sqlite_utils
@@ -257,12 +256,7 @@ class PolicyRegistry:
     def __enter__(self) -> PolicyRegistry:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 

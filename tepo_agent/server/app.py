@@ -279,7 +279,7 @@ async def completions(request: Request) -> Any:
     used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
     if not req.stream:
         return {**head, "object": "text_completion", "choices": choices, "usage": used}
-    return _sse(_completion_chunks(head, choices, used, req))
+    return _sse(r.completion_chunks(head, choices, used, req))
 
 
 def _completion_choices(
@@ -308,27 +308,6 @@ def _completion_choices(
             choice["prompt_token_ids"] = ids
         choices.append(choice)
     return choices
-
-
-def _completion_chunks(
-    head: dict[str, Any],
-    choices: list[dict[str, Any]],
-    used: dict[str, Any],
-    req: CompletionRequest,
-) -> list[dict[str, Any]]:
-    """vLLM's stream of a completion: each choice, then its finish, then (optionally) usage."""
-    chunks = []
-    for choice in choices:
-        finish = {k: choice.pop(k) for k in ("finish_reason", "stop_reason")}
-        versions = choice.pop("weight_versions", None)
-        chunks.append({**head, "object": "text_completion", "choices": [choice]})
-        last = {"index": choice["index"], "text": "", **finish}
-        if versions is not None:
-            last["weight_versions"] = versions
-        chunks.append({**head, "object": "text_completion", "choices": [last]})
-    if req.stream_options and req.stream_options.include_usage:
-        chunks.append({**head, "object": "text_completion", "choices": [], "usage": used})
-    return chunks
 
 
 async def chat_completions(request: Request) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tepo_agent.backends.base import Generation
-from tepo_agent.server.protocol import ChatCompletionRequest
+from tepo_agent.server.protocol import ChatCompletionRequest, CompletionRequest
 from tepo_agent.server.topk import TopK
 
 Decode = Callable[[list[int]], str]
@@ -141,6 +141,27 @@ def text_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def completion_chunks(
+    head: dict[str, Any],
+    choices: list[dict[str, Any]],
+    used: dict[str, int],
+    req: CompletionRequest,
+) -> list[dict[str, Any]]:
+    """vLLM's stream of a completion: each choice, then its finish, then (optionally) usage."""
+    chunks = []
+    for choice in choices:
+        finish = {k: choice.pop(k) for k in ("finish_reason", "stop_reason")}
+        versions = choice.pop("weight_versions", None)
+        chunks.append({**head, "object": "text_completion", "choices": [choice]})
+        last = {"index": choice["index"], "text": "", **finish}
+        if versions is not None:
+            last["weight_versions"] = versions
+        chunks.append({**head, "object": "text_completion", "choices": [last]})
+    if req.stream_options and req.stream_options.include_usage:
+        chunks.append({**head, "object": "text_completion", "choices": [], "usage": used})
+    return chunks
+
+
 def chat_chunks(
     head: dict[str, Any],
     choices: list[dict[str, Any]],
@@ -186,6 +207,7 @@ def chat_chunks(
 __all__ = [
     "chat_chunks",
     "chat_logprobs",
+    "completion_chunks",
     "completion_logprobs",
     "extension_fields",
     "finish_fields",
