@@ -228,18 +228,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
         after = asyncio.run(_collect(agent, store, tasks[: max(2, len(tasks) // 2)], 2))
 
-        print("[6/6] summary by policy version")
-        for line in _summary(before + after).values():
-            print(f"  {line}")
-        print(
-            f"\ndone in {time.perf_counter() - started:.0f} s. Look around:\n"
-            f"  tepo-agent trajectories list --db {db}\n"
-            f"  tepo-agent check-logprobs --db {db}\n"
-            f"  sqlite3 {db} 'select version, status, path from policies'"
-        )
-        from tepo_agent.report import write_report
-
-        print(f"report: {write_report(db, work / 'report.html', model=model_dir).resolve()}")
+        _finish(before + after, db, work / "report.html", model_dir, started)
     finally:
         follower.stop()
         for thing in (target, closer):
@@ -248,3 +237,25 @@ def run(args: argparse.Namespace) -> int:
                 stop()
         store.close()
     return 0
+
+
+def _finish(
+    rows: list[tuple[Task, AgentResult, float]],
+    db: Path,
+    report: Path,
+    model_dir: Path,
+    started: float,
+) -> None:
+    """The summary by policy version, where to look next, and the HTML report."""
+    from tepo_agent.report import write_report
+
+    print("[6/6] summary by policy version")
+    for line in _summary(rows).values():
+        print(f"  {line}")
+    print(
+        f"\ndone in {time.perf_counter() - started:.0f} s. Look around:\n"
+        f"  tepo-agent trajectories list --db {db}\n"
+        f"  tepo-agent check-logprobs --db {db}\n"
+        f"  sqlite3 {db} 'select version, status, path from policies'"
+    )
+    print(f"report: {write_report(db, report, model=model_dir).resolve()}")
