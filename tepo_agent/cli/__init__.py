@@ -17,6 +17,7 @@ from tepo_agent.errors import TepoError
 
 _COMMANDS: tuple[str, ...] = (
     "demo",
+    "evaluate",
     "generate",
     "bootstrap",
     "run",
