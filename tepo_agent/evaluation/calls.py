@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tepo_agent.agent_state import ToolCallRecord
+from tepo_agent.agent.state import ToolCallRecord
 
 ErrorKind = Literal["malformed", "unknown_tool", "bad_arguments", "tool_error"]
 FORMAT_ERROR_KINDS: tuple[ErrorKind, ...] = ("malformed", "unknown_tool", "bad_arguments")

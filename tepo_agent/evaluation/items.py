@@ -25,13 +25,13 @@ from typing import Any
 from langchain_core.tools import BaseTool
 from tqdm import tqdm
 
-from tepo_agent.agent import AgentResult, TepoAgent
-from tepo_agent.agent_state import AgentConfig
+from tepo_agent.agent.graph import AgentResult, TepoAgent
+from tepo_agent.agent.state import AgentConfig
+from tepo_agent.agent.sync import run_sync
 from tepo_agent.backends.base import Backend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
 from tepo_agent.evaluation.calls import CallOutcome, call_outcomes
-from tepo_agent.sync_loop import run_sync
 from tepo_agent.tasks import Task
 
 CORRECT_AT = 0.5

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from tepo_agent.agent.sync import run_sync
 from tepo_agent.backends.base import Backend
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
-from tepo_agent.sync_loop import run_sync
 
 EntropySource = Literal["topk", "surprisal", "server"]
 
@@ -63,8 +63,8 @@ def _in_process(model_dir: Path, device: str, max_batch_size: int) -> Backend:
 def _from_registry(
     db: str | os.PathLike[str], version: int | None, device: str, max_batch_size: int
 ) -> PolicyUnderTest:
-    from tepo_agent.hotswap import InProcessTarget
-    from tepo_agent.registry import PolicyRegistry
+    from tepo_agent.policy.hotswap import InProcessTarget
+    from tepo_agent.policy.registry import PolicyRegistry
     from tepo_agent.store import TrajectoryStore
 
     with TrajectoryStore(db, create=False) as store:

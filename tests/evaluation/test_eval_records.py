@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from _scripted_backend import ScriptedBackend, calc_call, chat_format, tiny_model_dir
 
-from tepo_agent.chat_format import ChatFormat
+from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import StoreError
 from tepo_agent.evaluation import (
     EvalConfig,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tepo_agent.agent_state import ToolCallRecord
+from tepo_agent.agent.state import ToolCallRecord
 from tepo_agent.errors import ConfigError
 from tepo_agent.evaluation import (
     CallOutcome,
