@@ -50,6 +50,7 @@ from tepo_agent.model.io import load_causal_lm, resolve_device
 from tepo_agent.trainer.advantages import compute_advantages
 from tepo_agent.trainer.batch import TrainBatch, pack_batch
 from tepo_agent.trainer.config import AdvantageConfig, LossConfig, RewardConfig
+from tepo_agent.trainer.dynamic_sampling import informative
 from tepo_agent.trainer.loss import policy_loss
 from tepo_agent.trainer.recompute import exact_turn_entropies, forward_logprobs, recompute
 from tepo_agent.trainer.rewards import trajectory_rewards
@@ -57,6 +58,11 @@ from tepo_agent.trajectory import Trajectory
 
 Finetune = Literal["full", "lora"]
 Precision = Literal["auto", "fp32", "bf16"]
+
+# the loss metrics of a step that made no update (every group flat)
+_NO_UPDATE: dict[str, float] = {
+    "loss": 0.0, "pg_loss": 0.0, "ratio_min": 1.0, "ratio_max": 1.0, "trained_tokens": 0.0,
+}  # fmt: skip
 
 _LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -80,6 +86,11 @@ class TrainConfig:
         micro_batch_size: Rows per forward/backward pass; gradients accumulate over the
             micro-batches of a step (memory vs. speed).
         updates_per_batch: AdamW steps on the same batch (PPO epochs; default 1).
+        skip_zero_variance: Drop groups whose rewards are all equal before they cost compute
+            (DAPO's dynamic sampling, ``trainer.dynamic_sampling``; default True): groups flat by
+            their scores skip the recompute too, zero-advantage rows skip the backward pass. A
+            step left with nothing to learn from makes no update. With a KL term every row still
+            trains (the KL acts on zero-advantage rows too).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` is bf16 autocast on CUDA and float32 on CPU.
         seed: Seed of torch's RNG (dropout, adapter initialisation).
@@ -99,6 +110,7 @@ class TrainConfig:
     batch_trajectories: int = 32
     micro_batch_size: int = 4
     updates_per_batch: int = 1
+    skip_zero_variance: bool = True
     device: str = "auto"
     precision: Precision = "auto"
     seed: int = 0
@@ -230,22 +242,77 @@ class Trainer:
         if not trajectories:
             raise TrainerError("a step needs at least one scored trajectory")
         started = time.perf_counter()
+        skip = self.cfg.skip_zero_variance and self.cfg.loss.kl_coef == 0
+        kept, flat_groups = (
+            informative(trajectories, self.cfg.reward.kind)
+            if skip
+            else (list(range(len(trajectories))), 0)
+        )
+        if not kept:
+            return self._idle_step(trajectories, flat_groups, started)
+        trajs = [trajectories[i] for i in kept]
         mb = self.cfg.micro_batch_size
-        plain = pack_batch(trajectories, pad_token_id=self.pad_token_id)
+        plain = pack_batch(trajs, pad_token_id=self.pad_token_id)
         with self._autocast():
             proximal, entropy = recompute(self.model, plain, micro_batch_size=mb)  # (B, T)
 
         # 1-2. exact ΔH and TEPO rewards
         deltas, rewards = [], []
-        for b, traj in enumerate(trajectories):
+        for b, traj in enumerate(trajs):
             turn_h = exact_turn_entropies(traj, entropy[b], self.cfg.reward.entropy_window)
             deltas.append(turn_h.delta_entropies)
             rewards.append(
                 trajectory_rewards(traj, self.cfg.reward, delta_entropies=turn_h.delta_entropies)
             )
-        # 3. advantages
-        adv = compute_advantages(trajectories, rewards, self.cfg.advantage)
-        batch = pack_batch(trajectories, adv.per_trajectory, pad_token_id=self.pad_token_id)
+        # 3. advantages; rows with no signal leave the backward pass
+        adv = compute_advantages(trajs, rewards, self.cfg.advantage)
+        rows = [b for b, a in enumerate(adv.per_trajectory) if not (skip and a.zero_signal)]
+        loss_metrics: list[dict[str, float]] = []
+        grad_norm = 0.0
+        tokens = 0
+        if rows:
+            batch = pack_batch(
+                [trajs[b] for b in rows],
+                [adv.per_trajectory[b] for b in rows],
+                pad_token_id=self.pad_token_id,
+            )
+            width = batch.input_ids.shape[1]
+            picked = torch.tensor(rows, dtype=torch.long)
+            proximal, entropy = proximal[picked, :width], entropy[picked, :width]  # (B', T')
+            loss_metrics, grad_norm = self._update(batch, proximal, entropy)
+            tokens = int(batch.attention_mask.sum())
+            self.weights_version = None  # the weights now match no registered version
+        elapsed = time.perf_counter() - started
+
+        # 6. metrics
+        metrics = dict(loss_metrics[-1]) if loss_metrics else _NO_UPDATE.copy()
+        values = [r.reward for r in rewards]
+        known = [d for ds in deltas for d in ds if d is not None]
+        calls = sum(r.n for r in rewards)
+        metrics.update(
+            reward_mean=statistics.fmean(values),
+            reward_std=statistics.pstdev(values),
+            score_mean=statistics.fmean(float(t.score or 0.0) for t in trajectories),
+            tool_calls_per_trajectory=calls / len(trajs),
+            entropy_reducing_share=(sum(r.m for r in rewards) / calls) if calls else 0.0,
+            delta_entropy_mean=statistics.fmean(known) if known else 0.0,
+            clip_frac=metrics.get("clip_frac_low", 0.0) + metrics.get("clip_frac_high", 0.0),
+            grad_norm=grad_norm,
+            zero_variance_groups=float(adv.zero_variance_groups + flat_groups),
+            groups=float(adv.groups + flat_groups),
+            trajectories=float(len(trajectories)),
+            trained_trajectories=float(len(rows)),
+            seq_tokens=float(tokens),
+            tokens_per_s=tokens * (1 + self.cfg.updates_per_batch) / max(elapsed, 1e-9),
+            seconds=elapsed,
+        )
+        return StepResult(metrics=metrics, trajectories=len(trajectories))
+
+    def _update(
+        self, batch: TrainBatch, proximal: torch.Tensor, entropy: torch.Tensor
+    ) -> tuple[list[dict[str, float]], float]:
+        """4-5. the loss over micro-batches, gradient clipping and ``updates_per_batch`` AdamW
+        steps; returns each update's loss metrics and the last gradient norm."""
         off = (
             batch.sampled_mask
             if self.weights_version is None
@@ -254,45 +321,36 @@ class Trainer:
         ref = None
         if self.cfg.loss.kl_coef > 0:
             with self._reference() as ref_model, self._autocast():
-                ref, _ = recompute(ref_model, batch, micro_batch_size=mb)
-
-        # 4-5. loss, accumulation, clipping, AdamW
+                ref, _ = recompute(ref_model, batch, micro_batch_size=self.cfg.micro_batch_size)
         loss_metrics: list[dict[str, float]] = []
         grad_norm = 0.0
         for _ in range(self.cfg.updates_per_batch):
             self.optimizer.zero_grad(set_to_none=True)
-            metrics = self._accumulate(batch, proximal, off, ref, entropy)
-            loss_metrics.append(metrics)
+            loss_metrics.append(self._accumulate(batch, proximal, off, ref, entropy))
             trainable = [p for g in self.optimizer.param_groups for p in g["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm)
-            grad_norm = float(norm)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, self.cfg.max_grad_norm))
             if math.isfinite(grad_norm):
                 self.optimizer.step()
-        self.weights_version = None  # the weights now match no registered version
-        elapsed = time.perf_counter() - started
+        return loss_metrics, grad_norm
 
-        # 6. metrics
-        metrics = dict(loss_metrics[-1])
-        values = [r.reward for r in rewards]
-        known = [d for ds in deltas for d in ds if d is not None]
-        calls = sum(r.n for r in rewards)
-        tokens = int(batch.attention_mask.sum())
-        metrics.update(
-            reward_mean=statistics.fmean(values),
-            reward_std=statistics.pstdev(values),
-            score_mean=statistics.fmean(float(t.score or 0.0) for t in trajectories),
-            tool_calls_per_trajectory=calls / len(trajectories),
-            entropy_reducing_share=(sum(r.m for r in rewards) / calls) if calls else 0.0,
-            delta_entropy_mean=statistics.fmean(known) if known else 0.0,
-            clip_frac=metrics.get("clip_frac_low", 0.0) + metrics.get("clip_frac_high", 0.0),
-            grad_norm=grad_norm,
-            zero_variance_groups=float(adv.zero_variance_groups),
-            groups=float(adv.groups),
-            trajectories=float(len(trajectories)),
-            seq_tokens=float(tokens),
-            tokens_per_s=tokens * (1 + self.cfg.updates_per_batch) / max(elapsed, 1e-9),
-            seconds=elapsed,
-        )
+    def _idle_step(
+        self, trajectories: Sequence[Trajectory], flat_groups: int, started: float
+    ) -> StepResult:
+        """A step whose every group was flat: no recompute, no update, the metrics say so."""
+        scores = [float(t.score or 0.0) for t in trajectories]
+        metrics = {
+            **_NO_UPDATE,
+            "reward_mean": statistics.fmean(scores) if self.cfg.reward.kind == "outcome" else 0.0,
+            "reward_std": 0.0, "score_mean": statistics.fmean(scores),
+            "tool_calls_per_trajectory": statistics.fmean(
+                sum(turn.role == "tool" for turn in t.turns) for t in trajectories
+            ),
+            "entropy_reducing_share": 0.0, "delta_entropy_mean": 0.0, "clip_frac": 0.0,
+            "grad_norm": 0.0, "zero_variance_groups": float(flat_groups),
+            "groups": float(flat_groups), "trajectories": float(len(trajectories)),
+            "trained_trajectories": 0.0, "seq_tokens": 0.0, "tokens_per_s": 0.0,
+            "seconds": time.perf_counter() - started,
+        }  # fmt: skip
         return StepResult(metrics=metrics, trajectories=len(trajectories))
 
     def _accumulate(

@@ -21,6 +21,10 @@ from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("demo", "run the whole loop: serve, collect with live ΔH, train, gate, hot-swap"),
+    "eval": (
+        "evaluate",
+        "measure a policy on held-out items: accuracy with its interval, calls, ΔH, pilot",
+    ),
     "generate": ("generate", "sample a reply and print each token with its entropy"),
     "bootstrap": (
         "bootstrap",

@@ -168,6 +168,44 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX policy_events_version ON policy_events(version, id)",
         ),
     ),
+    Migration(
+        version=5,
+        description="evaluations and their item results (tepo-agent eval, gate, demo, compare)",
+        statements=(
+            # One row per evaluation run; ``summary`` holds the figures (accuracy interval,
+            # calls, ΔH, pilot statistic) as JSON so a report can show them per policy version.
+            """CREATE TABLE evaluations (
+                id INTEGER PRIMARY KEY,
+                policy_version INTEGER,
+                label TEXT,
+                suite TEXT NOT NULL,
+                seed INTEGER NOT NULL,
+                n INTEGER NOT NULL,
+                samples INTEGER NOT NULL,
+                temperature REAL NOT NULL,
+                entropy_kind TEXT,
+                config TEXT NOT NULL DEFAULT '{}',
+                summary TEXT NOT NULL DEFAULT '{}',
+                created_at REAL NOT NULL
+            )""",
+            "CREATE INDEX evaluations_policy ON evaluations(policy_version, id)",
+            """CREATE TABLE evaluation_items (
+                evaluation_id INTEGER NOT NULL REFERENCES evaluations(id) ON DELETE CASCADE,
+                task_id TEXT NOT NULL,
+                sample INTEGER NOT NULL,
+                suite TEXT NOT NULL,
+                needs_tool INTEGER NOT NULL,
+                score REAL NOT NULL,
+                answer TEXT,
+                status TEXT NOT NULL,
+                tool_calls INTEGER NOT NULL,
+                calls TEXT NOT NULL DEFAULT '[]',
+                policy_version INTEGER,
+                entropy_kind TEXT,
+                PRIMARY KEY (evaluation_id, task_id, sample)
+            )""",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
