@@ -62,7 +62,7 @@ def evaluate_record(
         if record.kind == "lora" or Path(record.path) != Path(base_model):
             InProcessTarget(backend).swap(record, base)
         fmt = ChatFormat.from_pretrained(base_model)
-        return evaluate_policy(backend, fmt, gate, world_dir=Path(base_model) / "world")
+        return evaluate_policy(backend, fmt, gate)
     finally:
         backend.close()
 

@@ -12,12 +12,16 @@ Held-out evaluation tasks use other seeds than the bootstrap's demonstrations (`
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from langchain_core.tools import BaseTool, StructuredTool
 from pydantic import BaseModel
 
-from tepo_agent.tasks.knowledge import KnowledgeBase
+from tepo_agent.errors import ConfigError
+from tepo_agent.tasks.base import SuiteName, Task
+from tepo_agent.tasks.knowledge import KnowledgeBase, deep_search_suite, knowledge_suite
+from tepo_agent.tasks.math_tasks import math_suite
 from tepo_agent.tools.calculator import evaluate, format_number
 from tepo_agent.tools.search import build_index, make_search_tool
 
@@ -80,3 +84,31 @@ def build_world(kb_seed: int, world_dir: Path) -> KnowledgeBase:
     corpus = kb.write_corpus(world_dir / "corpus.jsonl")
     build_index(corpus, world_dir / "search.db")
     return kb
+
+
+def held_out(
+    suite: SuiteName, n: int, seed: int = EVAL_SEED, *, workdir: str | os.PathLike[str]
+) -> tuple[list[Task], list[BaseTool]]:
+    """Held-out items of ``suite`` in the world of ``seed`` and the tools to solve them.
+
+    The world is built and indexed under ``workdir/world-SEED`` (reused when already there).
+    ``seed`` must be at least ``EVAL_SEED``: smaller seeds are training worlds.
+    """
+    if seed < EVAL_SEED:
+        raise ConfigError(f"held-out seed {seed} is a training world's; use a seed >= {EVAL_SEED}")
+    if n < 1:
+        raise ConfigError(f"n must be >= 1, got {n}")
+    world_dir = Path(workdir) / f"world-{seed}"
+    if (world_dir / "search.db").is_file():
+        kb = KnowledgeBase(seed=seed)
+    else:
+        kb = build_world(seed, world_dir)
+    if suite == "math":
+        tasks = math_suite(n, seed=seed)
+    elif suite == "knowledge":
+        tasks = knowledge_suite(kb, n, seed=seed)
+    elif suite == "deep_search":
+        tasks = deep_search_suite(kb, n, seed=seed)
+    else:
+        raise ConfigError(f"unknown suite {suite!r}: choose math, knowledge or deep_search")
+    return tasks, world_tools(world_dir)
