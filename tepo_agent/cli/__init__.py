@@ -18,6 +18,7 @@ from tepo_agent.errors import TepoError
 _COMMANDS: tuple[str, ...] = (
     "demo",
     "evaluate",
+    "compare",
     "generate",
     "bootstrap",
     "run",
