@@ -68,7 +68,7 @@ class GateConfig:
     seed: int = EVAL_SEED
     margin: float = 0.0
     format_margin: float = 0.0
-    max_tool_calls: int = 4
+    max_tool_calls: int = 6
     max_new_tokens: int = 96
     max_total_tokens: int = 2048
     workdir: str | None = field(default=None, compare=False)
