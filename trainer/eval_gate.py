@@ -12,7 +12,7 @@ item:
   difference 0, interval [0, 0]) always passes; an equal one fails only when chance makes it
   look significantly worse (≈2.5% of the time at 95%).
 - **format errors**: reject when the paired 95% interval of (candidate − live) per-item share of
-  format errors (malformed calls, unknown tools, arguments that do not fit; of the item's calls)
+  format errors (malformed calls and unknown tools, of the item's calls)
   lies wholly above ``format_margin``.
 
 Why paired and why an interval: the old rule compared two accuracies on 16 items with a 0.05
