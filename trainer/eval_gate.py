@@ -33,7 +33,13 @@ from typing import Any, get_args
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import ConfigError
-from tepo_agent.evaluation import EvalConfig, ItemResult, evaluate_items, paired_interval
+from tepo_agent.evaluation import (
+    EvalConfig,
+    EvalMeta,
+    ItemResult,
+    evaluate_items,
+    paired_interval,
+)
 from tepo_agent.evaluation.calls import FORMAT_ERROR_KINDS
 from tepo_agent.evaluation.heldout import held_out_items
 from tepo_agent.evaluation.stats import Interval
@@ -219,14 +225,33 @@ def decide(candidate: EvalResult, live: EvalResult | None, cfg: GateConfig) -> G
     return GateDecision(True, figures, acc, fmt)
 
 
-def evaluate_policy(backend: Backend, chat_format: ChatFormat, cfg: GateConfig) -> EvalResult:
-    """Run the agent greedily with ``backend`` on the gate's held-out items; nothing is stored."""
+def gate_items(
+    backend: Backend, chat_format: ChatFormat, cfg: GateConfig, *, progress: bool = False
+) -> list[ItemResult]:
+    """Run the agent greedily with ``backend`` on the gate's held-out items; nothing is stored.
+
+    Anyone may run the gate's evaluation (the demo's before/after does): stored with
+    ``EvalMeta(config={"key": cfg.key})`` for a policy version, the gate reuses it.
+    """
     tasks, tools = [], []
     for suite in cfg.suites:
         items, tools = held_out_items(suite, cfg.tasks, cfg.seed, workdir=cfg.workdir)
         tasks += items
-    results = evaluate_items(backend, chat_format, tasks, tools, cfg.eval_config(), progress=False)
-    return EvalResult.from_items(results, cfg.key)
+    return evaluate_items(backend, chat_format, tasks, tools, cfg.eval_config(), progress=progress)
+
+
+def gate_meta(cfg: GateConfig, policy_version: int | None, label: str = "gate") -> EvalMeta:
+    """How a gate evaluation is stored in the evaluations tables (reusable by its key)."""
+    suite = "all" if set(cfg.suites) == set(_SUITES) else ",".join(cfg.suites)
+    return EvalMeta(
+        suite=suite, seed=cfg.seed, n=cfg.tasks, policy_version=policy_version, label=label,
+        config={"key": cfg.key, "gate": asdict(cfg)},
+    )  # fmt: skip
+
+
+def evaluate_policy(backend: Backend, chat_format: ChatFormat, cfg: GateConfig) -> EvalResult:
+    """:func:`gate_items` summarised for the rule."""
+    return EvalResult.from_items(gate_items(backend, chat_format, cfg), cfg.key)
 
 
 __all__ = [
@@ -235,4 +260,6 @@ __all__ = [
     "GateDecision",
     "decide",
     "evaluate_policy",
+    "gate_items",
+    "gate_meta",
 ]

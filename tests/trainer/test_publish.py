@@ -9,11 +9,12 @@ import torch
 from _tepo_data import make_model
 
 from tepo_agent.errors import ConfigError
+from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation
 from tepo_agent.evaluation.heldout import held_out_items
 from tepo_agent.model.io import load_causal_lm
 from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.trainer.checkpoint import save_policy
-from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide
+from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, gate_meta
 from tepo_agent.trainer.publish import publish_checkpoint
 
 GATE = GateConfig(tasks=2, suites=("math",), max_new_tokens=8)
@@ -144,3 +145,27 @@ def test_a_worse_candidate_is_rejected_kept_and_marked(tmp_path: Path) -> None:
         live = registry.live()
         assert live is not None and live.version == live_v  # the live policy keeps serving
     assert (path / "model.safetensors").is_file()  # kept for inspection
+
+
+def test_gate_evaluations_are_stored_and_a_stored_live_evaluation_is_reused(
+    tmp_path: Path,
+) -> None:
+    model_dir = make_model(tmp_path / "model")
+    gate = GateConfig(tasks=2, suites=("math",), max_new_tokens=8, workdir=str(tmp_path / "e"))
+    with PolicyRegistry(tmp_path / "t.db") as registry:
+        registry.ensure_base(str(model_dir))
+        # someone (the demo) evaluated the live version 0 under the gate's key, with a made-up
+        # perfect score: the gate must take it rather than run version 0 again
+        tasks, _ = held_out_items("math", 2, gate.seed, workdir=tmp_path / "e")
+        perfect = [
+            ItemResult(t.id, "math", t.needs_tool, 0, 1.0, t.answer, "ok", ()) for t in tasks
+        ]
+        save_evaluation(registry.store, perfect, gate_meta(gate, 0, label="demo-before"))
+        path = _perturbed_policy(model_dir, tmp_path / "run")
+        result = publish_checkpoint(
+            path, registry, kind="full", parent=0, base_model=model_dir, gate=gate
+        )
+        assert result.live is not None and result.live.accuracy == 1.0  # reused, not rerun
+        stored = find_evaluation(registry.store, policy_version=result.version, key=gate.key)
+        assert stored is not None and stored[0].label == "gate"
+        assert [i.task_id for i in stored[1]] == [t.id for t in tasks]
