@@ -114,12 +114,18 @@ class Budget:
 
 
 def training_items(
-    model_dir: str | os.PathLike[str], suites: tuple[SuiteName, ...], n: int, seed: int
+    model_dir: str | os.PathLike[str],
+    suites: tuple[SuiteName, ...],
+    n: int,
+    seed: int,
+    *,
+    world_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[list[Task], list[BaseTool]]:
     """``n`` training items spread over ``suites`` in the default model's own world.
 
-    The world is the one the model was bootstrapped in (``MODEL/world``); ``seed`` (< EVAL_SEED)
-    seeds the item generators, so collection never draws a held-out item.
+    The world is the one the model was bootstrapped in (``MODEL/world``, or ``world_dir`` for a
+    model without one, built from knowledge-base seed 0); ``seed`` (< EVAL_SEED) seeds the item
+    generators, so collection never draws a held-out item.
     """
     if seed >= EVAL_SEED:
         raise ConfigError(f"training seed {seed} is a held-out seed; use one below {EVAL_SEED}")
@@ -138,7 +144,7 @@ def training_items(
             tasks += knowledge_suite(kb, k, seed=seed)
         else:
             tasks += deep_search_suite(kb, k, seed=seed)
-    return tasks, world_tools(model / "world")
+    return tasks, world_tools(Path(world_dir) if world_dir is not None else model / "world")
 
 
 @dataclass

@@ -1,137 +1,132 @@
-"""``tepo-agent demo``: the whole online-learning loop on the embedded default model.
+"""``tepo-agent demo``: watch the agent learn, measured on held-out items.
 
-1. the default model, bootstrapped by SFT on tool-use demonstrations (built once, cached);
-2. a serving backend (in process, or a real vLLM server with ``--backend vllm``) that follows
-   the policy registry and hot-swaps each newly live version between requests;
-3. collection: the agent answers seeded math and knowledge tasks, ``--group`` samples each
-   under one group id, showing every tool call with its ΔH live; the task verifiers score them
-   and the scores arrive as feedback in the SQLite store;
-4. training: ``tepo-agent train`` runs as its own process (TEPO reward, token-level GRPO),
-   evaluates the candidate on held-out tasks and publishes it if it passes the gate;
-5. the running agent picks up the new version for its next requests, without a restart;
-6. a summary: accuracy, tool calls and the share of entropy-reducing calls per policy version.
+1. the default model (shipped with the package; or ``--model DIR``);
+2. a serving backend (in process, or a real vLLM server with ``--backend vllm``) that follows the
+   policy registry and hot-swaps each newly live version between requests;
+3. **before**: the live policy answers held-out items (a world no training ever saw; greedy),
+   and the table shows its accuracy with a 95% interval, tool calls and ΔH;
+4. **learning**, ``--rounds`` times: the agent answers training items in GRPO groups (a few shown
+   live with each tool call's ΔH), verifiers score them as feedback in the SQLite store, and
+   ``tepo-agent train`` runs as its own process (TEPO reward, GRPO), evaluates its candidate on
+   the same held-out items and publishes it through the gate (a paired test against the live
+   policy); the running agent hot-swaps to the new version before its next requests;
+5. **after**: the live policy on the same held-out items (the gate's evaluation of it);
+6. **the change**, item by item: (after − before) with its paired 95% interval. The lower end
+   above zero means the gain is larger than chance (for the sparse reward, which cuts tool
+   calls: the upper end of the change in calls per item below zero).
 
-Everything lands in ``--workdir`` (default ``./tepo-demo``): the database (open it with
-``sqlite3`` or ``tepo-agent trajectories list --db``), the trainer's checkpoints and the logs.
+``--quick`` runs one short round on fewer items (about 3 minutes on 2 cores) to show the whole
+loop; it prints before/after without enough items for significance. Everything lands in
+``--workdir`` (default ``./tepo-demo``): the database (trajectories, policies, evaluations:
+``sqlite3 tepo-demo/tepo-agent.db``), the trainer's checkpoints, ``demo.json`` with the figures
+and phase times.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import shutil
-import statistics
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from tepo_agent.agent.graph import AgentResult, TepoAgent
+from tepo_agent.agent.collect import GroupOutcome, collect
+from tepo_agent.agent.graph import TepoAgent
 from tepo_agent.agent.state import AgentConfig
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation, summarize_by_suite
+from tepo_agent.evaluation.report import paired_change
+from tepo_agent.evaluation.table import change_line, summary_table
 from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
 from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
-from tepo_agent.tasks import KnowledgeBase, Task, knowledge_suite, math_suite
-from tepo_agent.tasks.world import build_world, world_tools
-from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """The demo's budget (defaults chosen so the gain is clearly visible within 10 minutes).
+
+    Attributes:
+        reward: The TEPO reward trained with.
+        rounds: Collect → train → publish cycles.
+        tasks, group: Training items per round and samples per item (a GRPO group).
+        steps: Optimisation steps per round; lr: their learning rate.
+        eval_n: Held-out items per suite for before/after (and the gate).
+    """
+
+    reward: str = "outcome"
+    rounds: int = 3
+    tasks: int = 24
+    group: int = 8
+    steps: int = 2
+    lr: float = 3e-4
+    eval_n: int = 32
+
+
+FULL = DemoPlan()
+QUICK = DemoPlan(rounds=1, tasks=6, group=4, steps=1, eval_n=8)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    p = subparsers.add_parser(
         "demo",
-        help="run the whole loop: serve, collect with live ΔH, train, gate, hot-swap",
+        help="watch the agent learn: before/after on held-out items, collect, train, gate, swap",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", default="tepo-demo", help="default: ./tepo-demo")
-    parser.add_argument(
-        "--model",
-        metavar="DIR",
-        help="a local Hugging Face model directory to use instead of the bootstrapped default",
-    )
-    parser.add_argument("--backend", choices=("inprocess", "vllm"), default="inprocess")
-    parser.add_argument("--tasks", type=int, default=8, help="collection tasks (default 8)")
-    parser.add_argument("--group", type=int, default=4, help="samples per task (default 4)")
-    parser.add_argument("--steps", type=int, default=2, help="training steps (default 2)")
-    parser.add_argument("--reward", choices=("outcome", "sparse", "dense"), default="sparse")
-    parser.add_argument("--lr", type=float, default=5e-5, help="learning rate (default 5e-5)")
-    parser.add_argument("--seed", type=int, default=0, help="task and sampling seed")
-    parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
-    parser.set_defaults(func=run)
+    p.add_argument("--workdir", default="tepo-demo", help="default: ./tepo-demo")
+    p.add_argument("--model", metavar="DIR", help="a local HF model instead of the default")
+    p.add_argument("--backend", choices=("inprocess", "vllm"), default="inprocess")
+    p.add_argument("--quick", action="store_true", help="one short round (~3 min), no stats")
+    p.add_argument("--reward", choices=("outcome", "sparse", "dense"), help=f"({FULL.reward})")
+    p.add_argument("--rounds", type=int, help=f"collect/train rounds ({FULL.rounds})")
+    p.add_argument("--tasks", type=int, help=f"training items per round ({FULL.tasks})")
+    p.add_argument("--group", type=int, help=f"samples per item ({FULL.group})")
+    p.add_argument("--steps", type=int, help=f"training steps per round ({FULL.steps})")
+    p.add_argument("--lr", type=float, help=f"learning rate ({FULL.lr:g})")
+    p.add_argument("--eval-n", type=int, help=f"held-out items per suite ({FULL.eval_n})")
+    p.add_argument("--seed", type=int, default=0, help="training item and sampling seed")
+    p.add_argument("--fresh", action="store_true", help="delete --workdir first")
+    p.set_defaults(func=run)
 
 
-def _tasks(n: int, seed: int) -> list[Task]:
-    kb = KnowledgeBase(seed=0)  # the bootstrapped world
-    return math_suite(n - n // 2, seed=100 + seed) + knowledge_suite(kb, n // 2, seed=100 + seed)
+def _plan(args: argparse.Namespace) -> DemoPlan:
+    plan = QUICK if args.quick else FULL
+    given = {
+        k: getattr(args, k)
+        for k in ("reward", "rounds", "tasks", "group", "steps", "lr", "eval_n")
+        if getattr(args, k) is not None
+    }
+    return replace(plan, **given)
 
 
-def _show(task: Task, res: AgentResult, score: float) -> None:
-    calls = []
-    for call in res.tool_calls:
-        dh = call["delta_entropy"]
-        mark = "" if dh is None else (" ↓" if dh < 0 else " ↑")
-        shown = "—" if dh is None else f"{dh:+.2f}"
-        result = (call["error"] or call["result"] or "").replace("\n", " ")[:40]
-        calls.append(f"{call['name']}({_args(call['args'])}) → {result!r} ΔH={shown}{mark}")
-    answer = (res.answer or "").replace("\n", " ")[:50]
-    print(f"    v{res.trajectory.policy_version} score={score:.0f} {answer!r}")
-    for c in calls:
-        print(f"        {c}")
+def _show(outcome: GroupOutcome) -> None:
+    task = outcome.task
+    print(f"    {task.question}  (reference: {task.answer}; needs a tool: {task.needs_tool})")
+    for res, score in zip(outcome.results[:2], outcome.scores[:2], strict=False):
+        calls = []
+        for call in res.tool_calls:
+            dh = call["delta_entropy"]
+            shown = "ΔH=—" if dh is None else f"ΔH={dh:+.2f}{' ↓' if dh < 0 else ' ↑'}"
+            result = (call["error"] or call["result"] or "").replace("\n", " ")[:36]
+            calls.append(f"{call['name']}({json.dumps(call['args'])[:36]}) → {result!r} {shown}")
+        answer = (res.answer or "").replace("\n", " ")[:48]
+        print(f"      v{res.trajectory.policy_version} score={score:.0f} {answer!r}")
+        for c in calls:
+            print(f"          {c}")
 
 
-def _args(args: dict | None) -> str:
-    if not args:
-        return ""
-    return ", ".join(f"{k}={v!r}" for k, v in args.items())[:40]
-
-
-async def _collect(
-    agent: TepoAgent, store: TrajectoryStore, tasks: list[Task], group: int
-) -> list[tuple[Task, AgentResult, float]]:
-    async def one(task: Task) -> list[tuple[Task, AgentResult, float]]:
-        results = await agent.arun_group(task.question, group, task_id=task.id, app_tag="demo")
-        out = []
-        for res in results:
-            score = task.score(res.answer)
-            assert res.trajectory_id is not None
-            store.record_feedback(res.trajectory_id, score, source="verifier")
-            out.append((task, res, score))
-        return out
-
-    done = []
-    for batch in await asyncio.gather(*(one(t) for t in tasks)):
-        task = batch[0][0]
-        print(f"  {task.question}  (reference: {task.answer})")
-        for _, res, score in batch:
-            _show(task, res, score)
-        done += batch
-    return done
-
-
-def _summary(rows: list[tuple[Task, AgentResult, float]]) -> dict[int, str]:
-    by_version: dict[int, list[tuple[AgentResult, float]]] = {}
-    for _, res, score in rows:
-        by_version.setdefault(res.trajectory.policy_version or 0, []).append((res, score))
-    lines = {}
-    for version, items in sorted(by_version.items()):
-        calls = [c for res, _ in items for c in res.tool_calls]
-        deltas = [c["delta_entropy"] for c in calls if c["delta_entropy"] is not None]
-        reducing = f"{100 * sum(d < 0 for d in deltas) / len(deltas):.0f}%" if deltas else "n/a"
-        lines[version] = (
-            f"v{version}: {len(items)} runs, accuracy {statistics.fmean(s for _, s in items):.2f}, "
-            f"{len(calls) / len(items):.2f} tool calls/run, entropy-reducing calls {reducing}"
-        )
-    return lines
-
-
-def _backend(args: argparse.Namespace, model_dir: Path) -> tuple[Backend, object, object]:
+def _backend(args: argparse.Namespace, model_dir: Path) -> tuple[Backend, Any, Any]:
     """The serving backend, its swap target, and what to stop at the end."""
     if args.backend == "inprocess":
         from tepo_agent.backends.transformers_backend import TransformersBackend
 
-        backend = TransformersBackend.from_pretrained(model_dir, device="auto")
+        backend = TransformersBackend.from_pretrained(model_dir, device="cpu", max_batch_size=64)
         return backend, InProcessTarget(backend), backend
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
     from tepo_agent.policy.hotswap import HttpTarget
@@ -146,80 +141,201 @@ def _backend(args: argparse.Namespace, model_dir: Path) -> tuple[Backend, object
     return HttpBackend(cfg, vocab_size=len(fmt.tokenizer)), HttpTarget(server.base_url), server
 
 
+def _model(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
+    """The model directory and the world its training items come from."""
+    from tepo_agent.tasks.world import build_world
+
+    if args.model:
+        model_dir = Path(args.model)
+        print(f"[1/6] model {model_dir}")
+    else:
+        from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
+
+        print("[1/6] the default model (tool use taught by SFT on demonstrations)")
+        model_dir = ensure_bootstrapped_model()
+        print(f"  {model_dir}")
+    world = model_dir / "world"
+    if not (world / "search.db").is_file():
+        world = work / "world"
+        if not (world / "search.db").is_file():
+            build_world(0, world)
+    return model_dir, world
+
+
+def _held_out(
+    label: str, backend: Backend, fmt: ChatFormat, store: TrajectoryStore, gate: Any, version: int
+) -> list[ItemResult]:
+    """The gate's evaluation of ``version``: stored by the gate (or an earlier demo), else run."""
+    from tepo_agent.trainer.eval_gate import gate_items, gate_meta
+
+    found = find_evaluation(store, policy_version=version, key=gate.key)
+    if found is not None:
+        print(f"  v{version} on {len(found[1])} held-out items (the gate's evaluation, stored)")
+        return found[1]
+    items = gate_items(backend, fmt, gate, progress=True)
+    save_evaluation(store, items, gate_meta(gate, version, label=f"demo-{label}"))
+    print(f"  v{version} on {len(items)} held-out items (greedy), stored as demo-{label}")
+    return items
+
+
+def _train(db: Path, work: Path, plan: DemoPlan) -> None:
+    batch = max(1, plan.tasks * plan.group // plan.steps)
+    cmd = [
+        sys.executable, "-m", "tepo_agent", "train", "--db", str(db), "--reward", plan.reward,
+        "--steps", str(plan.steps), "--lr", str(plan.lr), "--batch", str(batch),
+        "--micro-batch", "8", "--gate-tasks", str(plan.eval_n), "--gate-workdir",
+        str(work / "eval"), "--device", "cpu", "--no-progress",
+    ]  # fmt: skip
+    print("  $ tepo-agent " + " ".join(cmd[3:]))
+    proc = subprocess.run(cmd, check=False)
+    if proc.returncode == 2:
+        print("  the gate rejected the candidate; the live version keeps serving")
+    elif proc.returncode != 0:
+        print(f"  trainer exited with {proc.returncode}; the live version keeps serving")
+
+
+def _wait_for_swap(registry: PolicyRegistry, follower: PolicyFollower) -> None:
+    deadline = time.monotonic() + 30
+    live = registry.live()
+    while live and follower.current_version != live.version and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _change(plan: DemoPlan, before: list[ItemResult], after: list[ItemResult]) -> dict[str, Any]:
+    """Print the paired changes and the verdict; return them for demo.json."""
+    out: dict[str, Any] = {}
+    for metric, name in (("score", "accuracy"), ("calls", "tool calls per item")):
+        change = paired_change(before, after, metric=metric)
+        b = sum(r.score if metric == "score" else len(r.calls) for r in before) / len(before)
+        a = sum(r.score if metric == "score" else len(r.calls) for r in after) / len(after)
+        print("  " + change_line(name, b, a, change))
+        out[metric] = {"before": b, "after": a, "change": change.to_json()}
+    no_tool = {r.task_id for r in before if not r.needs_tool}
+    if no_tool:
+        pick = lambda rs: [r for r in rs if r.task_id in no_tool]  # noqa: E731
+        nb, na = pick(before), pick(after)
+        change = paired_change(nb, na, metric="calls")
+        b, a = (sum(len(r.calls) for r in rs) / len(rs) for rs in (nb, na))
+        print("  " + change_line("calls on items that need no tool", b, a, change))
+        out["no_tool_calls"] = {"before": b, "after": a, "change": change.to_json()}
+    key = "calls" if plan.reward == "sparse" else "score"
+    ci = out[key]["change"]
+    shown = "tool calls per item" if key == "calls" else "accuracy"
+    significant = ci["high"] < 0 if key == "calls" else ci["low"] > 0
+    end = "upper end is below" if key == "calls" else "lower end is above"
+    verdict = (
+        f"its {end} zero, so the change is larger than chance"
+        if significant
+        else f"its {end.replace(' is ', ' is not ')} zero: not distinguishable from chance here"
+    )
+    print(
+        f"\n  What you see: the {plan.reward} reward trained the live policy on {plan.rounds} "
+        f"round(s) of {plan.tasks} items × {plan.group} samples; on {ci['n']} held-out items "
+        f"from a world it never trained on, {shown} changed by {ci['estimate']:+.3f}, paired 95% "
+        f"interval [{ci['low']:+.3f}, {ci['high']:+.3f}]: {verdict}."
+    )
+    out["significant"] = significant
+    return out
+
+
+def _shown_first(tasks: list[Any]) -> Any:
+    """An ``on_group`` callback that shows the groups of ``tasks`` as they finish."""
+    ids = {t.id for t in tasks}
+
+    def show(outcome: GroupOutcome) -> None:
+        if outcome.task.id in ids:
+            _show(outcome)
+
+    return show
+
+
+def _rounds(
+    plan: DemoPlan, args: argparse.Namespace, ctx: dict[str, Any], times: dict[str, float]
+) -> None:
+    """Step 4: collect → train (own process, through the gate) → hot swap, ``plan.rounds`` times."""
+    from tepo_agent.evaluation.heldout import SUITES
+    from tepo_agent.trainer.arm import training_items
+
+    store, registry, follower = ctx["store"], ctx["registry"], ctx["follower"]
+    for r in range(plan.rounds):
+        tasks, tools = training_items(
+            ctx["model_dir"], SUITES, plan.tasks, 100 * args.seed + r, world_dir=ctx["world"]
+        )
+        agent_cfg = AgentConfig(
+            max_tool_calls=6, max_new_tokens=96, temperature=1.0, seed=1000 * args.seed + r
+        )
+        agent = TepoAgent(ctx["backend"], ctx["fmt"], tools, agent_cfg, store=store)
+        print(
+            f"  round {r + 1}/{plan.rounds}: collecting {plan.tasks} items × {plan.group} samples"
+        )
+        t0 = time.perf_counter()
+        show = _shown_first(tasks[:2])
+        groups = collect(agent, store, tasks, plan.group, app_tag="demo", on_group=show)
+        runs = [s for g in groups for s in g.scores]
+        calls = [len(res.tool_calls) for g in groups for res in g.results]
+        print(
+            f"    sampled accuracy {sum(runs) / len(runs):.2f}, {sum(calls) / len(calls):.2f} "
+            f"calls/run, groups with reward variance: "
+            f"{sum(len(set(g.scores)) > 1 for g in groups)}/{len(groups)}"
+        )
+        t1 = time.perf_counter()
+        _train(ctx["db"], ctx["work"], plan)
+        _wait_for_swap(registry, follower)
+        times["collect_s"] += t1 - t0
+        times["train_and_gate_s"] += time.perf_counter() - t1
+
+
 def run(args: argparse.Namespace) -> int:
+    plan = _plan(args)
     work = Path(args.workdir)
     if args.fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     db = work / "tepo-agent.db"
     started = time.perf_counter()
-
-    if args.model:
-        model_dir = Path(args.model)
-        world_dir = work / "world"
-        print(f"[1/6] model {model_dir}; the tasks' knowledge base indexed in {world_dir}")
-        if not (world_dir / "search.db").is_file():
-            build_world(0, world_dir)
-    else:
-        print("[1/6] default model (bootstrapped by SFT on tool-use demonstrations; built once)")
-        model_dir = ensure_bootstrapped_model()
-        world_dir = model_dir / "world"
-        print(f"  {model_dir}")
+    times = {"model_s": 0.0, "before_s": 0.0, "collect_s": 0.0, "train_and_gate_s": 0.0}
+    model_dir, world = _model(args, work)
+    times["model_s"] = time.perf_counter() - started
 
     print(f"[2/6] serving ({args.backend}) and following the policy registry in {db}")
     store = TrajectoryStore(db)
     registry = PolicyRegistry(store)
     registry.ensure_base(str(model_dir))
-    live = registry.live()
-    if live is not None and live.version != 0:
-        print(f"  resuming: v{live.version} is live (use --fresh to start over)")
     backend, target, closer = _backend(args, model_dir)
-    follower = PolicyFollower(db, target, current_version=0)  # type: ignore[arg-type]
+    follower = PolicyFollower(db, target, current_version=0)
     follower.on_swap = lambda rec: print(f"  ⇄ hot swap: now serving v{rec.version} ({rec.kind})")
     follower.poll_once()  # a resumed demo serves the live version from the first request
-    follower.start(poll_interval_s=0.5)
+    follower.start(poll_interval_s=0.2)
     fmt = ChatFormat.from_pretrained(model_dir)
-    agent = TepoAgent(
-        backend,
-        fmt,
-        world_tools(world_dir),
-        config=AgentConfig(max_tool_calls=4, max_new_tokens=64, temperature=1.0, seed=args.seed),
-        store=store,
-    )
+    from tepo_agent.trainer.eval_gate import GateConfig
+
+    gate = GateConfig(tasks=plan.eval_n, workdir=str(work / "eval"))
+    ctx = {
+        "store": store, "registry": registry, "follower": follower, "backend": backend,
+        "fmt": fmt, "model_dir": model_dir, "world": world, "db": db, "work": work,
+    }  # fmt: skip
     try:
-        tasks = _tasks(args.tasks, args.seed)
-        print(f"[3/6] collecting: {len(tasks)} tasks × {args.group} samples, scored by verifiers")
-        before = asyncio.run(_collect(agent, store, tasks, args.group))
-
-        print(f"[4/6] training: `tepo-agent train` as its own process ({args.reward} reward)")
-        cmd = [
-            sys.executable, "-m", "tepo_agent", "train", "--db", str(db), "--reward",
-            args.reward, "--steps", str(args.steps), "--lr", str(args.lr),
-            "--batch", str(len(tasks) * args.group // max(1, args.steps)),
-            "--gate-tasks", "8", "--gate-margin", "0.15", "--gate-format-margin", "0.1",
-            "--device", "cpu", "--no-progress",
-        ]  # fmt: skip
-        print("  $ " + " ".join(cmd[1:]))
-        proc = subprocess.run(cmd, check=False)
-        if proc.returncode != 0:
-            print(f"  trainer exited with {proc.returncode}; the live version keeps serving")
-
-        print("[5/6] the running agent picks up the newly live version between requests")
-        deadline = time.monotonic() + 30
         live = registry.live()
-        while live and follower.current_version != live.version and time.monotonic() < deadline:
-            time.sleep(0.2)
-        after = asyncio.run(_collect(agent, store, tasks[: max(2, len(tasks) // 2)], 2))
+        v0 = live.version if live is not None else 0
+        print(f"[3/6] before: the live policy v{v0} on held-out items")
+        t0 = time.perf_counter()
+        before = _held_out("before", backend, fmt, store, gate, v0)
+        times["before_s"] = time.perf_counter() - t0
+        print(summary_table(summarize_by_suite(before)))
 
-        print("[6/6] summary by policy version")
-        for line in _summary(before + after).values():
-            print(f"  {line}")
-        print(
-            f"\ndone in {time.perf_counter() - started:.0f} s. Look around:\n"
-            f"  tepo-agent trajectories list --db {db}\n"
-            f"  tepo-agent check-logprobs --db {db}\n"
-            f"  sqlite3 {db} 'select version, status, path from policies'"
-        )
+        print(f"[4/6] learning: {plan.rounds} round(s), {plan.reward} reward, lr {plan.lr:g}")
+        _rounds(plan, args, ctx, times)
+
+        live = registry.live()
+        v1 = live.version if live is not None else 0
+        print(f"[5/6] after: the live policy v{v1} on the same held-out items")
+        t0 = time.perf_counter()
+        after = _held_out("after", backend, fmt, store, gate, v1)
+        times["after_s"] = time.perf_counter() - t0
+        print(summary_table(summarize_by_suite(after)))
+
+        print(f"[6/6] the change v{v0} → v{v1}, item by item")
+        change = _change(plan, before, after)
     finally:
         follower.stop()
         for thing in (target, closer):
@@ -227,4 +343,12 @@ def run(args: argparse.Namespace) -> int:
             if stop is not None:
                 stop()
         store.close()
+    times["total_s"] = time.perf_counter() - started
+    summary = {"plan": asdict(plan), "before_version": v0, "after_version": v1, **change}
+    (work / "demo.json").write_text(json.dumps({**summary, "phases_s": times}, indent=2))
+    phases = ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items())
+    print(f"\ndone in {times['total_s']:.0f} s ({phases}). Look around:")
+    print(f"  tepo-agent eval --db {db} --suite all")
+    print(f"  tepo-agent trajectories list --db {db}")
+    print(f"  sqlite3 {db} 'select version, status, reason from policies'")
     return 0
