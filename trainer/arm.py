@@ -113,6 +113,18 @@ class Budget:
         return out
 
 
+def _world_seed(model: Path, world: Path) -> int:
+    """The knowledge-base seed of a world directory: its ``seed`` stamp, else the bootstrap's
+    ``kb_seed``, else 0."""
+    stamp = world / "seed"
+    if stamp.is_file():
+        return int(stamp.read_text().strip())
+    info = model / "bootstrap.json"
+    if info.is_file():
+        return int(json.loads(info.read_text()).get("config", {}).get("kb_seed", 0))
+    return 0
+
+
 def training_items(
     model_dir: str | os.PathLike[str],
     suites: tuple[SuiteName, ...],
@@ -130,9 +142,8 @@ def training_items(
     if seed >= EVAL_SEED:
         raise ConfigError(f"training seed {seed} is a held-out seed; use one below {EVAL_SEED}")
     model = Path(model_dir)
-    info = model / "bootstrap.json"
-    kb_seed = int(json.loads(info.read_text())["config"].get("kb_seed", 0)) if info.is_file() else 0
-    kb = KnowledgeBase(seed=kb_seed)
+    world = Path(world_dir) if world_dir is not None else model / "world"
+    kb = KnowledgeBase(seed=_world_seed(model, world))
     tasks: list[Task] = []
     for i, suite in enumerate(suites):
         k = n // len(suites) + (1 if i < n % len(suites) else 0)
@@ -144,7 +155,7 @@ def training_items(
             tasks += knowledge_suite(kb, k, seed=seed)
         else:
             tasks += deep_search_suite(kb, k, seed=seed)
-    return tasks, world_tools(Path(world_dir) if world_dir is not None else model / "world")
+    return tasks, world_tools(world)
 
 
 @dataclass

@@ -7,9 +7,10 @@
    and the table shows its accuracy with a 95% interval, tool calls and ΔH;
 4. **learning**, ``--rounds`` times: the agent answers training items in GRPO groups (a few shown
    live with each tool call's ΔH), verifiers score them as feedback in the SQLite store, and
-   ``tepo-agent train`` runs as its own process (TEPO reward, GRPO), evaluates its candidate on
-   the same held-out items and publishes it through the gate (a paired test against the live
-   policy); the running agent hot-swaps to the new version before its next requests;
+   ``tepo-agent train --watch``, running as its own process throughout, trains on them (TEPO
+   reward, GRPO), evaluates its candidate on the same held-out items and publishes it through
+   the gate (a paired test against the live policy); the running agent hot-swaps to the new
+   version before its next requests;
 5. **after**: the live policy on the same held-out items (the gate's evaluation of it);
 6. **the change**, item by item: (after − before) with its paired 95% interval. The lower end
    above zero means the gain is larger than chance (for the sparse reward, which cuts tool
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,7 @@ from tepo_agent.agent.graph import TepoAgent
 from tepo_agent.agent.state import AgentConfig
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.errors import TrainerError
 from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation, summarize_by_suite
 from tepo_agent.evaluation.report import paired_change
 from tepo_agent.evaluation.table import change_line, summary_table
@@ -178,27 +181,54 @@ def _held_out(
     return items
 
 
-def _train(db: Path, work: Path, plan: DemoPlan) -> None:
+def _start_trainer(db: Path, work: Path, plan: DemoPlan) -> subprocess.Popen[bytes]:
+    """``tepo-agent train --watch`` as its own process: it trains whenever a round's runs are
+    all scored, then publishes through the gate; it stays up (model loaded) between rounds."""
     batch = max(1, plan.tasks * plan.group // plan.steps)
     cmd = [
         sys.executable, "-m", "tepo_agent", "train", "--db", str(db), "--reward", plan.reward,
-        "--steps", str(plan.steps), "--lr", str(plan.lr), "--batch", str(batch),
-        "--micro-batch", "8", "--gate-tasks", str(plan.eval_n), "--gate-workdir",
-        str(work / "eval"), "--device", "cpu", "--no-progress",
+        "--watch", "--every-n", str(plan.tasks * plan.group), "--poll-s", "0.2",
+        "--lr", str(plan.lr), "--batch", str(batch), "--micro-batch", "8",
+        "--gate-tasks", str(plan.eval_n), "--gate-workdir", str(work / "eval"),
+        "--device", "cpu", "--no-progress",
     ]  # fmt: skip
-    print("  $ tepo-agent " + " ".join(cmd[3:]))
-    proc = subprocess.run(cmd, check=False)
-    if proc.returncode == 2:
-        print("  the gate rejected the candidate; the live version keeps serving")
-    elif proc.returncode != 0:
-        print(f"  trainer exited with {proc.returncode}; the live version keeps serving")
+    print("  $ tepo-agent " + " ".join(cmd[3:]) + "   (its own process, running throughout)")
+    return subprocess.Popen(cmd)
+
+
+def _wait_for_publish(
+    registry: PolicyRegistry, newest: int, trainer: subprocess.Popen[bytes], timeout_s: float
+) -> int:
+    """Wait until the trainer registered a version above ``newest`` (live or rejected)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        top = max(r.version for r in registry.list())
+        if top > newest:
+            record = registry.get(top)
+            if record.status == "rejected":
+                print(f"  v{top} rejected by the gate; the live version keeps serving")
+            return top
+        if trainer.poll() is not None:
+            raise TrainerError(f"the trainer process exited with {trainer.returncode}")
+        time.sleep(0.1)
+    raise TrainerError(f"no new version within {timeout_s:.0f} s; see the trainer's output")
+
+
+def _stop_trainer(trainer: subprocess.Popen[bytes]) -> None:
+    if trainer.poll() is None:
+        trainer.send_signal(signal.SIGINT)  # ends the watch between steps
+        try:
+            trainer.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            trainer.kill()
+            trainer.wait()
 
 
 def _wait_for_swap(registry: PolicyRegistry, follower: PolicyFollower) -> None:
     deadline = time.monotonic() + 30
     live = registry.live()
     while live and follower.current_version != live.version and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(0.05)
 
 
 def _change(plan: DemoPlan, before: list[ItemResult], after: list[ItemResult]) -> dict[str, Any]:
@@ -252,37 +282,41 @@ def _shown_first(tasks: list[Any]) -> Any:
 def _rounds(
     plan: DemoPlan, args: argparse.Namespace, ctx: dict[str, Any], times: dict[str, float]
 ) -> None:
-    """Step 4: collect → train (own process, through the gate) → hot swap, ``plan.rounds`` times."""
+    """Step 4: collect → (trainer process) train, gate, publish → hot swap, ``plan.rounds``
+    times."""
     from tepo_agent.evaluation.heldout import SUITES
     from tepo_agent.trainer.arm import training_items
 
     store, registry, follower = ctx["store"], ctx["registry"], ctx["follower"]
-    for r in range(plan.rounds):
-        tasks, tools = training_items(
-            ctx["model_dir"], SUITES, plan.tasks, 100 * args.seed + r, world_dir=ctx["world"]
-        )
-        agent_cfg = AgentConfig(
-            max_tool_calls=6, max_new_tokens=96, temperature=1.0, seed=1000 * args.seed + r
-        )
-        agent = TepoAgent(ctx["backend"], ctx["fmt"], tools, agent_cfg, store=store)
-        print(
-            f"  round {r + 1}/{plan.rounds}: collecting {plan.tasks} items × {plan.group} samples"
-        )
-        t0 = time.perf_counter()
-        show = _shown_first(tasks[:2])
-        groups = collect(agent, store, tasks, plan.group, app_tag="demo", on_group=show)
-        runs = [s for g in groups for s in g.scores]
-        calls = [len(res.tool_calls) for g in groups for res in g.results]
-        print(
-            f"    sampled accuracy {sum(runs) / len(runs):.2f}, {sum(calls) / len(calls):.2f} "
-            f"calls/run, groups with reward variance: "
-            f"{sum(len(set(g.scores)) > 1 for g in groups)}/{len(groups)}"
-        )
-        t1 = time.perf_counter()
-        _train(ctx["db"], ctx["work"], plan)
-        _wait_for_swap(registry, follower)
-        times["collect_s"] += t1 - t0
-        times["train_and_gate_s"] += time.perf_counter() - t1
+    trainer = _start_trainer(ctx["db"], ctx["work"], plan)
+    try:
+        for r in range(plan.rounds):
+            tasks, tools = training_items(
+                ctx["model_dir"], SUITES, plan.tasks, 100 * args.seed + r, world_dir=ctx["world"]
+            )
+            agent_cfg = AgentConfig(
+                max_tool_calls=6, max_new_tokens=96, temperature=1.0, seed=1000 * args.seed + r
+            )
+            agent = TepoAgent(ctx["backend"], ctx["fmt"], tools, agent_cfg, store=store)
+            print(f"  round {r + 1}/{plan.rounds}: {plan.tasks} items × {plan.group} samples")
+            t0 = time.perf_counter()
+            newest = max(rec.version for rec in registry.list())
+            show = _shown_first(tasks[:2])
+            groups = collect(agent, store, tasks, plan.group, app_tag="demo", on_group=show)
+            runs = [s for g in groups for s in g.scores]
+            calls = [len(res.tool_calls) for g in groups for res in g.results]
+            print(
+                f"    sampled accuracy {sum(runs) / len(runs):.2f}, "
+                f"{sum(calls) / len(calls):.2f} calls/run, groups with reward variance "
+                f"{sum(len(set(g.scores)) > 1 for g in groups)}/{len(groups)}; training…"
+            )
+            t1 = time.perf_counter()
+            _wait_for_publish(registry, newest, trainer, timeout_s=600)
+            _wait_for_swap(registry, follower)
+            times["collect_s"] += t1 - t0
+            times["train_and_gate_s"] += time.perf_counter() - t1
+    finally:
+        _stop_trainer(trainer)
 
 
 def run(args: argparse.Namespace) -> int:
