@@ -42,7 +42,14 @@ from tepo_agent.agent.state import AgentConfig
 from tepo_agent.backends.base import Backend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import TrainerError
-from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation, summarize_by_suite
+from tepo_agent.evaluation import (
+    ItemResult,
+    evaluate_items,
+    find_evaluation,
+    save_evaluation,
+    summarize_by_suite,
+)
+from tepo_agent.evaluation.heldout import held_out_items
 from tepo_agent.evaluation.report import paired_change
 from tepo_agent.evaluation.table import change_line, summary_table
 from tepo_agent.policy.hotswap import InProcessTarget, PolicyFollower
@@ -60,6 +67,9 @@ class DemoPlan:
         tasks, group: Training items per round and samples per item (a GRPO group).
         steps: Optimisation steps per round; lr: their learning rate.
         eval_n: Held-out items per suite for before/after (and the gate).
+        eval_samples: Runs per held-out item for before/after: 1 is greedy (the gate's own
+            evaluation, reused); more sample at T = 1, as the agent runs by default, and an
+            item's score is the mean of its samples.
     """
 
     reward: str = "outcome"
@@ -69,6 +79,7 @@ class DemoPlan:
     steps: int = 2
     lr: float = 3e-4
     eval_n: int = 32
+    eval_samples: int = 1
 
 
 FULL = DemoPlan()
@@ -93,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help=f"training steps per round ({FULL.steps})")
     p.add_argument("--lr", type=float, help=f"learning rate ({FULL.lr:g})")
     p.add_argument("--eval-n", type=int, help=f"held-out items per suite ({FULL.eval_n})")
+    p.add_argument(
+        "--eval-samples", type=int, help=f"runs per held-out item, T=1 if > 1 ({FULL.eval_samples})"
+    )
     p.add_argument("--seed", type=int, default=0, help="training item and sampling seed")
     p.add_argument("--fresh", action="store_true", help="delete --workdir first")
     p.set_defaults(func=run)
@@ -102,7 +116,7 @@ def _plan(args: argparse.Namespace) -> DemoPlan:
     plan = QUICK if args.quick else FULL
     given = {
         k: getattr(args, k)
-        for k in ("reward", "rounds", "tasks", "group", "steps", "lr", "eval_n")
+        for k in ("reward", "rounds", "tasks", "group", "steps", "lr", "eval_n", "eval_samples")
         if getattr(args, k) is not None
     }
     return replace(plan, **given)
@@ -166,19 +180,43 @@ def _model(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
 
 
 def _held_out(
-    label: str, backend: Backend, fmt: ChatFormat, store: TrajectoryStore, gate: Any, version: int
+    label: str, ctx: dict[str, Any], gate: Any, version: int, samples: int
 ) -> list[ItemResult]:
-    """The gate's evaluation of ``version``: stored by the gate (or an earlier demo), else run."""
-    from tepo_agent.trainer.eval_gate import gate_items, gate_meta
+    """``version`` on the gate's held-out items: greedy (the gate's evaluation, reused when
+    stored) or ``samples`` runs per item at T = 1; stored in the evaluations tables."""
+    from dataclasses import replace as with_
 
-    found = find_evaluation(store, policy_version=version, key=gate.key)
+    from tepo_agent.trainer.eval_gate import gate_meta
+
+    store = ctx["store"]
+    cfg = gate.eval_config()
+    key = gate.key
+    if samples > 1:
+        cfg = with_(cfg, samples=samples, temperature=1.0, seed=12345)
+        key = f"{gate.key}-T1x{samples}"
+    found = find_evaluation(store, policy_version=version, key=key)
     if found is not None:
-        print(f"  v{version} on {len(found[1])} held-out items (the gate's evaluation, stored)")
+        print(f"  v{version} on {len(found[1])} held-out runs (stored evaluation, reused)")
         return found[1]
-    items = gate_items(backend, fmt, gate, progress=True)
-    save_evaluation(store, items, gate_meta(gate, version, label=f"demo-{label}"))
-    print(f"  v{version} on {len(items)} held-out items (greedy), stored as demo-{label}")
-    return items
+    tasks, tools = [], []
+    for suite in gate.suites:
+        items, tools = held_out_items(suite, gate.tasks, gate.seed, workdir=gate.workdir)
+        tasks += items
+    runs = evaluate_items(ctx["backend"], ctx["fmt"], tasks, tools, cfg, progress=True)
+    meta = gate_meta(gate, version, label=f"demo-{label}")
+    save_evaluation(
+        store,
+        runs,
+        with_(
+            meta,
+            samples=cfg.samples,
+            temperature=cfg.temperature,
+            config={**meta.config, "key": key},
+        ),
+    )
+    mode = "greedy" if samples == 1 else f"{samples} samples each at T=1"
+    print(f"  v{version} on {len(tasks)} held-out items ({mode}), stored as demo-{label}")
+    return runs
 
 
 def _start_trainer(db: Path, work: Path, plan: DemoPlan) -> subprocess.Popen[bytes]:
@@ -353,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         v0 = live.version if live is not None else 0
         print(f"[3/6] before: the live policy v{v0} on held-out items")
         t0 = time.perf_counter()
-        before = _held_out("before", backend, fmt, store, gate, v0)
+        before = _held_out("before", ctx, gate, v0, plan.eval_samples)
         times["before_s"] = time.perf_counter() - t0
         print(summary_table(summarize_by_suite(before)))
 
@@ -364,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
         v1 = live.version if live is not None else 0
         print(f"[5/6] after: the live policy v{v1} on the same held-out items")
         t0 = time.perf_counter()
-        after = _held_out("after", backend, fmt, store, gate, v1)
+        after = _held_out("after", ctx, gate, v1, plan.eval_samples)
         times["after_s"] = time.perf_counter() - t0
         print(summary_table(summarize_by_suite(after)))
 
