@@ -61,7 +61,9 @@ def evaluate_record_items(
 ) -> list[ItemResult]:
     """Run a registered (or about-to-be registered) policy on the gate's held-out items."""
     base = registry.get(0) if record.kind == "lora" else None
-    backend = TransformersBackend.from_pretrained(base_model, device=device, dtype="float32")
+    backend = TransformersBackend.from_pretrained(
+        base_model, device=device, dtype="float32", max_batch_size=gate.eval_config().concurrency
+    )
     try:
         if record.kind == "lora" or Path(record.path) != Path(base_model):
             InProcessTarget(backend).swap(record, base)
