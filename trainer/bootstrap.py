@@ -1,126 +1,302 @@
 """Bootstrap the embedded default model: supervised fine-tuning on synthetic tool-use traces.
 
 A random-weight model cannot call tools, and there are no weights to download, so the default
-model is taught the format first: a seeded world (``KnowledgeBase``, built by
-:mod:`tepo_agent.tasks.world`) is indexed for the real ``search`` tool, demonstrations are
-produced by scripted solvers that call the real tools (``tepo_agent.tasks.traces``), and the
-model is fine-tuned on them (``trainer.sft``). The result is written as an ordinary Hugging
-Face model directory with the world beside it::
+model is taught first: training worlds (``tepo_agent.tasks.world``, seeds ``0 .. train_worlds-1``)
+are indexed for the real ``search`` tool, demonstrations with real agents' habits are produced by
+scripted solvers that call the real tools (``tepo_agent.tasks.traces``), and the model is
+fine-tuned on them (``trainer.sft``). Copying names into tool calls appears abruptly during
+training, so the checkpoint is chosen by measured greedy accuracy on a validation world (a seed
+neither the demonstrations nor the held-out evaluation use), not by step count. The chosen model
+is then evaluated on a held-out world (``EVAL_SEED``) and the figures are recorded::
 
     DIR/                    config.json, model.safetensors, tokenizer files
-    DIR/world/corpus.jsonl  the knowledge base as documents
-    DIR/world/search.db     its FTS5 index (what the agent's search tool reads)
-    DIR/bootstrap.json      the settings and the final SFT loss
+    DIR/world/              a training world (corpus.jsonl, search.db) for examples
+    DIR/bootstrap.json      command, config, seeds, data sizes, machine, wall time, losses,
+                            checkpoint selection, held-out figures, prompt-format hash
 
-Held-out evaluation tasks use other seeds than the demonstrations (``tasks.world.EVAL_SEED``).
+The package ships such a directory (``tepo_agent.paths.shipped_model_dir``); ``tepo-agent
+bootstrap`` rebuilds it.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from tqdm import tqdm
 
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.errors import ConfigError
+from tepo_agent.evaluation import EvalConfig
 from tepo_agent.model.default import DefaultModelConfig, init_model
 from tepo_agent.model.io import load_causal_lm
-from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME, bootstrapped_model_dir
-from tepo_agent.tasks import deep_search_suite, knowledge_suite, math_suite
-from tepo_agent.tasks.traces import solve_with_tools
-from tepo_agent.tasks.world import EVAL_SEED, build_world, world_tools
-from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
+from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME, bootstrap_cache_dir, bootstrapped_model_dir
+from tepo_agent.tasks.base import NO_TOOL_SHARE, Task
+from tepo_agent.tasks.traces import Habits, Message, solve_with_tools
+from tepo_agent.tasks.world import EVAL_SEED, build_world, suite_tasks, world_tools
+from tepo_agent.trainer.bootstrap_record import (
+    SUITES,
+    evaluate_model,
+    headline,
+    held_out_sets,
+    machine,
+    prompt_format_hash,
+)
+from tepo_agent.trainer.sft import SFTConfig, TokenizedTrace, sft, tokenize_trace
+
+__all__ = [
+    "EVAL_SEED",
+    "BootstrapConfig",
+    "bootstrap_model",
+    "build_world",
+    "ensure_bootstrapped_model",
+    "world_tools",
+]
 
 
 @dataclass(frozen=True)
 class BootstrapConfig:
-    """What the default model is bootstrapped on.
+    """How the default model is bootstrapped (the defaults are the shipped model's recipe).
 
     Attributes:
-        seed: Seed of the model's initial weights and of the demonstration tasks.
-        kb_seed: Seed of the knowledge base (the world the search tool indexes).
-        math_items / knowledge_items / deep_search_items: Demonstrations per suite.
+        seed: Seed of the model's initial weights and of the SFT shuffling.
+        train_worlds: Demonstrations come from worlds ``0 .. train_worlds-1``: many worlds, so
+            the model learns to copy names it has never seen rather than memorise one world.
+        math_items / knowledge_items / deep_search_items: Demonstrations per suite and world
+            (math items do not depend on the world; each world gives fresh ones).
+        habits: The scripted solver's habits (unneeded calls, repeated searches, guesses).
+        validation_seed: The world checkpoints are chosen on: a training-side seed
+            (< ``EVAL_SEED``) that no demonstration uses.
+        validation_items: Items per suite of the validation world.
+        select_from / select_every: Checkpoints measured: every ``select_every`` steps from
+            ``select_from`` on, and the last step.
+        held_out_items: Items per suite of the held-out figures (greedy and sampled).
+        held_out_samples: Samples per item at temperature 1 for the sampled figures.
+        check_items: Items per suite of the small greedy check a test repeats from the weights.
         model: Shape of the model.
         sft: Fine-tuning settings.
     """
 
     seed: int = 0
-    kb_seed: int = 0
-    math_items: int = 600
-    knowledge_items: int = 400
+    train_worlds: int = 8
+    math_items: int = 300
+    knowledge_items: int = 300
     deep_search_items: int = 200
+    habits: Habits = field(default_factory=Habits)
+    validation_seed: int = 999
+    validation_items: int = 24
+    select_from: int = 300
+    select_every: int = 100
+    held_out_items: int = 100
+    held_out_samples: int = 2
+    check_items: int = 8
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
 
+    def __post_init__(self) -> None:
+        if self.train_worlds < 1:
+            raise ConfigError(f"train_worlds must be >= 1, got {self.train_worlds}")
+        if not self.train_worlds <= self.validation_seed < EVAL_SEED:
+            raise ConfigError(
+                f"validation_seed must be a world no demonstration uses and below the held-out "
+                f"seeds: {self.train_worlds} <= validation_seed < {EVAL_SEED}"
+            )
+        for name in ("validation_items", "select_every", "held_out_items", "check_items"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-def bootstrap_model(out_dir: str | Path, cfg: BootstrapConfig = BootstrapConfig()) -> Path:
-    """Build, fine-tune and save a bootstrapped default model into ``out_dir`` (must be new)."""
-    out = Path(out_dir)
-    started = time.perf_counter()
-    init_model(out, seed=cfg.seed, config=cfg.model)
-    kb = build_world(cfg.kb_seed, out / "world")
-    tools = world_tools(out / "world")
-    schemas = [convert_to_openai_tool(t) for t in tools]
-    by_name = {t.name: (lambda args, t=t: str(t.invoke(args))) for t in tools}
-    tasks = (
-        math_suite(cfg.math_items, seed=cfg.seed)
-        + knowledge_suite(kb, cfg.knowledge_items, seed=cfg.seed)
-        + deep_search_suite(kb, cfg.deep_search_items, seed=cfg.seed)
-    )
-    fmt = ChatFormat.from_pretrained(out)
-    traces = [
-        tokenize_trace(fmt, solve_with_tools(task, by_name, kb), schemas)
-        for task in tqdm(tasks, desc="demonstrations", unit="trace", leave=False)
-    ]
-    model = load_causal_lm(out, device="cpu", dtype="float32")
+
+def demonstration_messages(
+    cfg: BootstrapConfig, worlds_dir: Path
+) -> Iterator[tuple[Task, list[Message], list[dict[str, Any]]]]:
+    """Every demonstration of the recipe: its task, its messages and the tool schemas it was
+    made with (the training worlds are built and indexed under ``worlds_dir``)."""
+    sizes = {"math": cfg.math_items, "knowledge": cfg.knowledge_items}
+    sizes["deep_search"] = cfg.deep_search_items
+    for seed in tqdm(range(cfg.train_worlds), desc="demonstrations", unit="world", leave=False):
+        kb = build_world(seed, worlds_dir / f"world-{seed}")
+        tools = world_tools(worlds_dir / f"world-{seed}")
+        schemas = [convert_to_openai_tool(t) for t in tools]
+        by_name = {t.name: (lambda args, t=t: str(t.invoke(args))) for t in tools}
+        for suite in SUITES:
+            for task in suite_tasks(suite, kb, sizes[suite], seed):
+                yield task, solve_with_tools(task, by_name, kb, habits=cfg.habits), schemas
+
+
+def demonstrations(
+    cfg: BootstrapConfig, fmt: ChatFormat, worlds_dir: Path
+) -> tuple[list[TokenizedTrace], dict[str, Any]]:
+    """Tokenized demonstrations from the training worlds, and what they contain."""
+    traces: list[TokenizedTrace] = []
+    counts: Counter[str] = Counter()
+    for task, messages, schemas in demonstration_messages(cfg, worlds_dir):
+        traces.append(tokenize_trace(fmt, messages, schemas))
+        calls = sum(len(m.get("tool_calls") or ()) for m in messages)
+        suite = task.suite
+        counts[f"{suite}/items"] += 1
+        counts[f"{suite}/no_tool_items"] += not task.needs_tool
+        counts[f"{suite}/calls"] += calls
+        counts[f"{suite}/unneeded_calls"] += 0 if task.needs_tool else calls
+        counts[f"{suite}/wrong_answers"] += task.score(messages[-1]["content"]) < 1.0
+    info = {
+        "demonstrations": len(traces),
+        "tokens": sum(len(t.input_ids) for t in traces),
+        "loss_tokens": sum(sum(t.loss_mask) for t in traces),
+        "no_tool_share": NO_TOOL_SHARE,
+        "per_suite": {
+            s: {k.split("/")[1]: v for k, v in counts.items() if k.startswith(s + "/")}
+            for s in SUITES
+        },
+    }
+    return traces, info
+
+
+def _validation_sets(cfg: BootstrapConfig, work: Path) -> dict[str, Any]:
+    """Items of every suite from the validation world (built like a held-out world)."""
+    where = work / f"world-{cfg.validation_seed}"
+    kb = build_world(cfg.validation_seed, where)
+    tools = world_tools(where)
+    return {
+        s: (suite_tasks(s, kb, cfg.validation_items, cfg.validation_seed), tools) for s in SUITES
+    }
+
+
+GREEDY = EvalConfig(max_tool_calls=6, max_new_tokens=64, max_total_tokens=1024)
+"""How the bootstrap evaluates: greedy, limits that fit the world's longest runs (4 hops and a
+repeated search)."""
+
+
+def _fine_tune(
+    cfg: BootstrapConfig,
+    model: Any,
+    fmt: ChatFormat,
+    traces: list[TokenizedTrace],
+    validation: dict[str, Any],
+) -> tuple[list[float], list[dict[str, Any]], int]:
+    """SFT, measuring greedy validation accuracy at checkpoints; leaves the best weights loaded.
+
+    Returns the losses, the measured checkpoints and the chosen step.
+    """
+    measured: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"score": -1.0, "step": 0, "state": None}
     bar = tqdm(total=cfg.sft.steps, desc="bootstrap SFT", unit="step")
 
     def on_step(step: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
+        done = step + 1
+        due = done >= cfg.select_from and (done - cfg.select_from) % cfg.select_every == 0
+        if not (due or done == cfg.sft.steps):
+            return
+        figures = headline(evaluate_model(model, fmt, validation, GREEDY))
+        score = sum(f["accuracy"] for f in figures.values()) / len(figures)
+        measured.append({"step": done, "mean_accuracy": round(score, 4), "suites": figures})
+        suites = ", ".join(f"{s} {f['accuracy']:.2f}" for s, f in figures.items())
+        bar.write(f"step {done}: validation greedy accuracy {score:.3f} ({suites})")
+        if score > best["score"]:
+            best.update(score=score, step=done, state=copy.deepcopy(model.state_dict()))
 
-    losses = sft(
-        model, traces, cfg.sft, pad_token_id=fmt.tokenizer.pad_token_id or 0, on_step=on_step
-    )
+    pad = fmt.tokenizer.pad_token_id or 0
+    losses = sft(model, traces, cfg.sft, pad_token_id=pad, on_step=on_step)
     bar.close()
-    model.save_pretrained(out, safe_serialization=True)
-    tokens = sum(len(t.input_ids) for t in traces)
-    (out / "bootstrap.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(cfg),
-                "demonstrations": len(traces),
-                "demonstration_tokens": tokens,
-                "final_loss": sum(losses[-10:]) / len(losses[-10:]),
-                "seconds": round(time.perf_counter() - started, 1),
-                "eval_seed": EVAL_SEED,
-            },
-            indent=2,
-        )
-    )
+    model.load_state_dict(best["state"])
+    return losses, measured, int(best["step"])
+
+
+def bootstrap_model(
+    out_dir: str | Path, cfg: BootstrapConfig = BootstrapConfig(), *, command: str | None = None
+) -> Path:
+    """Build, fine-tune, evaluate and save a bootstrapped default model into ``out_dir`` (new).
+
+    ``command`` is recorded in ``bootstrap.json`` (the CLI passes its command line).
+    """
+    out = Path(out_dir)
+    started = time.perf_counter()
+    init_model(out, seed=cfg.seed, config=cfg.model)
+    build_world(0, out / "world")
+    fmt = ChatFormat.from_pretrained(out)
+    with tempfile.TemporaryDirectory(prefix="tepo-bootstrap-") as tmp:
+        work = Path(tmp)
+        traces, data = demonstrations(cfg, fmt, work / "train")
+        validation = _validation_sets(cfg, work / "validation")
+        model = load_causal_lm(out, device="cpu", dtype="float32")
+        losses, measured, chosen = _fine_tune(cfg, model, fmt, traces, validation)
+        trained = time.perf_counter() - started
+        model.save_pretrained(out, safe_serialization=True)
+        sets = held_out_sets(cfg.held_out_items, EVAL_SEED, work / "held_out")
+        greedy = headline(evaluate_model(model, fmt, sets, GREEDY))
+        sampled_cfg = replace(GREEDY, temperature=1.0, samples=cfg.held_out_samples)
+        sampled = headline(evaluate_model(model, fmt, sets, sampled_cfg))
+        checks = held_out_sets(cfg.check_items, EVAL_SEED, work / "held_out")
+        check = headline(evaluate_model(model, fmt, checks, GREEDY))
+    tools = world_tools(out / "world")
+    record = {
+        "command": command or "tepo_agent.trainer.bootstrap.bootstrap_model",
+        "config": asdict(cfg),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "seeds": {
+            "weights_and_shuffling": cfg.seed,
+            "train_worlds": list(range(cfg.train_worlds)),
+            "validation_world": cfg.validation_seed,
+            "held_out_world": EVAL_SEED,
+            "shipped_world": 0,
+        },
+        "data": data,
+        "machine": machine(),
+        "wall_seconds": {
+            "build_and_train": round(trained, 1),
+            "total": round(time.perf_counter() - started, 1),
+        },
+        "loss": {
+            "final": sum(losses[-25:]) / len(losses[-25:]),
+            "every_25_steps": [
+                round(sum(losses[i : i + 25]) / 25, 4) for i in range(0, len(losses) - 24, 25)
+            ],
+        },
+        "checkpoints": measured,
+        "chosen_step": chosen,
+        "held_out": {
+            "seed": EVAL_SEED,
+            "items_per_suite": cfg.held_out_items,
+            "eval": asdict(GREEDY),
+            "greedy": greedy,
+            "sampled": {"temperature": 1.0, "samples": cfg.held_out_samples, **sampled},
+        },
+        "check": {"seed": EVAL_SEED, "items_per_suite": cfg.check_items, "greedy": check},
+        "prompt_format_sha256": prompt_format_hash(fmt, tools),
+    }
+    (out / "bootstrap.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
 
 
 def ensure_bootstrapped_model(cfg: BootstrapConfig = BootstrapConfig()) -> Path:
-    """``default_home()/models/default-sft-v1``, bootstrapped once and cached.
+    """The bootstrapped default model: the shipped weights (or a cached rebuild), else built.
 
-    Built in a temporary sibling directory and moved into place with ``os.replace``, so an
-    interrupted bootstrap never leaves a half-written model behind and concurrent first calls
-    are safe (one wins).
+    ``tepo_agent.paths.bootstrapped_model_dir`` finds a rebuild in the cache first, then the
+    weights shipped with the package. Only when neither exists (a source tree without the
+    weights) is a model bootstrapped into the cache: in a temporary sibling directory moved into
+    place with ``os.replace``, so an interrupted bootstrap never leaves a half-written model
+    behind and concurrent first calls are safe (one wins).
     """
-    target = bootstrapped_model_dir()
-    if (target / "bootstrap.json").is_file():
-        return target
+    found = bootstrapped_model_dir()
+    if (found / "bootstrap.json").is_file():
+        return found
+    target = bootstrap_cache_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{BOOTSTRAPPED_MODEL_NAME}-", dir=target.parent))
     try:
-        bootstrap_model(tmp / "m", cfg)
+        bootstrap_model(tmp / "m", cfg, command=" ".join(sys.argv))
         try:
             os.replace(tmp / "m", target)
         except OSError:

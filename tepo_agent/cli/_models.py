@@ -9,8 +9,9 @@ from tepo_agent.paths import bootstrapped_model_dir
 
 
 def resolve_model_dir(model: str | None) -> Path:
-    """``model`` if given; else the bootstrapped default model if ``tepo-agent bootstrap`` (or
-    the demo) has built it; else the random-weight default model (built on first use)."""
+    """``model`` if given; else the bootstrapped default model (a rebuild in the cache, else the
+    weights shipped with the package); else (a source tree without the shipped weights) the
+    random-weight default model (built on first use)."""
     if model:
         return Path(model)
     boot = bootstrapped_model_dir()

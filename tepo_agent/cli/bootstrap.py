@@ -1,35 +1,42 @@
-"""``tepo-agent bootstrap [--out DIR]``: teach the default model the tool-call format (SFT).
+"""``tepo-agent bootstrap [--out DIR]``: rebuild the default model (SFT on tool-use demonstrations).
 
-Builds the default model's seeded world (knowledge base, search index), generates demonstrations
-with scripted solvers that call the real calculator and search tools, and fine-tunes the random
-default model on them. Without ``--out`` the result is cached as the default model
-(``$TEPO_AGENT_HOME/models/default-sft-v1``), which ``generate``, ``run``, ``serve`` and the demo
-then use. Takes a few minutes on 2 CPU cores, once.
+The package ships the bootstrapped default model (``tepo_agent/assets/default-model``), so nothing
+needs building; this command rebuilds it reproducibly from the recipe in
+``tepo_agent.trainer.bootstrap.BootstrapConfig``: it builds the training worlds (knowledge bases,
+search indexes), generates demonstrations with scripted solvers that call the real calculator and
+search tools (with real agents' habits), fine-tunes the random default model on them, chooses the
+checkpoint by validation accuracy, evaluates it on a held-out world and writes
+``bootstrap.json`` beside the weights. Without ``--out`` the result goes to the cache
+(``$TEPO_AGENT_HOME/models/default-sft-v2``), which ``generate``, ``run``, ``serve``, ``eval`` and
+the demo then use instead of the shipped weights. The wall time on the machine it ran on is in
+``bootstrap.json`` (``wall_seconds``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
+import sys
 from dataclasses import replace
+from pathlib import Path
 
-from tepo_agent.trainer.bootstrap import (
-    BootstrapConfig,
-    bootstrap_model,
-    ensure_bootstrapped_model,
-)
+from tepo_agent.paths import bootstrap_cache_dir
+from tepo_agent.trainer.bootstrap import BootstrapConfig, bootstrap_model
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "bootstrap",
-        help="fine-tune the default model on synthetic tool-use demonstrations (cached)",
+        help="rebuild the default model: SFT on synthetic tool-use demonstrations",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", metavar="DIR", help="write here instead of the default cache")
-    parser.add_argument("--steps", type=int, help="SFT steps (default: see BootstrapConfig)")
-    parser.add_argument("--seed", type=int, default=0, help="weights and demonstrations seed")
+    parser.add_argument(
+        "--out", metavar="DIR", help="write here (a new directory) instead of the cache"
+    )
+    parser.add_argument("--steps", type=int, help="SFT steps (default: see SFTConfig)")
+    parser.add_argument("--seed", type=int, default=0, help="weights and shuffling seed")
     parser.set_defaults(func=run)
 
 
@@ -37,11 +44,18 @@ def run(args: argparse.Namespace) -> int:
     cfg = BootstrapConfig(seed=args.seed)
     if args.steps is not None:
         cfg = replace(cfg, sft=replace(cfg.sft, steps=args.steps))
-    out = bootstrap_model(args.out, cfg) if args.out else ensure_bootstrapped_model(cfg)
+    out = Path(args.out) if args.out else bootstrap_cache_dir()
+    if not args.out and (out / "bootstrap.json").is_file():
+        print(f"a rebuilt default model is already in {out}; remove it to rebuild")
+        return 0
+    command = shlex.join(["tepo-agent", *sys.argv[1:]])
+    bootstrap_model(out, cfg, command=command)
     info = json.loads((out / "bootstrap.json").read_text())
+    figures = info["held_out"]["greedy"]
     print(
-        f"bootstrapped model: {out}\n  {info['demonstrations']} demonstrations "
-        f"({info['demonstration_tokens']:,} tokens), final SFT loss {info['final_loss']:.3f}, "
-        f"{info['seconds']:.0f} s"
+        f"bootstrapped model: {out}\n  {info['data']['demonstrations']} demonstrations "
+        f"({info['data']['tokens']:,} tokens), chosen step {info['chosen_step']}, "
+        f"{info['wall_seconds']['total']:.0f} s\n  held-out greedy accuracy: "
+        + ", ".join(f"{s} {f['accuracy']:.2f}" for s, f in figures.items())
     )
     return 0

@@ -63,12 +63,15 @@ DEFAULT_CHAT_TEMPLATE = """\
 {%- endif %}
 {{- '<|im_start|>system\\n' + system_message }}
 {%- if tools %}
-    {{- '\\n\\n# Tools\\n<tools>' }}
+    {{- '\\n# Tools' }}
     {%- for tool in tools %}
-        {{- '\\n' }}{{- tool | tojson }}
+        {%- set fn = tool.function if tool.function is defined else tool %}
+        {{- '\\n' + fn.name + '(' + (fn.parameters.properties | list | join(', ')) + ')' }}
+        {%- if fn.description %}
+            {{- ': ' + fn.description }}
+        {%- endif %}
     {%- endfor %}
-    {{- '\\n</tools>\\nTo call a tool, answer with <tool_call>\\n\
-{"name": <name>, "arguments": <args>}\\n</tool_call>' }}
+    {{- '\\nCall one with <tool_call>{"name": ..., "arguments": {...}}</tool_call>' }}
 {%- endif %}
 {{- '<|im_end|>\\n' }}
 {%- for message in loop_messages %}
@@ -108,10 +111,6 @@ DEFAULT_CHAT_TEMPLATE = """\
 """.replace("@SYSTEM@", DEFAULT_SYSTEM_PROMPT)
 
 _CORPUS_SEED = 1234
-_NAMES = ("Ada", "Bo", "Cy", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Juno", "Kai", "Lea")
-_PLACES = ("Paris", "Oslo", "Lima", "Cairo", "Quito", "Tokyo", "Rome", "Nairobi", "Perth")
-_THINGS = ("river", "tower", "bridge", "museum", "company", "book", "song", "lake", "city")
-_RELATIONS = ("founded", "built", "wrote", "designed", "named", "discovered", "painted")
 _TOOL_SCHEMAS = (
     '{"type": "function", "function": {"name": "calculator", "description": "Evaluate an '
     'arithmetic expression.", "parameters": {"type": "object", "properties": {"expression": '
@@ -119,65 +118,53 @@ _TOOL_SCHEMAS = (
     '{"type": "function", "function": {"name": "search", "description": "Search the knowledge '
     'base and return the best matching passages.", "parameters": {"type": "object", '
     '"properties": {"query": {"type": "string"}}, "required": ["query"]}}}',
-    '{"type": "function", "function": {"name": "python", "description": "Run Python code and '
-    'return what it prints.", "parameters": {"type": "object", "properties": {"code": '
-    '{"type": "string"}}, "required": ["code"]}}}',
 )
 
 
 def synthetic_corpus(n_dialogues: int = 1500, seed: int = _CORPUS_SEED) -> list[str]:
     """Deterministic chat / tool-use text the default tokenizer's merges are trained on.
 
-    Arithmetic with calculator calls, short knowledge questions with search calls, python calls,
-    tool responses and final answers, plus the chat template's fixed phrases. Markup tokens
-    (``<tool_call>``...) are added tokens, so they are left out of the text.
+    The task world's text (``tepo_agent.tasks``: the corpus of a few training worlds, questions
+    of every suite, calculator and search calls, final answers) and the chat template's fixed
+    phrases. Markup tokens (``<tool_call>``...) are added tokens, so they are left out of the
+    text. Digits are single tokens whatever the corpus (the pre-tokenizer splits them).
     """
+    from tepo_agent.tasks.knowledge import KnowledgeBase, deep_search_suite, knowledge_suite
+    from tepo_agent.tasks.math_tasks import math_suite
+
     rng = random.Random(seed)
-    lines = [
+    fixed = [
         "system",
         "user",
         "assistant",
         DEFAULT_SYSTEM_PROMPT,
         "# Tools",
-        'To call a tool, answer with {"name": <name>, "arguments": <args>}',
-        *_TOOL_SCHEMAS,
+        "calculator(expression): Evaluate arithmetic.",
+        "search(query): Search the knowledge base.",
+        'Call one with {"name": ..., "arguments": {...}}',
     ]
-    for _ in range(n_dialogues):
-        kind = rng.randrange(3)
-        if kind == 0:
-            a, b = rng.randint(0, 999), rng.randint(1, 99)
-            op = rng.choice("+-*/")
-            expr = f"{a} {op} {b}"
-            value = {"+": a + b, "-": a - b, "*": a * b, "/": round(a / b, 4)}[op]
+    # the template's phrases occur in every conversation: weigh them as such
+    lines = [*_TOOL_SCHEMAS, *(fixed * n_dialogues)]
+    per_world = max(1, n_dialogues // 4)
+    for world in range(4):  # training worlds only (seeds below EVAL_SEED)
+        kb = KnowledgeBase(seed=world)
+        lines += [doc["text"] for doc in kb.corpus()]
+        for task in knowledge_suite(kb, per_world, seed=world) + deep_search_suite(
+            kb, per_world // 2, seed=world
+        ):
+            query = rng.choice([task.metadata["entity"], task.answer])
             lines += [
-                rng.choice(("What is", "Compute", "Calculate", "How much is")) + f" {expr}?",
-                f'{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}',
-                str(value),
-                rng.choice(("The answer is", "It is", "Result:")) + f" {value}.",
-            ]
-        elif kind == 1:
-            who, place = rng.choice(_NAMES), rng.choice(_PLACES)
-            thing, rel = rng.choice(_THINGS), rng.choice(_RELATIONS)
-            query = f"who {rel} the {thing} in {place}"
-            lines += [
-                f"Who {rel} the {thing} in {place}?",
+                task.question,
                 f'{{"name": "search", "arguments": {{"query": "{query}"}}}}',
-                f"[1] The {thing} in {place} was {rel} by {who} in {rng.randint(1500, 2020)}.",
-                f"{who} {rel} the {thing} in {place}.",
-                f"The answer is {who}.",
+                f"The answer is {task.answer}.",
             ]
-        else:
-            n, k = rng.randint(2, 40), rng.randint(2, 9)
-            expr, result = rng.choice(
-                ((f"{n} ** {k}", n**k), (f"sum(range({n}))", sum(range(n))), (f"{n} % {k}", n % k))
-            )
-            code = f"print({expr})"
-            lines += [
-                f"Use python to evaluate {expr}.",
-                f'{{"name": "python", "arguments": {{"code": "{code}"}}}}',
-                f"{result}\n",
-                f"The result is {result}.",
-            ]
+    for task in math_suite(per_world, seed=seed):
+        expr = task.metadata["expression"]
+        lines += [
+            task.question,
+            f'{{"name": "calculator", "arguments": {{"expression": "{expr}"}}}}',
+            f"The answer is {task.answer}.",
+        ]
     return lines
 
 
@@ -186,7 +173,14 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    # Digits one token each (as Qwen2 does): numbers are copied and computed digit by digit,
+    # never through merges that split 1234 differently from 1243.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     n_added = len(SPECIAL_TOKENS) + len(TOOL_MARKUP_TOKENS)
     trainer = trainers.BpeTrainer(

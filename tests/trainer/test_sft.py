@@ -77,17 +77,31 @@ def test_sft_lowers_the_loss_on_demonstrations(world):
     assert not model.training
 
 
-def test_bootstrap_writes_a_loadable_model_with_its_world(tmp_path):
+def test_bootstrap_writes_a_loadable_model_with_its_world_and_record(tmp_path):
     cfg = BootstrapConfig(
+        train_worlds=1,
         math_items=3,
         knowledge_items=2,
         deep_search_items=1,
+        validation_items=1,
+        select_from=1,
+        select_every=1,
+        held_out_items=2,
+        held_out_samples=1,
+        check_items=1,
         model=TINY,
         sft=SFTConfig(steps=2, batch_size=2),
     )
-    out = bootstrap_model(tmp_path / "boot", cfg)
+    out = bootstrap_model(tmp_path / "boot", cfg, command="test")
     info = json.loads((out / "bootstrap.json").read_text())
-    assert info["demonstrations"] == 6
+    assert info["data"]["demonstrations"] == 6
+    assert info["command"] == "test"
+    assert [c["step"] for c in info["checkpoints"]] == [1, 2]
+    assert info["chosen_step"] in (1, 2)
+    assert set(info["held_out"]["greedy"]) == {"math", "knowledge", "deep_search"}
+    assert info["held_out"]["greedy"]["math"]["items"] == 2
+    assert info["held_out"]["sampled"]["math"]["runs"] == 2
+    assert len(info["prompt_format_sha256"]) == 64
     assert Path(out / "world" / "search.db").is_file()
     ChatFormat.from_pretrained(out)
     load_causal_lm(out)
