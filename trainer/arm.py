@@ -42,11 +42,8 @@ from tepo_agent.tasks import (
     KnowledgeBase,
     SuiteName,
     Task,
-    deep_search_suite,
-    knowledge_suite,
-    math_suite,
 )
-from tepo_agent.tasks.world import EVAL_SEED, world_tools
+from tepo_agent.tasks.world import EVAL_SEED, suite_tasks, world_tools
 from tepo_agent.trainer.config import RewardConfig, RewardKind
 from tepo_agent.trainer.eval_gate import GateConfig
 from tepo_agent.trainer.loop import TrainConfig
@@ -147,14 +144,8 @@ def training_items(
     tasks: list[Task] = []
     for i, suite in enumerate(suites):
         k = n // len(suites) + (1 if i < n % len(suites) else 0)
-        if k == 0:
-            continue
-        if suite == "math":
-            tasks += math_suite(k, seed=seed)
-        elif suite == "knowledge":
-            tasks += knowledge_suite(kb, k, seed=seed)
-        else:
-            tasks += deep_search_suite(kb, k, seed=seed)
+        if k > 0:
+            tasks += suite_tasks(suite, kb, k, seed)
     return tasks, world_tools(world)
 
 

@@ -166,10 +166,15 @@ def _model(args: argparse.Namespace, work: Path) -> tuple[Path, Path]:
         model_dir = Path(args.model)
         print(f"[1/6] model {model_dir}")
     else:
-        from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
+        from tepo_agent.paths import bootstrapped_model_dir
 
         print("[1/6] the default model (tool use taught by SFT on demonstrations)")
-        model_dir = ensure_bootstrapped_model()
+        model_dir = bootstrapped_model_dir()
+        if not (model_dir / "bootstrap.json").is_file():
+            from tepo_agent.trainer.bootstrap import ensure_bootstrapped_model
+
+            print("  no shipped weights in this install: building them once (SFT, minutes)")
+            model_dir = ensure_bootstrapped_model()
         print(f"  {model_dir}")
     world = model_dir / "world"
     if not (world / "search.db").is_file():
