@@ -208,7 +208,7 @@ def _rounds(
         for r in range(budget.rounds):
             tasks, tools = training_items(model, budget.suites, budget.tasks, 100 * seed + r)
             agent_cfg = AgentConfig(
-                max_tool_calls=6, max_new_tokens=96, max_total_tokens=2048,
+                max_tool_calls=6, max_new_tokens=64, max_total_tokens=1024,
                 temperature=budget.temperature, seed=1000 * seed + r,
             )  # fmt: skip
             agent = TepoAgent(backend, fmt, tools, agent_cfg, store=store)

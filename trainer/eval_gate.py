@@ -75,8 +75,8 @@ class GateConfig:
     margin: float = 0.0
     format_margin: float = 0.0
     max_tool_calls: int = 6
-    max_new_tokens: int = 96
-    max_total_tokens: int = 2048
+    max_new_tokens: int = 64
+    max_total_tokens: int = 1024
     workdir: str | None = field(default=None, compare=False)
     enabled: bool = True
 

@@ -338,7 +338,11 @@ def _rounds(
                 ctx["model_dir"], SUITES, plan.tasks, 100 * args.seed + r, world_dir=ctx["world"]
             )
             agent_cfg = AgentConfig(
-                max_tool_calls=6, max_new_tokens=96, temperature=1.0, seed=1000 * args.seed + r
+                max_tool_calls=6,
+                max_new_tokens=64,
+                max_total_tokens=1024,
+                temperature=1.0,
+                seed=1000 * args.seed + r,
             )
             agent = TepoAgent(ctx["backend"], ctx["fmt"], tools, agent_cfg, store=store)
             print(f"  round {r + 1}/{plan.rounds}: {plan.tasks} items × {plan.group} samples")
