@@ -46,6 +46,8 @@ class CompareConfig:
         budget: The collection and training budget of every arm.
         eval_n: Held-out items per suite for the final evaluation (default 32, all suites).
         eval_seed: Seed of the held-out world and items (default ``EVAL_SEED``).
+        eval_samples: Runs per held-out item: 1 (default) is greedy; more sample at T = 1 (how
+            the agent runs by default), an item's score and calls being the mean of its runs.
     """
 
     rewards: tuple[RewardKind, ...] = ("outcome", "sparse", "dense")
@@ -53,12 +55,19 @@ class CompareConfig:
     budget: Budget = field(default_factory=Budget)
     eval_n: int = 32
     eval_seed: int = EVAL_SEED
+    eval_samples: int = 1
 
     def __post_init__(self) -> None:
         if not self.rewards or len(set(self.rewards)) != len(self.rewards):
             raise ConfigError("compare needs distinct arms, e.g. --rewards outcome,sparse,dense")
-        if self.seeds < 1 or self.eval_n < 1:
-            raise ConfigError("compare needs --seeds >= 1 and --eval-n >= 1")
+        if self.seeds < 1 or self.eval_n < 1 or self.eval_samples < 1:
+            raise ConfigError("compare needs --seeds, --eval-n and --eval-samples >= 1")
+
+    def eval_config(self) -> EvalConfig:
+        """How every final policy (and the default) is evaluated."""
+        if self.eval_samples == 1:
+            return EvalConfig()
+        return EvalConfig(samples=self.eval_samples, temperature=1.0, seed=12345)
 
 
 @dataclass
@@ -87,7 +96,9 @@ def _check_settings(out: Path, cfg: CompareConfig, model: str) -> None:
     path.write_text(json.dumps(settings, indent=2))
 
 
-def _default_eval(out: Path, model: str, held_out: Any, progress: bool) -> list[ItemResult]:
+def _default_eval(
+    out: Path, model: str, held_out: Any, cfg: EvalConfig, progress: bool
+) -> list[ItemResult]:
     path = out / "default.json"
     if path.is_file():
         return [ItemResult.from_json(r) for r in json.loads(path.read_text())]
@@ -95,7 +106,7 @@ def _default_eval(out: Path, model: str, held_out: Any, progress: bool) -> list[
     try:
         tasks, tools = held_out
         items = evaluate_items(
-            policy.backend, policy.chat_format, tasks, tools, EvalConfig(), progress=progress
+            policy.backend, policy.chat_format, tasks, tools, cfg, progress=progress
         )
     finally:
         policy.close()
@@ -157,7 +168,7 @@ def run_compare(
         f"held-out: {len(held_out[0])} items (seed {cfg.eval_seed}); evaluating the default",
         file=say,
     )
-    default = _default_eval(out, model, held_out, progress)
+    default = _default_eval(out, model, held_out, cfg.eval_config(), progress)
     results: dict[str, dict[int, ArmResult]] = {arm: {} for arm in cfg.rewards}
     planned = [(seed, arm) for seed in range(1, cfg.seeds + 1) for arm in cfg.rewards]
     report = None
@@ -167,8 +178,9 @@ def run_compare(
         t0 = time.perf_counter()
         with (out / "train.log").open("a") as train_log:
             result = run_arm(
-                model, work, arm, seed, cfg.budget, held_out, log=train_log, progress=progress
-            )
+                model, work, arm, seed, cfg.budget, held_out, eval_cfg=cfg.eval_config(),
+                log=train_log, progress=progress,
+            )  # fmt: skip
         results[arm][seed] = result
         s = summarize(result.items)
         how = "already finished" if resumed else f"done in {time.perf_counter() - t0:.0f} s"

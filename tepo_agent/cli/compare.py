@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--eval-n", type=int, default=32, help="held-out items per suite (32)")
     p.add_argument("--eval-seed", type=int, default=None, help="held-out seed (default 1000)")
+    p.add_argument(
+        "--eval-samples", type=int, default=1, help="runs per held-out item; > 1 samples at T=1"
+    )
     p.add_argument("--model", metavar="DIR", help="starting model (default: the default model)")
     p.add_argument("--out", default="tepo-compare", help="working directory (./tepo-compare)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         budget=Budget.parse(args.budget),
         eval_n=args.eval_n,
         eval_seed=EVAL_SEED if args.eval_seed is None else args.eval_seed,
+        eval_samples=args.eval_samples,
     )
     report = run_compare(
         resolve_model_dir(args.model), args.out, cfg, progress=not args.no_progress
