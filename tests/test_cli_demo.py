@@ -24,7 +24,8 @@ def test_demo_measures_before_and_after_on_the_same_held_out_items(tmp_path: Pat
     work = tmp_path / "work"
     out = subprocess.run(
         [sys.executable, "-m", "tepo_agent", "demo", "--model", str(model), "--workdir",
-         str(work), "--quick", "--tasks", "3", "--group", "2", "--eval-n", "2"],
+         str(work), "--quick", "--tasks", "3", "--group", "2", "--eval-n", "2",
+         "--eval-samples", "1", "--gate-tasks", "2"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
              "TEPO_AGENT_HOME": str(tmp_path / "home")},

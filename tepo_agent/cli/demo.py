@@ -66,10 +66,13 @@ class DemoPlan:
         rounds: Collect → train → publish cycles.
         tasks, group: Training items per round and samples per item (a GRPO group).
         steps: Optimisation steps per round; lr: their learning rate.
-        eval_n: Held-out items per suite for before/after (and the gate).
+        eval_n: Held-out items per suite for before/after.
         eval_samples: Runs per held-out item for before/after: 1 is greedy (the gate's own
             evaluation, reused); more sample at T = 1, as the agent runs by default, and an
             item's score is the mean of its samples.
+        gate_tasks: Held-out items per suite the gate compares candidate and live policy on
+            (greedy). With ``eval_samples=1`` and ``gate_tasks == eval_n`` the demo's before and
+            after are the gate's own evaluations.
     """
 
     reward: str = "outcome"
@@ -78,12 +81,13 @@ class DemoPlan:
     group: int = 8
     steps: int = 2
     lr: float = 3e-4
-    eval_n: int = 32
-    eval_samples: int = 1
+    eval_n: int = 24
+    eval_samples: int = 4
+    gate_tasks: int = 16
 
 
 FULL = DemoPlan()
-QUICK = DemoPlan(rounds=1, tasks=6, group=4, steps=1, eval_n=8)
+QUICK = DemoPlan(rounds=1, tasks=6, group=4, steps=1, eval_n=8, eval_samples=2, gate_tasks=4)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,18 +111,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eval-samples", type=int, help=f"runs per held-out item, T=1 if > 1 ({FULL.eval_samples})"
     )
+    p.add_argument("--gate-tasks", type=int, help=f"gate items per suite ({FULL.gate_tasks})")
     p.add_argument("--seed", type=int, default=0, help="training item and sampling seed")
     p.add_argument("--fresh", action="store_true", help="delete --workdir first")
     p.set_defaults(func=run)
 
 
+_PLAN_FIELDS = (
+    "reward", "rounds", "tasks", "group", "steps", "lr", "eval_n", "eval_samples", "gate_tasks",
+)  # fmt: skip
+
+
 def _plan(args: argparse.Namespace) -> DemoPlan:
     plan = QUICK if args.quick else FULL
-    given = {
-        k: getattr(args, k)
-        for k in ("reward", "rounds", "tasks", "group", "steps", "lr", "eval_n", "eval_samples")
-        if getattr(args, k) is not None
-    }
+    given = {k: getattr(args, k) for k in _PLAN_FIELDS if getattr(args, k) is not None}
     return replace(plan, **given)
 
 
@@ -232,7 +238,7 @@ def _start_trainer(db: Path, work: Path, plan: DemoPlan) -> subprocess.Popen[byt
         sys.executable, "-m", "tepo_agent", "train", "--db", str(db), "--reward", plan.reward,
         "--watch", "--every-n", str(plan.tasks * plan.group), "--poll-s", "0.2",
         "--lr", str(plan.lr), "--batch", str(batch), "--micro-batch", "8",
-        "--gate-tasks", str(plan.eval_n), "--gate-workdir", str(work / "eval"),
+        "--gate-tasks", str(plan.gate_tasks), "--gate-workdir", str(work / "eval"),
         "--device", "cpu", "--no-progress",
     ]  # fmt: skip
     print("  $ tepo-agent " + " ".join(cmd[3:]) + "   (its own process, running throughout)")
