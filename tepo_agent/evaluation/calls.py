@@ -6,8 +6,8 @@ Pure functions over the agent's :class:`~tepo_agent.agent_state.ToolCallRecord` 
   parse) and ``unknown_tool`` (a name the agent does not have) are *format errors*, the model's
   fault in writing the call; ``tool_error`` is a call the tool refused (arguments that do not fit
   its schema, a division by zero) and ``timeout`` one it did not answer in time. The kinds are
-  the project's ``error_kind`` values; until tool-call records carry that field, it is derived
-  here, in this one function, from the error text.
+  the project's ``error_kind`` values: a record that carries ``error_kind`` is taken at its word;
+  for one that does not, it is derived here, in this one function, from the error text.
 - :func:`result_used` decides whether a call's result was *used*: some salient piece of it (a
   number, or a capitalised name the question did not already contain) reappears in a later
   call's arguments or in the final answer. Multi-hop searches use a result by searching for the
@@ -127,7 +127,7 @@ def call_outcomes(
         outcomes.append(
             CallOutcome(
                 name=record["name"],
-                error=error_kind(record["error"]),
+                error=record.get("error_kind") or error_kind(record["error"]),  # type: ignore[typeddict-item]
                 delta_entropy=record["delta_entropy"],
                 used=record["error"] is None and result_used(record["result"], later, question),
             )
