@@ -66,8 +66,8 @@ class CompareConfig:
     def eval_config(self) -> EvalConfig:
         """How every final policy (and the default) is evaluated."""
         if self.eval_samples == 1:
-            return EvalConfig()
-        return EvalConfig(samples=self.eval_samples, temperature=1.0, seed=12345)
+            return EvalConfig(concurrency=64)
+        return EvalConfig(samples=self.eval_samples, temperature=1.0, seed=12345, concurrency=64)
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _default_eval(
     path = out / "default.json"
     if path.is_file():
         return [ItemResult.from_json(r) for r in json.loads(path.read_text())]
-    policy = open_policy(model_dir=model, device="cpu")
+    policy = open_policy(model_dir=model, device="cpu", max_batch_size=cfg.concurrency)
     try:
         tasks, tools = held_out
         items = evaluate_items(
