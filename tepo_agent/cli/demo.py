@@ -291,8 +291,8 @@ def _change(plan: DemoPlan, before: list[ItemResult], after: list[ItemResult]) -
         out[metric] = {"before": b, "after": a, "change": change.to_json()}
     no_tool = {r.task_id for r in before if not r.needs_tool}
     if no_tool:
-        pick = lambda rs: [r for r in rs if r.task_id in no_tool]  # noqa: E731
-        nb, na = pick(before), pick(after)
+        nb = [r for r in before if r.task_id in no_tool]
+        na = [r for r in after if r.task_id in no_tool]
         change = paired_change(nb, na, metric="calls")
         b, a = (sum(len(r.calls) for r in rs) / len(rs) for rs in (nb, na))
         print("  " + change_line("calls on items that need no tool", b, a, change))
