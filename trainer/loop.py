@@ -4,8 +4,10 @@ One optimisation step, reading top to bottom in :meth:`Trainer.step`:
 
 1. pack the batch (``batch.pack_batch``) and recompute, with the weights at the start of the step,
    every token's exact logprob and full-vocabulary entropy in one batched no-grad pass
-   (``recompute.recompute``). Live entropies (top-k or surprisal estimates over HTTP) are never
-   used: H(t_k) and ΔH_k are re-derived from the exact entropies;
+   (``recompute.recompute``). Live estimates (top-k or surprisal over HTTP) are never used:
+   H(t_k) and ΔH_k are re-derived from exact entropies. The pass is skipped when the logged
+   values already are exact and on-policy (sampled in process by the weights held now), since
+   it would only reproduce them (``TrainConfig.reuse_logged_exact``);
 2. TEPO rewards from the score and the exact ΔH_k (``rewards.trajectory_rewards``);
 3. group-relative per-token advantages (``advantages.compute_advantages``);
 4. the token-level PPO-clip loss (``loss.policy_loss``) over micro-batches with gradient
@@ -52,7 +54,13 @@ from tepo_agent.trainer.batch import TrainBatch, pack_batch
 from tepo_agent.trainer.config import AdvantageConfig, LossConfig, RewardConfig
 from tepo_agent.trainer.dynamic_sampling import informative
 from tepo_agent.trainer.loss import policy_loss
-from tepo_agent.trainer.recompute import exact_turn_entropies, forward_logprobs, recompute
+from tepo_agent.trainer.recompute import (
+    exact_turn_entropies,
+    forward_logprobs,
+    logged_entropies,
+    logged_exact,
+    recompute,
+)
 from tepo_agent.trainer.rewards import trajectory_rewards
 from tepo_agent.trajectory import Trajectory
 
@@ -91,6 +99,10 @@ class TrainConfig:
             their scores skip the recompute too, zero-advantage rows skip the backward pass. A
             step left with nothing to learn from makes no update. With a KL term every row still
             trains (the KL acts on zero-advantage rows too).
+        reuse_logged_exact: Skip the exact recompute pass when every trajectory of the step was
+            sampled by the weights the trainer holds and logged exact entropies and logprobs
+            (in-process collection, one step per publish; ``recompute.logged_exact``): the
+            training forward is then the step's only forward pass, as in TRL (default True).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` is bf16 autocast on CUDA and float32 on CPU.
         seed: Seed of torch's RNG (dropout, adapter initialisation).
@@ -111,6 +123,7 @@ class TrainConfig:
     micro_batch_size: int = 4
     updates_per_batch: int = 1
     skip_zero_variance: bool = True
+    reuse_logged_exact: bool = True
     device: str = "auto"
     precision: Precision = "auto"
     seed: int = 0
@@ -253,8 +266,12 @@ class Trainer:
         trajs = [trajectories[i] for i in kept]
         mb = self.cfg.micro_batch_size
         plain = pack_batch(trajs, pad_token_id=self.pad_token_id)
-        with self._autocast():
-            proximal, entropy = recompute(self.model, plain, micro_batch_size=mb)  # (B, T)
+        reuse = self.cfg.reuse_logged_exact and logged_exact(trajs, self.weights_version)
+        if reuse:  # on-policy and exact: the logged values are the recompute's
+            proximal, entropy = plain.behaviour_logprobs, logged_entropies(plain, trajs)
+        else:
+            with self._autocast():
+                proximal, entropy = recompute(self.model, plain, micro_batch_size=mb)  # (B, T)
 
         # 1-2. exact ΔH and TEPO rewards
         deltas, rewards = [], []
@@ -302,6 +319,7 @@ class Trainer:
             groups=float(adv.groups + flat_groups),
             trajectories=float(len(trajectories)),
             trained_trajectories=float(len(rows)),
+            recomputed=0.0 if reuse else 1.0,
             seq_tokens=float(tokens),
             tokens_per_s=tokens * (1 + self.cfg.updates_per_batch) / max(elapsed, 1e-9),
             seconds=elapsed,

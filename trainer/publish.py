@@ -8,8 +8,11 @@ it up between requests, see ``tepo_agent.policy.hotswap``) or rejects it: the di
 row are kept, marked ``rejected`` with the reason, and the reason is returned for the caller to
 report.
 
-A live policy's evaluation is stored in its registry metrics, so it is reused by later publishes
-made under the same gate settings (:attr:`GateConfig.key`) instead of being recomputed.
+Every gate evaluation is also stored, item by item, in the database's evaluations tables
+(``tepo_agent.evaluation.records``) under its policy version and :attr:`GateConfig.key`. The live
+policy's evaluation is reused by later publishes under the same key instead of being recomputed:
+from its registry metrics, or from any stored evaluation with that key (the demo's "before"
+evaluation is one).
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from typing import Any
 
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation
 from tepo_agent.policy.hotswap import InProcessTarget
 from tepo_agent.policy.registry import PolicyKind, PolicyRecord, PolicyRegistry
-from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, evaluate_policy
+from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, gate_items, gate_meta
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,28 @@ class PublishResult:
     live: EvalResult | None
 
 
+def evaluate_record_items(
+    record: PolicyRecord,
+    registry: PolicyRegistry,
+    gate: GateConfig,
+    *,
+    base_model: str | os.PathLike[str],
+    device: str = "cpu",
+) -> list[ItemResult]:
+    """Run a registered (or about-to-be registered) policy on the gate's held-out items."""
+    base = registry.get(0) if record.kind == "lora" else None
+    backend = TransformersBackend.from_pretrained(
+        base_model, device=device, dtype="float32", max_batch_size=gate.eval_config().concurrency
+    )
+    try:
+        if record.kind == "lora" or Path(record.path) != Path(base_model):
+            InProcessTarget(backend).swap(record, base)
+        fmt = ChatFormat.from_pretrained(base_model)
+        return gate_items(backend, fmt, gate)
+    finally:
+        backend.close()
+
+
 def evaluate_record(
     record: PolicyRecord,
     registry: PolicyRegistry,
@@ -55,28 +81,28 @@ def evaluate_record(
     base_model: str | os.PathLike[str],
     device: str = "cpu",
 ) -> EvalResult:
-    """Evaluate a registered (or about-to-be registered) policy on the held-out tasks."""
-    base = registry.get(0) if record.kind == "lora" else None
-    backend = TransformersBackend.from_pretrained(base_model, device=device, dtype="float32")
-    try:
-        if record.kind == "lora" or Path(record.path) != Path(base_model):
-            InProcessTarget(backend).swap(record, base)
-        fmt = ChatFormat.from_pretrained(base_model)
-        return evaluate_policy(backend, fmt, gate, world_dir=Path(base_model) / "world")
-    finally:
-        backend.close()
+    """:func:`evaluate_record_items` summarised for the gate's rule."""
+    items = evaluate_record_items(record, registry, gate, base_model=base_model, device=device)
+    return EvalResult.from_items(items, gate.key)
 
 
 def _live_evaluation(
     registry: PolicyRegistry, gate: GateConfig, base_model: str, device: str
 ) -> tuple[PolicyRecord | None, EvalResult | None]:
+    """The live policy's evaluation under ``gate``: from its registry metrics, else from the
+    evaluations tables (anyone's evaluation under the same key), else run now and stored."""
     live = registry.live()
     if live is None:
         return None, None
     cached = EvalResult.from_json(live.metrics.get("gate"))
     if cached is not None and cached.key == gate.key:
         return live, cached
-    return live, evaluate_record(live, registry, gate, base_model=base_model, device=device)
+    stored = find_evaluation(registry.store, policy_version=live.version, key=gate.key)
+    if stored is not None:
+        return live, EvalResult.from_items(stored[1], gate.key)
+    items = evaluate_record_items(live, registry, gate, base_model=base_model, device=device)
+    save_evaluation(registry.store, items, gate_meta(gate, live.version))
+    return live, EvalResult.from_items(items, gate.key)
 
 
 def publish_checkpoint(
@@ -95,10 +121,14 @@ def publish_checkpoint(
     base_model = str(base_model)
     registry.ensure_base(base_model)
     cand_eval: EvalResult | None = None
+    cand_items: list[ItemResult] = []
     live_eval: EvalResult | None = None
     if gate.enabled:
         pending = PolicyRecord(version=-1, parent=parent, path=path, kind=kind, status="candidate")
-        cand_eval = evaluate_record(pending, registry, gate, base_model=base_model, device=device)
+        cand_items = evaluate_record_items(
+            pending, registry, gate, base_model=base_model, device=device
+        )
+        cand_eval = EvalResult.from_items(cand_items, gate.key)
         _, live_eval = _live_evaluation(registry, gate, base_model, device)
         decision = decide(cand_eval, live_eval, gate)
     else:
@@ -111,6 +141,8 @@ def publish_checkpoint(
     if live_eval is not None:
         metrics["live_gate"] = live_eval.to_json()
     version = registry.register(path, kind=kind, parent=parent, metrics=metrics)
+    if cand_items:
+        save_evaluation(registry.store, cand_items, gate_meta(gate, version))
     if decision.accept:
         registry.promote(version)
     else:
@@ -118,4 +150,4 @@ def publish_checkpoint(
     return PublishResult(version, path, decision.accept, decision.reason, cand_eval, live_eval)
 
 
-__all__ = ["PublishResult", "evaluate_record", "publish_checkpoint"]
+__all__ = ["PublishResult", "evaluate_record", "evaluate_record_items", "publish_checkpoint"]

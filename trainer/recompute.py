@@ -90,6 +90,48 @@ def recompute(
     return logprobs.to(out_device), entropy.to(out_device)
 
 
+def logged_exact(trajectories: Sequence[Trajectory], weights_version: int | None) -> bool:
+    """Whether the logged logprobs and entropies already are what :func:`recompute` would give.
+
+    True when every assistant turn was sampled by ``weights_version`` (the weights the trainer
+    holds now: on-policy) and logged exact full-vocabulary entropies and raw temperature-1
+    logprobs for every token (the in-process backend does). Then the recompute pass can be
+    skipped: the logged values equal it up to floating-point noise between two forward passes.
+    """
+    if weights_version is None:
+        return False
+    for traj in trajectories:
+        for turn in traj.turns:
+            if turn.role != "assistant":
+                continue
+            n = len(turn.token_ids)
+            if (
+                turn.policy_version != weights_version
+                or turn.entropy_kind != "exact"
+                or turn.entropies is None
+                or turn.logprobs is None
+                or len(turn.entropies) != n
+                or len(turn.logprobs) != n
+                or any(math.isnan(h) for h in turn.entropies)
+            ):
+                return False
+    return True
+
+
+def logged_entropies(batch: TrainBatch, trajectories: Sequence[Trajectory]) -> torch.Tensor:
+    """The logged token entropies of ``batch``'s rows, (B, T) like :func:`recompute`'s (0 on
+    prompt, tool and padding tokens)."""
+    entropy = torch.zeros(batch.input_ids.shape, dtype=torch.float32)
+    for b, traj in enumerate(trajectories):
+        pos = len(traj.prompt_token_ids)
+        for turn in traj.turns:
+            n = len(turn.token_ids)
+            if turn.role == "assistant" and turn.entropies is not None:
+                entropy[b, pos : pos + n] = torch.tensor(turn.entropies, dtype=torch.float32)
+            pos += n
+    return entropy
+
+
 @dataclass(frozen=True)
 class TurnEntropies:
     """Exact per-turn entropies of one trajectory.

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evaluate",
         "measure a policy on held-out items: accuracy with its interval, calls, ΔH, pilot",
     ),
+    "compare": (
+        "compare",
+        "compare rewards (outcome, sparse, dense) over seeds on held-out items; resumable",
+    ),
     "generate": ("generate", "sample a reply and print each token with its entropy"),
     "bootstrap": (
         "bootstrap",

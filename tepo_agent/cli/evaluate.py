@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     p.add_argument("--samples", type=int, default=1, metavar="G", help="runs per item (1)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--max-tool-calls", type=int, default=4, help="per run (default 4)")
-    p.add_argument("--max-new-tokens", type=int, default=96, help="per turn (default 96)")
+    p.add_argument("--max-tool-calls", type=int, default=6, help="per run (default 6)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="per turn (default 64)")
     p.add_argument("--sampling-seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--workdir", metavar="DIR", help="held-out worlds (default ~/.cache/...)")
     p.add_argument("--store", metavar="DB", help="store the results here (default: --db)")

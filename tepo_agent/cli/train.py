@@ -52,10 +52,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--updates-per-batch", type=int, default=1, help="optimizer updates per batch")
     p.add_argument("--kl", type=float, default=0.0, help="k3 KL coefficient to the base model")
     p.add_argument("--publish-every", type=int, default=0, help="0: at the end of each run")
-    p.add_argument("--gate-tasks", type=int, default=16, help="held-out tasks per suite")
-    p.add_argument("--gate-suites", default="math", help="comma list: math,knowledge,deep_search")
-    p.add_argument("--gate-margin", type=float, default=0.05, help="allowed accuracy drop")
-    p.add_argument("--gate-format-margin", type=float, default=0.0, help="allowed format rise")
+    p.add_argument("--gate-tasks", type=int, default=32, help="held-out items per suite (32)")
+    p.add_argument(
+        "--gate-suites", default="math,knowledge,deep_search", help="comma list (default: all)"
+    )
+    p.add_argument(
+        "--gate-margin", type=float, default=0.0,
+        help="reject when the paired 95%% interval of the accuracy change lies below -MARGIN",
+    )  # fmt: skip
+    p.add_argument(
+        "--gate-format-margin", type=float, default=0.0,
+        help="reject when the paired interval of the format-error change lies above this",
+    )  # fmt: skip
+    p.add_argument("--gate-workdir", help="where held-out worlds are built (default: cache)")
     p.add_argument("--no-gate", action="store_true", help="accept every candidate (experiments)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--seed", type=int, default=0, help="the trainer's seed (minibatch order)")
@@ -87,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         suites=tuple(s.strip() for s in args.gate_suites.split(",") if s.strip()),  # type: ignore[arg-type]
         margin=args.gate_margin,
         format_margin=args.gate_format_margin,
+        workdir=args.gate_workdir,
         enabled=not args.no_gate,
     )
     cfg = RunConfig(train=train, gate=gate, run_dir=args.run_dir, publish_every=args.publish_every)

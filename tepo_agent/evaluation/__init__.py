@@ -18,6 +18,7 @@ from tepo_agent.evaluation.items import (
 )
 from tepo_agent.evaluation.records import (
     EvalMeta,
+    find_evaluation,
     list_evaluations,
     load_evaluation,
     save_evaluation,
@@ -56,6 +57,7 @@ __all__ = [
     "call_outcomes",
     "error_kind",
     "evaluate_items",
+    "find_evaluation",
     "item_calls",
     "item_result",
     "item_scores",

@@ -3,9 +3,11 @@
 Pure functions over the agent's :class:`~tepo_agent.agent_state.ToolCallRecord` s:
 
 - :func:`error_kind` sorts a failed call: ``malformed`` (the turn's tool-call syntax did not
-  parse), ``unknown_tool`` (a name the agent does not have), ``bad_arguments`` (the arguments did
-  not fit the tool's schema) — these three are *format errors*, the model's fault in writing the
-  call — and ``tool_error`` (a well-formed call the tool itself refused, e.g. a division by zero).
+  parse) and ``unknown_tool`` (a name the agent does not have) are *format errors*, the model's
+  fault in writing the call; ``tool_error`` is a call the tool refused (arguments that do not fit
+  its schema, a division by zero) and ``timeout`` one it did not answer in time. The kinds are
+  the project's ``error_kind`` values: a record that carries ``error_kind`` is taken at its word;
+  for one that does not, it is derived here, in this one function, from the error text.
 - :func:`result_used` decides whether a call's result was *used*: some salient piece of it (a
   number, or a capitalised name the question did not already contain) reappears in a later
   call's arguments or in the final answer. Multi-hop searches use a result by searching for the
@@ -21,18 +23,14 @@ import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 from tepo_agent.agent.state import ToolCallRecord
-
-ErrorKind = Literal["malformed", "unknown_tool", "bad_arguments", "tool_error"]
-FORMAT_ERROR_KINDS: tuple[ErrorKind, ...] = ("malformed", "unknown_tool", "bad_arguments")
-"""Error kinds that are the model's fault in writing the call (counted as format errors)."""
-ERROR_KINDS: tuple[ErrorKind, ...] = (*FORMAT_ERROR_KINDS, "tool_error")
+from tepo_agent.trajectory import ERROR_KINDS, FORMAT_ERROR_KINDS, ErrorKind
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _NAME = re.compile(r"\b[A-Z][a-z]{2,}(?:\s+[A-Z][a-z]{2,})*")
-_BAD_ARGUMENTS = ("error: ValidationError", "error: TypeError", "error: KeyError")
+_TIMEOUT = ("error: TimeoutError", "error: timeout", "error: timed out")
 # capitalised words that start sentences in tool results and answers, never names
 _NOT_NAMES = frozenset({"The", "Its", "This", "That", "There", "Answer", "Error", "Result"})
 
@@ -45,8 +43,8 @@ def error_kind(error: str | None) -> ErrorKind | None:
         return "malformed"
     if error.startswith("error: unknown tool"):
         return "unknown_tool"
-    if error.startswith(_BAD_ARGUMENTS):
-        return "bad_arguments"
+    if error.startswith(_TIMEOUT):
+        return "timeout"
     return "tool_error"
 
 
@@ -125,7 +123,7 @@ def call_outcomes(
         outcomes.append(
             CallOutcome(
                 name=record["name"],
-                error=error_kind(record["error"]),
+                error=record.get("error_kind") or error_kind(record["error"]),  # type: ignore[typeddict-item]
                 delta_entropy=record["delta_entropy"],
                 used=record["error"] is None and result_used(record["result"], later, question),
             )

@@ -56,9 +56,9 @@ class EvalConfig:
     samples: int = 1
     temperature: float = 0.0
     seed: int = 0
-    max_tool_calls: int = 4
-    max_new_tokens: int = 96
-    max_total_tokens: int = 2048
+    max_tool_calls: int = 6
+    max_new_tokens: int = 64
+    max_total_tokens: int = 1024
     concurrency: int = 32
 
     def __post_init__(self) -> None:

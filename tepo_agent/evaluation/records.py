@@ -156,4 +156,15 @@ def list_evaluations(
     return rows
 
 
-__all__ = ["EvalMeta", "list_evaluations", "load_evaluation", "save_evaluation"]
+def find_evaluation(
+    store: TrajectoryStore, *, policy_version: int, key: str
+) -> tuple[EvalMeta, list[ItemResult]] | None:
+    """The newest stored evaluation of ``policy_version`` made under the evaluation key ``key``
+    (``config["key"]``: e.g. a ``GateConfig.key``, so only comparable evaluations match)."""
+    for row in reversed(list_evaluations(store, policy_version=policy_version)):
+        if row["config"].get("key") == key:
+            return load_evaluation(store, int(row["id"]))
+    return None
+
+
+__all__ = ["EvalMeta", "find_evaluation", "list_evaluations", "load_evaluation", "save_evaluation"]

@@ -7,7 +7,8 @@
   Wilson interval when every score is 0 or 1, else Student t);
 - **tool calls per run**, overall and split by items that need a tool and items that do not
   (the sparse reward can only cut calls on the latter);
-- **format errors by kind** (malformed, unknown tool, bad arguments) and their rate per call;
+- **format errors by kind** (malformed, unknown tool; tool errors and timeouts beside them)
+  and the format-error rate per call;
 - **the share of entropy-reducing calls** (ΔH_k < 0 among calls with a known ΔH) and mean ΔH;
 - **the paper's pilot statistic**: a 2×2 table of calls by (ΔH_k < 0) × (good call: the run
   is correct and the call's result was used), and P(good | ΔH < 0) beside P(good | ΔH ≥ 0).

@@ -112,10 +112,12 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> Interval
 
 
 def score_interval(scores: Sequence[float], confidence: float = 0.95) -> Interval:
-    """Accuracy's interval: Wilson when every score is 0 or 1, else the t interval."""
+    """Accuracy's interval: Wilson when every score is 0 or 1, else the t interval cut to
+    [0, 1]."""
     if scores and all(s in (0.0, 1.0) for s in scores):
         return wilson_interval(int(sum(scores)), len(scores), confidence)
-    return mean_interval(scores, confidence)
+    ci = mean_interval(scores, confidence)  # scores live in [0, 1]: so does their mean
+    return Interval(ci.estimate, max(0.0, ci.low), min(1.0, ci.high), ci.n, ci.confidence)
 
 
 def paired_interval(

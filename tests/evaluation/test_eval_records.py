@@ -60,6 +60,12 @@ def test_an_evaluation_round_trips_through_the_database(
         other = save_evaluation(store, items[:1], EvalMeta(suite="math", seed=1, n=1))
         loaded_meta, loaded = load_evaluation(store, eval_id)
         assert loaded_meta == meta and loaded == items
+        # the figures of the stored evaluation, by hand: m-0 right with one used call, m-1
+        # (needs no tool) wrong without a call
+        fig = summarize(loaded)
+        assert (fig.accuracy.estimate, fig.calls_per_run) == (0.5, 0.5)
+        assert (fig.calls_per_run_tool_items, fig.calls_per_run_no_tool_items) == (1.0, 0.0)
+        assert fig.pilot.reducing_good + fig.pilot.rising_good == 1  # the one used call
         assert store.count() == 0  # held-out runs never become training trajectories
         rows = list_evaluations(store, policy_version=7)
         assert [r["id"] for r in rows] == [eval_id] and other != eval_id

@@ -55,7 +55,7 @@ def test_summary_of_a_hand_built_table() -> None:
     assert s.calls_per_run_tool_items == pytest.approx(5 / 4)
     assert s.calls_per_run_no_tool_items == pytest.approx(1 / 2)
     assert s.format_errors == {
-        "malformed": 1, "unknown_tool": 0, "bad_arguments": 0, "tool_error": 0,
+        "malformed": 1, "unknown_tool": 0, "tool_error": 0, "timeout": 0,
     }  # fmt: skip
     assert s.format_error_rate == pytest.approx(1 / 6)
     # known ΔH: -0.5, -0.1, +0.2, -0.3, +0.4 -> 3 of 5 reducing, mean -0.06
@@ -99,7 +99,8 @@ def test_paired_change_over_the_same_items() -> None:
         (None, None),
         ("error: malformed tool call (bad json). Call a tool as ...", "malformed"),
         ("error: unknown tool 'calc'; tools: calculator, search", "unknown_tool"),
-        ("error: ValidationError: 1 validation error for _CalculatorArgs", "bad_arguments"),
+        ("error: ValidationError: 1 validation error for _CalculatorArgs", "tool_error"),
+        ("error: TimeoutError: the tool took longer than 10 s", "timeout"),
         ("error: division by zero", "tool_error"),
     ],
 )

@@ -51,7 +51,11 @@ def test_mean_interval_by_hand() -> None:
 
 def test_score_interval_uses_wilson_for_binary_and_t_otherwise() -> None:
     assert score_interval([1.0, 0.0, 1.0, 1.0]) == wilson_interval(3, 4)
-    assert score_interval([0.5, 1.0, 0.0]) == mean_interval([0.5, 1.0, 0.0])
+    wide, t = score_interval([0.5, 1.0, 0.0]), mean_interval([0.5, 1.0, 0.0])
+    assert (wide.estimate, wide.low, wide.high) == (t.estimate, 0.0, 1.0)  # t cut to [0, 1]
+    # per-item means near 0: the t interval would reach below 0, accuracy's stops there
+    near_zero = [0.25] + [0.0] * 23
+    assert mean_interval(near_zero).low < 0 and score_interval(near_zero).low == 0.0
 
 
 def test_paired_interval_of_identical_scores_is_exactly_zero() -> None:

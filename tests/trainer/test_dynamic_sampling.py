@@ -81,3 +81,32 @@ def test_dropping_flat_groups_trains_only_the_mixed_group(data: tuple[Path, list
     full = _trainer(model_dir, skip=False).step(trajs)
     assert full.metrics["trained_trajectories"] == 9.0
     assert result.metrics["seq_tokens"] < full.metrics["seq_tokens"]
+
+
+def _reuse_trainer(model_dir: Path, reuse: bool, version: int | None = 0) -> Trainer:
+    cfg = TrainConfig(
+        reward=RewardConfig(kind="sparse"), learning_rate=1e-3, device="cpu",
+        reuse_logged_exact=reuse,
+    )  # fmt: skip
+    return Trainer(
+        build_policy(cfg, str(model_dir)), cfg, weights_version=version, pad_token_id=0,
+        base_model=str(model_dir),
+    )  # fmt: skip
+
+
+def test_on_policy_exact_logs_replace_the_recompute_pass(data: tuple[Path, list]) -> None:
+    model_dir, trajs = data  # sampled in process by version 0: exact, on-policy for version 0
+    fast = _reuse_trainer(model_dir, reuse=True)
+    slow = _reuse_trainer(model_dir, reuse=False)
+    a, b = fast.step(trajs), slow.step(trajs)
+    assert a.metrics["recomputed"] == 0.0 and b.metrics["recomputed"] == 1.0
+    for key in ("loss", "reward_mean", "reward_std", "delta_entropy_mean", "trained_tokens"):
+        assert a.metrics[key] == pytest.approx(b.metrics[key], abs=1e-4), key
+    for p, q in zip(fast.model.parameters(), slow.model.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-5)
+
+
+def test_other_weights_than_the_sampler_s_are_recomputed(data: tuple[Path, list]) -> None:
+    model_dir, trajs = data
+    assert _reuse_trainer(model_dir, True, version=5).step(trajs).metrics["recomputed"] == 1.0
+    assert _reuse_trainer(model_dir, True, version=None).step(trajs).metrics["recomputed"] == 1.0
