@@ -84,7 +84,7 @@ def test_tool_calls_are_parsed_and_malformed_ones_become_invalid_tool_calls(
     assert len(reply.invalid_tool_calls) == 1
     assert "arguments" in (reply.invalid_tool_calls[0]["error"] or "")
     # the bound tool schema is rendered into the prompt
-    assert '"calculator"' in chat_format.decode(backend.prompts[0])
+    assert "calculator(expression)" in chat_format.decode(backend.prompts[0])  # tools offered
 
 
 def test_continuing_after_a_tool_result_splices_the_sampled_ids(
