@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,12 @@ def test_wheel_installs_tools_and_trainer_under_tepo_agent(tmp_path):
         timeout=300,
     )
     (wheel,) = wheels.glob("tepo_agent-*.whl")
+    # The bootstrapped default model ships inside the wheel: nothing to build after installing.
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    shipped = "tepo_agent/assets/default-model/"
+    for name in ("model.safetensors", "bootstrap.json", "tokenizer.json", "world/search.db"):
+        assert shipped + name in names
     python = _venv(tmp_path / "venv")
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -97,7 +97,7 @@ class BootstrapConfig:
     validation_seed: int = 999
     validation_items: int = 24
     select_from: int = 300
-    select_every: int = 100
+    select_every: int = 75
     held_out_items: int = 100
     held_out_samples: int = 2
     check_items: int = 8
@@ -202,7 +202,10 @@ def _fine_tune(
         figures = headline(evaluate_model(model, fmt, validation, GREEDY))
         score = sum(f["accuracy"] for f in figures.values()) / len(figures)
         measured.append({"step": done, "mean_accuracy": round(score, 4), "suites": figures})
-        suites = ", ".join(f"{s} {f['accuracy']:.2f}" for s, f in figures.items())
+        suites = ", ".join(
+            f"{s} {f['accuracy']:.2f} ({f['calls_per_run_tool_items'] or 0:.1f} calls)"
+            for s, f in figures.items()
+        )
         bar.write(f"step {done}: validation greedy accuracy {score:.3f} ({suites})")
         if score > best["score"]:
             best.update(score=score, step=done, state=copy.deepcopy(model.state_dict()))

@@ -173,10 +173,13 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
-    # Digits one token each (as Qwen2 does): numbers are copied and computed digit by digit,
-    # never through merges that split 1234 differently from 1243.
+    # Spaces are tokens of their own, so a word is the same tokens wherever it stands: a name
+    # in a question (" Brundouscorp") and in a tool call ('"Brundouscorp') would otherwise start
+    # with different pieces, and copying it would be a transformation, not a copy. Digits are one
+    # token each (as in Qwen2): numbers are copied and computed digit by digit.
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
+            pre_tokenizers.Split(" ", behavior="isolated"),
             pre_tokenizers.Digits(individual_digits=True),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
