@@ -11,6 +11,7 @@ import site
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -91,6 +92,12 @@ def test_wheel_installs_tools_and_trainer_under_tepo_agent(tmp_path):
         timeout=300,
     )
     (wheel,) = wheels.glob("tepo_agent-*.whl")
+    # The bootstrapped default model ships inside the wheel: nothing to build after installing.
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    shipped = "tepo_agent/assets/default-model/"
+    for name in ("model.safetensors", "bootstrap.json", "tokenizer.json", "world/search.db"):
+        assert shipped + name in names
     python, purelib = _venv(tmp_path / "venv")
     subprocess.run(
         [

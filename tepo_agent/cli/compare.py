@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tepo_agent.cli._models import resolve_model_dir
+    from tepo_agent.paths import resolve_model_dir
     from tepo_agent.tasks.world import EVAL_SEED
     from tepo_agent.trainer.arm import Budget
     from tepo_agent.trainer.compare import CompareConfig, run_compare
