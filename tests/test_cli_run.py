@@ -80,6 +80,10 @@ def test_a_model_outside_the_registry_is_recorded_as_such(
 def test_no_default_model_is_an_error_that_says_how_to_build_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # a source tree without the shipped weights, and nothing built in the cache
+    import tepo_agent.paths
+
+    monkeypatch.setattr(tepo_agent.paths, "shipped_model_dir", lambda: tmp_path / "not-shipped")
     monkeypatch.setenv("TEPO_AGENT_HOME", str(tmp_path / "home"))
     db = tmp_path / "new.db"
     assert main(["run", "Hi", "--db", str(db)]) == 1

@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
@@ -121,4 +123,4 @@ def test_cli_run_against_the_server_finds_its_model(server: str, home: Path, wor
     assert json.loads(done.stdout)["policy_version"] == 0
     # `serve` without --model serves the default model, not a random-weight one of its own
     models = httpx.get(f"{server}/v1/models").json()["data"]
-    assert [m["id"] for m in models] == ["default-sft-v1"]
+    assert [m["id"] for m in models] == [BOOTSTRAPPED_MODEL_NAME]

@@ -15,7 +15,7 @@ from tepo_agent.tasks.traces import EFFICIENT, Habits, search_chain, solve_with_
 from tepo_agent.tasks.world import EVAL_SEED, build_world, held_out, world_tools
 from tepo_agent.trainer.bootstrap import BootstrapConfig, demonstration_messages
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "world.md"
+DOCS = Path(__file__).resolve().parents[1] / "docs/world.md"
 
 
 def test_no_held_out_question_or_answer_occurs_in_the_demonstrations(tmp_path):

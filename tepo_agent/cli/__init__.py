@@ -20,7 +20,10 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("demo", "run the whole loop: serve, collect with live ΔH, train, gate, hot-swap"),
+    "demo": (
+        "demo",
+        "watch the agent learn: before/after on held-out items, collect, train, gate, swap",
+    ),
     "eval": (
         "evaluate",
         "measure a policy on held-out items: accuracy with its interval, calls, ΔH, pilot",
