@@ -333,6 +333,10 @@ def run_demo(plan: DemoPlan, args: argparse.Namespace) -> int:
         change = _change(plan, before, after)
     finally:
         follower.stop()
+        if args.backend != "inprocess":  # the HTTP client's pooled connections
+            from tepo_agent.agent.sync import run_sync
+
+            run_sync(backend.aclose())  # on the loop collection ran on (this thread's)
         for thing in (target, closer):
             stop = getattr(thing, "close", None) or getattr(thing, "stop", None)
             if stop is not None:
