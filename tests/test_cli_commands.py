@@ -221,3 +221,16 @@ def test_shell_completion_names_commands_and_options(
     assert done.returncode == 0, done.stderr
     offered = set(out.read_text().replace("\x0b", " ").split())
     assert expected <= offered and not (absent & offered), offered
+
+
+def test_bootstrap_with_other_settings_needs_its_own_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the cache holds THE default model: --steps or --seed without --out would silently return
+    # (or overwrite) it; it is an error naming the option instead, and nothing is built
+    monkeypatch.setenv("TEPO_AGENT_HOME", str(tmp_path / "home"))
+    assert main(["bootstrap", "--steps", "5"]) == 1
+    assert main(["bootstrap", "--seed", "3"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("--out DIR") == 2
+    assert not (tmp_path / "home").exists()

@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "sample a reply and print each token with its entropy"),
     "bootstrap": (
         "bootstrap",
-        "fine-tune the default model on synthetic tool-use demonstrations (cached)",
+        "rebuild the default model: SFT on synthetic tool-use demonstrations",
     ),
     "run": ("run", "answer a question with tools; print tool calls with ΔH and the trajectory id"),
     "feedback": ("feedback", "record a score in [0, 1] for a stored trajectory"),
