@@ -96,8 +96,8 @@ class BootstrapConfig:
     validation_seed: int = 999
     validation_items: int = 24
     select_from: int = 300
-    select_every: int = 75
-    held_out_items: int = 100
+    select_every: int = 100
+    held_out_items: int = 60
     held_out_samples: int = 2
     check_items: int = 8
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)

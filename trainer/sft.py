@@ -88,7 +88,7 @@ class SFTConfig:
         seed: Shuffling seed.
     """
 
-    steps: int = 600
+    steps: int = 900
     batch_size: int = 32
     lr: float = 3e-3
     warmup_steps: int = 30

@@ -51,9 +51,11 @@ TOOL_MARKUP_TOKENS: tuple[str, ...] = (
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-# ChatML with Qwen2.5's tool-call markup, shortened: the model is tiny, so the tool instructions
-# are one line. Structure (roles, <tools> list, <tool_call> JSON, tool results as a user turn of
-# <tool_response> blocks that consecutive tool messages share) follows Qwen2.5-Instruct.
+# ChatML with Qwen2.5's tool-call markup, shortened: the model is tiny and its tools are fixed, so
+# the system turn names the tools and their arguments on one line ("Tools: calculator(expression)
+# search(query)", ~15 tokens instead of ~330 for JSON schemas: the system turn is in every SFT
+# sequence and carries no loss). Structure (roles, <tool_call> JSON, tool results as a user turn
+# of <tool_response> blocks that consecutive tool messages share) follows Qwen2.5-Instruct.
 DEFAULT_CHAT_TEMPLATE = """\
 {%- if messages and messages[0].role == 'system' %}
     {%- set system_message = messages[0].content %}
@@ -64,15 +66,11 @@ DEFAULT_CHAT_TEMPLATE = """\
 {%- endif %}
 {{- '<|im_start|>system\\n' + system_message }}
 {%- if tools %}
-    {{- '\\n# Tools' }}
+    {{- '\\nTools:' }}
     {%- for tool in tools %}
         {%- set fn = tool.function if tool.function is defined else tool %}
-        {{- '\\n' + fn.name + '(' + (fn.parameters.properties | list | join(', ')) + ')' }}
-        {%- if fn.description %}
-            {{- ': ' + fn.description }}
-        {%- endif %}
+        {{- ' ' + fn.name + '(' + (fn.parameters.properties | list | join(', ')) + ')' }}
     {%- endfor %}
-    {{- '\\nCall one with <tool_call>{"name": ..., "arguments": {...}}</tool_call>' }}
 {%- endif %}
 {{- '<|im_end|>\\n' }}
 {%- for message in loop_messages %}
