@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,3 +36,29 @@ def stand_in_home(default_model_dir: Path, tmp_path_factory: pytest.TempPathFact
     shutil.copytree(default_model_dir, target)
     (target / "bootstrap.json").write_text(json.dumps({"stand_in": "random weights, for tests"}))
     return root
+
+
+# -- a `tepo-agent serve` process started by a test ----------------------------------------------
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> None:
+    """Block until ``url``/health answers 200; fail with the server's output if it exits first or
+    does not come up within ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"tepo-agent serve exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"tepo-agent serve did not come up at {url} within {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def wait_healthy() -> Callable[..., None]:
+    """:func:`_wait_healthy`, for tests and fixtures of any scope and folder."""
+    return _wait_healthy

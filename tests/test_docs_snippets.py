@@ -13,16 +13,15 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tepo_agent.net import free_port
 from tepo_agent.paths import BOOTSTRAPPED_MODEL_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,25 +41,14 @@ def home(stand_in_home: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(home: Path) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+def server(home: Path, wait_healthy: Callable[..., None]) -> Iterator[str]:
+    port = free_port()
     env = {**os.environ, "TEPO_AGENT_HOME": str(home)}
     cmd = [sys.executable, "-m", "tepo_agent", "serve", "--port", str(port), "--device", "cpu"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "tepo-agent serve did not come up"
-            time.sleep(0.3)
+        wait_healthy(url, proc, 180)
         yield url
     finally:
         proc.terminate()

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -451,7 +451,9 @@ async def test_concurrent_requests_all_succeed_with_the_sequential_answers(
 
 
 @pytest.mark.slow
-def test_cli_serve_starts_a_server_with_the_env_api_key(model_dir: Path) -> None:
+def test_cli_serve_starts_a_server_with_the_env_api_key(
+    model_dir: Path, wait_healthy: Callable[..., None]
+) -> None:
     port = free_port()
     env = {**os.environ, "TEPO_AGENT_API_KEY": "from-env"}
     cmd = [
@@ -471,16 +473,7 @@ def test_cli_serve_starts_a_server_with_the_env_api_key(model_dir: Path) -> None
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "tepo-agent serve did not come up"
-            time.sleep(0.2)
+        wait_healthy(url, proc, 120)
         assert httpx.get(f"{url}/v1/models").status_code == 401
         models = httpx.get(f"{url}/v1/models", headers={"Authorization": "Bearer from-env"})
         assert [m["id"] for m in models.json()["data"]] == ["cli-model"]

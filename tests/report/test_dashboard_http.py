@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 from _report_server import free_port, serving
 from _report_stores import write_runs, write_store
 
@@ -47,7 +46,9 @@ def test_a_key_protected_dashboard_signs_in_once_and_then_polls(tmp_path, defaul
         assert client.post("/data").status_code == 405
 
 
-def test_serve_with_db_mounts_the_dashboard(tmp_path: Path, default_model_dir: Path) -> None:
+def test_serve_with_db_mounts_the_dashboard(
+    tmp_path: Path, default_model_dir: Path, wait_healthy: Callable[..., None]
+) -> None:
     db = tmp_path / "s.db"
     write_runs(db, default_model_dir)
     port = free_port()
@@ -59,16 +60,7 @@ def test_serve_with_db_mounts_the_dashboard(tmp_path: Path, default_model_dir: P
     )  # fmt: skip
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"serve did not start: {proc.stdout.read() if proc.stdout else ''}")
-            time.sleep(0.2)
+        wait_healthy(base, proc, 120)
         page = httpx.get(f"{base}/dashboard/", follow_redirects=True)
         assert page.status_code == 200 and "tepo-agent dashboard" in page.text
         assert '"data_url":"/dashboard/data"' in page.text
