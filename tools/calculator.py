@@ -212,12 +212,28 @@ def format_number(value: Number) -> str:
     return format(value, ".12g")
 
 
+DESCRIPTION = (
+    "Evaluate an arithmetic expression exactly and return the number. Use it for any "
+    "multiplication, division or multi-step arithmetic instead of computing in your head."
+)
+"""The tool's description in :func:`make_calculator_tool`'s full form."""
+
+BRIEF_DESCRIPTION = "Evaluate arithmetic."
+"""The description in the brief form (the task world's, which the default model was trained on)."""
+
+
 class CalculatorArgs(BaseModel):
     expression: str = Field(
         description="Arithmetic expression, e.g. '(17 * 23) - sqrt(16) / 2'. Supports "
         "+ - * / // % ** (or ^), parentheses, sqrt, log, exp, sin, cos, tan, abs, round, "
         "min, max, pi, e."
     )
+
+
+class BriefCalculatorArgs(BaseModel):
+    """The same argument without a description: the brief schema costs fewer prompt tokens."""
+
+    expression: str
 
 
 def _calculate(expression: str) -> str:
@@ -230,24 +246,30 @@ async def _acalculate(expression: str) -> str:
     return _calculate(expression)
 
 
-def make_calculator_tool() -> BaseTool:
-    """The LangChain ``calculator`` tool: evaluates one expression, returns the number as text."""
+def make_calculator_tool(*, brief: bool = False) -> BaseTool:
+    """The LangChain ``calculator`` tool: evaluates one expression, returns the number as text.
+
+    The tool's schema is part of every prompt. ``brief=True`` gives the one-line description
+    :data:`BRIEF_DESCRIPTION` and an undocumented argument: the task world's form
+    (:func:`tepo_agent.tasks.world.world_tools`), for a model with a short context that learned
+    the tool in training; the default gives a model the full description and supported syntax.
+    """
     return StructuredTool.from_function(
         func=_calculate,
         coroutine=_acalculate,
         name="calculator",
-        description=(
-            "Evaluate an arithmetic expression exactly and return the number. Use it for any "
-            "multiplication, division or multi-step arithmetic instead of computing in your head."
-        ),
-        args_schema=CalculatorArgs,
+        description=BRIEF_DESCRIPTION if brief else DESCRIPTION,
+        args_schema=BriefCalculatorArgs if brief else CalculatorArgs,
         handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
     )
 
 
 __all__ = [
+    "BRIEF_DESCRIPTION",
+    "DESCRIPTION",
     "MAX_EXPRESSION_CHARS",
     "MAX_INT_BITS",
+    "BriefCalculatorArgs",
     "CalculatorArgs",
     "evaluate",
     "format_number",

@@ -29,34 +29,23 @@ from tepo_agent.errors import ConfigError
 from tepo_agent.tasks.base import EVAL_SEED, SuiteName, Task
 from tepo_agent.tasks.knowledge import KnowledgeBase, deep_search_suite, knowledge_suite
 from tepo_agent.tasks.math_tasks import math_suite
-from tepo_agent.tools.calculator import evaluate, format_number
+from tepo_agent.tools.calculator import make_calculator_tool
 from tepo_agent.tools.search import SearchIndex, build_index
 
 SEARCH_HITS = 1
 """Hits the world's search tool returns (few: the default model's context is short)."""
 
 
-class _CalculatorArgs(BaseModel):
-    expression: str
-
-
 class _SearchArgs(BaseModel):
     query: str
-
-
-def _calculate(expression: str) -> str:
-    return format_number(evaluate(expression))
-
-
-async def _acalculate(expression: str) -> str:  # inline: cheaper than an executor thread
-    return _calculate(expression)
 
 
 def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
     """The tools the default agent uses in a world: calculator and search over its index.
 
-    They are the real tools with one-line descriptions and minimal argument schemas: the tool
-    schemas are part of every prompt. Search returns the text of the best ``SEARCH_HITS`` documents,
+    They are the real tools with one-line descriptions and minimal argument schemas (the
+    calculator is ``make_calculator_tool(brief=True)``): the tool schemas are part of every
+    prompt. Search returns the text of the best ``SEARCH_HITS`` documents,
     one per line, best first.
     """
     index = SearchIndex(Path(world_dir) / "search.db")
@@ -71,14 +60,7 @@ def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
         return search(query)
 
     return [
-        StructuredTool.from_function(
-            func=_calculate,
-            coroutine=_acalculate,
-            name="calculator",
-            description="Evaluate arithmetic.",
-            args_schema=_CalculatorArgs,
-            handle_tool_error=True,  # ToolError reaches the model as an error ToolMessage
-        ),
+        make_calculator_tool(brief=True),
         StructuredTool.from_function(
             func=search,
             coroutine=asearch,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from tepo_agent.errors import ToolError
 from tepo_agent.tools.calculator import (
@@ -119,3 +120,26 @@ def test_tool_returns_text_and_reports_errors_as_error_tool_messages() -> None:
     assert message.status == "error" and "division by zero" in message.text
     with pytest.raises(ToolError, match="division by zero"):
         evaluate("1/0")
+
+
+def test_brief_form_is_the_task_worlds_schema_and_the_same_tool() -> None:
+    # The default model learned the task world's calculator from prompts holding exactly this
+    # schema; the brief form must keep rendering it, and evaluate like the full tool.
+    brief = make_calculator_tool(brief=True)
+    assert convert_to_openai_tool(brief) == {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate arithmetic.",
+            "parameters": {
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+                "type": "object",
+            },
+        },
+    }
+    full = convert_to_openai_tool(make_calculator_tool())["function"]
+    assert "sqrt" in full["parameters"]["properties"]["expression"]["description"]
+    assert brief.invoke({"expression": "17 * 23"}) == "391"
+    call = {"type": "tool_call", "id": "c1", "name": "calculator", "args": {"expression": "1/0"}}
+    assert brief.invoke(call).status == "error"
