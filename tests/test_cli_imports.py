@@ -245,12 +245,13 @@ def test_serve_and_the_http_path_load_no_trainer_and_http_generation_no_torch(
     assert codes == [0], output
     assert "httpx" in client_modules  # it really ran over HTTP
     assert _trainer_modules(client_modules) == []
+    # The agent over HTTP, its chat format built from the model directory, loads no torch.
+    assert "torch" not in client_modules and "langgraph" in client_modules
     with TrajectoryStore(db) as store:
         assert len(store.list()) == 1
 
     # The HTTP path itself, below the chat format: the agent's modules, a generation over HTTP
-    # and its turn entropy load no torch (building a ChatFormat still does: AutoTokenizer reads
-    # config.json through transformers' configuration module, which imports torch).
+    # and its turn entropy load no torch (tests/test_http_without_torch.py: the chat format).
     probe = subprocess.run(
         [sys.executable, "-c", _HTTP_PROBE, serve_process.url],
         capture_output=True,

@@ -176,10 +176,15 @@ class ChatFormat:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> ChatFormat:
-        """The chat format of the model directory ``path`` (its tokenizer and chat template)."""
-        from tepo_agent.model.io import load_tokenizer
+        """The chat format of the model directory ``path`` (its tokenizer and chat template).
 
-        return cls(load_tokenizer(path))
+        The tokenizer is the class ``AutoTokenizer`` would load, chosen without importing torch
+        (:mod:`tepo_agent.chat.tokenizer_class`): an application that talks to a model server
+        over HTTP renders its prompts with ``tokenizers`` and the compiled chat template only.
+        """
+        from tepo_agent.chat.tokenizer_class import load_tokenizer_without_torch
+
+        return cls(load_tokenizer_without_torch(path))
 
     # -- rendering -------------------------------------------------------------------------
 
