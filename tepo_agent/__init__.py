@@ -13,10 +13,10 @@ The trainer (``tepo_agent.trainer``), the server and the CLI are never imported 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tepo_agent import _moved
+from tepo_agent._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tepo_agent.agent.chat_model import TepoChatModel
@@ -49,57 +49,25 @@ __version__ = "0.1.0"
 
 _moved.install()  # old module paths (tepo_agent.hotswap, ...) keep working for one release
 
-_ERRORS = (
-    "BackendError",
-    "BackendUnavailableError",
-    "ChatFormatError",
-    "ConfigError",
-    "ModelLoadError",
-    "PublishError",
-    "SandboxError",
-    "StoreError",
-    "TepoError",
-    "ToolError",
-    "TrainerError",
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "tepo_agent.agent.chat_model": "TepoChatModel",
+        "tepo_agent.agent.graph": "AgentResult TepoAgent",
+        "tepo_agent.agent.recorder": "TrajectoryRecorder",
+        "tepo_agent.agent.state": "AgentConfig",
+        "tepo_agent.backends.base": "Backend Generation SamplingParams",
+        "tepo_agent.backends.http_backend": "HttpBackend HttpBackendConfig",
+        "tepo_agent.backends.transformers_backend": "TransformersBackend",
+        "tepo_agent.chat.format": "ChatFormat ParsedTurn ToolCall",
+        "tepo_agent.errors": "BackendError BackendUnavailableError ChatFormatError ConfigError "
+        "ModelLoadError PublishError SandboxError StoreError TepoError ToolError TrainerError",
+        "tepo_agent.model.default": "ensure_default_model init_model",
+        "tepo_agent.policy.registry": "PolicyRecord PolicyRegistry",
+        "tepo_agent.store": "TrajectoryStore",
+        "tepo_agent.trajectory": "Trajectory Turn",
+    },
 )
-
-_LAZY: dict[str, str] = {
-    "AgentConfig": "tepo_agent.agent.state",
-    "AgentResult": "tepo_agent.agent.graph",
-    "Backend": "tepo_agent.backends.base",
-    "ChatFormat": "tepo_agent.chat.format",
-    "Generation": "tepo_agent.backends.base",
-    "HttpBackend": "tepo_agent.backends.http_backend",
-    "HttpBackendConfig": "tepo_agent.backends.http_backend",
-    "ParsedTurn": "tepo_agent.chat.format",
-    "PolicyRecord": "tepo_agent.policy.registry",
-    "PolicyRegistry": "tepo_agent.policy.registry",
-    "SamplingParams": "tepo_agent.backends.base",
-    "TepoAgent": "tepo_agent.agent.graph",
-    "TepoChatModel": "tepo_agent.agent.chat_model",
-    "ToolCall": "tepo_agent.chat.format",
-    "Trajectory": "tepo_agent.trajectory",
-    "TrajectoryRecorder": "tepo_agent.agent.recorder",
-    "TrajectoryStore": "tepo_agent.store",
-    "TransformersBackend": "tepo_agent.backends.transformers_backend",
-    "Turn": "tepo_agent.trajectory",
-    "ensure_default_model": "tepo_agent.model.default",
-    "init_model": "tepo_agent.model.default",
-    **dict.fromkeys(_ERRORS, "tepo_agent.errors"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tepo_agent' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [

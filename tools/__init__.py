@@ -6,16 +6,17 @@
 - ``search``: BM25 over a local SQLite FTS5 index (:mod:`tepo_agent.tools.search`).
 
 :func:`default_tools` builds the set the agent uses by default. Tools import nothing of the
-runtime but :mod:`tepo_agent.errors` and never the trainer (the import-linter contracts in
-pyproject.toml). The names load on first access, so importing one tool module (or
+runtime but :mod:`tepo_agent.errors` (and the bottom layer's helpers, such as
+:mod:`tepo_agent._lazy`) and never the trainer (the import-linter contracts in pyproject.toml). The names load on first access, so importing one tool module (or
 :data:`~tepo_agent.tools.catalog.TOOL_NAMES` for the command line's parser) does not load the
 others: the search index needs sqlite-utils, the tools LangChain.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tepo_agent._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tepo_agent.tools.calculator import evaluate, make_calculator_tool
@@ -24,33 +25,16 @@ if TYPE_CHECKING:
     from tepo_agent.tools.sandbox import Containment, PythonSandbox, SandboxConfig, SandboxResult
     from tepo_agent.tools.search import SearchHit, SearchIndex, build_index, make_search_tool
 
-_LAZY: dict[str, str] = {
-    "TOOL_NAMES": "tepo_agent.tools.catalog",
-    "Containment": "tepo_agent.tools.sandbox",
-    "PythonSandbox": "tepo_agent.tools.sandbox",
-    "SandboxConfig": "tepo_agent.tools.sandbox",
-    "SandboxResult": "tepo_agent.tools.sandbox",
-    "SearchHit": "tepo_agent.tools.search",
-    "SearchIndex": "tepo_agent.tools.search",
-    "build_index": "tepo_agent.tools.search",
-    "default_tools": "tepo_agent.tools.catalog",
-    "evaluate": "tepo_agent.tools.calculator",
-    "make_calculator_tool": "tepo_agent.tools.calculator",
-    "make_python_tool": "tepo_agent.tools.python_tool",
-    "make_search_tool": "tepo_agent.tools.search",
-    "make_tool": "tepo_agent.tools.catalog",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "tepo_agent.tools.calculator": "evaluate make_calculator_tool",
+        "tepo_agent.tools.catalog": "TOOL_NAMES default_tools make_tool",
+        "tepo_agent.tools.python_tool": "make_python_tool",
+        "tepo_agent.tools.sandbox": "Containment PythonSandbox SandboxConfig SandboxResult",
+        "tepo_agent.tools.search": "SearchHit SearchIndex build_index make_search_tool",
+    },
+)
 
 
 __all__ = [

@@ -17,37 +17,32 @@ agent was one module.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tepo_agent._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tepo_agent.agent.chat_model import TepoChatModel
-    from tepo_agent.agent.graph import AgentResult, TepoAgent
+    from tepo_agent.agent.graph import AgentResult, RunLabels, TepoAgent
     from tepo_agent.agent.recorder import TrajectoryRecorder
     from tepo_agent.agent.state import AgentConfig, AgentState, ToolCallRecord
 
-_LAZY: dict[str, str] = {
-    "AgentConfig": "tepo_agent.agent.state",
-    "AgentResult": "tepo_agent.agent.graph",
-    "AgentState": "tepo_agent.agent.state",
-    "TepoAgent": "tepo_agent.agent.graph",
-    "TepoChatModel": "tepo_agent.agent.chat_model",
-    "ToolCallRecord": "tepo_agent.agent.state",
-    "TrajectoryRecorder": "tepo_agent.agent.recorder",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "tepo_agent.agent.chat_model": "TepoChatModel",
+        "tepo_agent.agent.graph": "AgentResult RunLabels TepoAgent",
+        "tepo_agent.agent.recorder": "TrajectoryRecorder",
+        "tepo_agent.agent.state": "AgentConfig AgentState ToolCallRecord",
+    },
+)
 
 
 __all__ = [
     "AgentConfig",
     "AgentResult",
     "AgentState",
+    "RunLabels",
     "TepoAgent",
     "TepoChatModel",
     "ToolCallRecord",

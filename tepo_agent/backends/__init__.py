@@ -6,8 +6,9 @@ only reads the store or talks HTTP does not import torch and transformers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from tepo_agent._lazy import lazy_exports
 from tepo_agent.backends.base import (
     Backend,
     EntropyKind,
@@ -20,20 +21,13 @@ if TYPE_CHECKING:
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
     from tepo_agent.backends.transformers_backend import BackendStats, TransformersBackend
 
-_LAZY = {
-    "BackendStats": "tepo_agent.backends.transformers_backend",
-    "TransformersBackend": "tepo_agent.backends.transformers_backend",
-    "HttpBackend": "tepo_agent.backends.http_backend",
-    "HttpBackendConfig": "tepo_agent.backends.http_backend",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "tepo_agent.backends.http_backend": "HttpBackend HttpBackendConfig",
+        "tepo_agent.backends.transformers_backend": "BackendStats TransformersBackend",
+    },
+)
 
 
 __all__ = [
