@@ -14,6 +14,7 @@ import asyncio
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict, Unpack
 
 from tqdm import tqdm
 
@@ -33,23 +34,37 @@ class GroupOutcome:
     scores: tuple[float, ...]
 
 
+class CollectOptions(TypedDict, total=False):
+    """Keyword options of :func:`acollect` and :func:`collect`.
+
+    Attributes:
+        app_tag: The label every stored trajectory gets (default ``"collect"``).
+        on_group: Called with each group's outcome as soon as its runs are scored.
+        progress: Show a progress bar on stderr (default True).
+    """
+
+    app_tag: str
+    on_group: Callable[[GroupOutcome], None] | None
+    progress: bool
+
+
 async def acollect(
     agent: TepoAgent,
     store: TrajectoryStore,
     tasks: Sequence[Task],
     group: int,
-    *,
-    app_tag: str = "collect",
-    on_group: Callable[[GroupOutcome], None] | None = None,
-    progress: bool = True,
+    **options: Unpack[CollectOptions],
 ) -> list[GroupOutcome]:
     """Collect one group per task (see the module docstring); results in task order."""
+    app_tag = options.get("app_tag", "collect")
+    on_group = options.get("on_group")
     if agent.store is None:
         raise ConfigError("collection stores what it samples: give the agent a store")
     if group < 1:
         raise ConfigError(f"a group needs >= 1 samples, got {group}")
     bar = tqdm(
-        total=len(tasks) * group, desc="collect", unit="run", disable=not progress,
+        total=len(tasks) * group, desc="collect", unit="run",
+        disable=not options.get("progress", True),
         file=sys.stderr, leave=False,
     )  # fmt: skip
 
@@ -78,16 +93,11 @@ def collect(
     store: TrajectoryStore,
     tasks: Sequence[Task],
     group: int,
-    *,
-    app_tag: str = "collect",
-    on_group: Callable[[GroupOutcome], None] | None = None,
-    progress: bool = True,
+    **options: Unpack[CollectOptions],
 ) -> list[GroupOutcome]:
     """Synchronous :func:`acollect`."""
-    outcomes: list[GroupOutcome] = run_sync(
-        acollect(agent, store, tasks, group, app_tag=app_tag, on_group=on_group, progress=progress)
-    )
+    outcomes: list[GroupOutcome] = run_sync(acollect(agent, store, tasks, group, **options))
     return outcomes
 
 
-__all__ = ["GroupOutcome", "acollect", "collect"]
+__all__ = ["CollectOptions", "GroupOutcome", "acollect", "collect"]

@@ -32,7 +32,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import BaseTool
@@ -61,6 +61,21 @@ from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
 if TYPE_CHECKING:
     from tepo_agent.store import TrajectoryStore
+
+
+class RunLabels(TypedDict, total=False):
+    """What a run's trajectory is filed under (keyword arguments of :meth:`TepoAgent.run` and
+    its siblings; each absent one is None).
+
+    Attributes:
+        group_id: The GRPO group the run belongs to (``run_group`` makes one when absent).
+        task_id: The task the run answers, for verifiers and evaluation.
+        app_tag: A free label for the application or experiment.
+    """
+
+    group_id: str | None
+    task_id: str | None
+    app_tag: str | None
 
 
 @dataclass
@@ -239,10 +254,7 @@ class TepoAgent:
         self,
         question: str,
         state: AgentState,
-        *,
-        group_id: str | None,
-        task_id: str | None,
-        app_tag: str | None,
+        **labels: Unpack[RunLabels],
     ) -> AgentResult:
         status = state.get("status") or "error"
         records = {r["tool_call_id"]: r for r in state.get("tool_calls", [])}
@@ -254,9 +266,9 @@ class TepoAgent:
             records=records,
             status=status,
             answer=state.get("answer"),
-            group_id=group_id,
-            task_id=task_id,
-            app_tag=app_tag,
+            group_id=labels.get("group_id"),
+            task_id=labels.get("task_id"),
+            app_tag=labels.get("app_tag"),
         )
         trajectory.created_at = time.time()
         stored = self.store.add(trajectory) if self.store is not None else None
@@ -270,75 +282,36 @@ class TepoAgent:
         )
 
     async def arun(
-        self,
-        question: str,
-        *,
-        group_id: str | None = None,
-        task_id: str | None = None,
-        app_tag: str | None = None,
-        sample: int = 0,
+        self, question: str, *, sample: int = 0, **labels: Unpack[RunLabels]
     ) -> AgentResult:
-        """Answer ``question`` with tools; record (and store) the trajectory."""
+        """Answer ``question`` with tools; record (and store) the trajectory under ``labels``."""
         state = await self.graph.ainvoke(
             self._initial_state(question, sample), config=self._run_config()
         )
-        return self._result(question, state, group_id=group_id, task_id=task_id, app_tag=app_tag)
+        return self._result(question, state, **labels)
 
-    def run(
-        self,
-        question: str,
-        *,
-        group_id: str | None = None,
-        task_id: str | None = None,
-        app_tag: str | None = None,
-    ) -> AgentResult:
+    def run(self, question: str, **labels: Unpack[RunLabels]) -> AgentResult:
         """Synchronous :meth:`arun`."""
-        result: AgentResult = run_sync(
-            self.arun(question, group_id=group_id, task_id=task_id, app_tag=app_tag)
-        )
+        result: AgentResult = run_sync(self.arun(question, **labels))
         return result
 
     async def arun_group(
-        self,
-        question: str,
-        n: int,
-        *,
-        group_id: str | None = None,
-        task_id: str | None = None,
-        app_tag: str | None = None,
+        self, question: str, n: int, **labels: Unpack[RunLabels]
     ) -> list[AgentResult]:
         """``n`` concurrent samples of one question under one group id (the backend batches)."""
         if n < 1:
             raise ConfigError(f"a group needs n >= 1 samples, got {n}")
-        group_id = group_id or new_id()
-        runs = [
-            self.arun(question, group_id=group_id, task_id=task_id, app_tag=app_tag, sample=i)
-            for i in range(n)
-        ]
+        grouped: RunLabels = {**labels, "group_id": labels.get("group_id") or new_id()}
+        runs = [self.arun(question, sample=i, **grouped) for i in range(n)]
         return list(await asyncio.gather(*runs))
 
-    def run_group(
-        self,
-        question: str,
-        n: int,
-        *,
-        group_id: str | None = None,
-        task_id: str | None = None,
-        app_tag: str | None = None,
-    ) -> list[AgentResult]:
+    def run_group(self, question: str, n: int, **labels: Unpack[RunLabels]) -> list[AgentResult]:
         """Synchronous :meth:`arun_group`."""
-        results: list[AgentResult] = run_sync(
-            self.arun_group(question, n, group_id=group_id, task_id=task_id, app_tag=app_tag)
-        )
+        results: list[AgentResult] = run_sync(self.arun_group(question, n, **labels))
         return results
 
     async def astream(
-        self,
-        question: str,
-        *,
-        group_id: str | None = None,
-        task_id: str | None = None,
-        app_tag: str | None = None,
+        self, question: str, **labels: Unpack[RunLabels]
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the graph's updates as they happen, then ``{"result": AgentResult}``.
 
@@ -356,11 +329,7 @@ class TepoAgent:
                 yield chunk
             else:
                 state = chunk
-        yield {
-            "result": self._result(
-                question, state, group_id=group_id, task_id=task_id, app_tag=app_tag
-            )
-        }
+        yield {"result": self._result(question, state, **labels)}
 
 
-__all__ = ["AgentConfig", "AgentResult", "TepoAgent"]
+__all__ = ["AgentConfig", "AgentResult", "RunLabels", "TepoAgent"]
