@@ -23,7 +23,7 @@ from tepo_agent.errors import StoreError
 from tepo_agent.evaluation.calls import CallOutcome
 from tepo_agent.evaluation.items import ItemResult
 from tepo_agent.evaluation.report import summarize
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import TrajectoryStore, from_row
 
 
 @dataclass(frozen=True)
@@ -110,29 +110,13 @@ def load_evaluation(store: TrajectoryStore, eval_id: int) -> tuple[EvalMeta, lis
         raise StoreError(
             f"no evaluation {eval_id} in {store.path}; list them with list_evaluations"
         )
-    row = rows[0]
-    meta = EvalMeta(
-        suite=row["suite"],
-        seed=row["seed"],
-        n=row["n"],
-        samples=row["samples"],
-        temperature=row["temperature"],
-        policy_version=row["policy_version"],
-        label=row["label"],
-        config=json.loads(row["config"]),
-    )
+    meta = from_row(EvalMeta, rows[0], config=json.loads(rows[0]["config"]))
     items = [
-        ItemResult(
-            task_id=r["task_id"],
-            suite=r["suite"],
+        from_row(
+            ItemResult,
+            r,
             needs_tool=bool(r["needs_tool"]),
-            sample=r["sample"],
-            score=r["score"],
-            answer=r["answer"],
-            status=r["status"],
             calls=tuple(CallOutcome(**c) for c in json.loads(r["calls"])),
-            policy_version=r["policy_version"],
-            entropy_kind=r["entropy_kind"],
         )
         for r in store.read(
             "SELECT * FROM evaluation_items WHERE evaluation_id = ? ORDER BY rowid", [eval_id]

@@ -11,6 +11,7 @@ See :mod:`tepo_agent.store._store` for the concurrency and cursor rules and
 :mod:`tepo_agent.store.schema` for the tables, migrations and durability settings.
 """
 
+from tepo_agent.store._codec import from_row
 from tepo_agent.store._records import TrainStep, TrajectoryGroup, TrajectorySummary
 from tepo_agent.store._store import TrajectoryStore, default_db_path
 from tepo_agent.store.schema import SCHEMA_VERSION
@@ -22,4 +23,5 @@ __all__ = [
     "TrajectoryStore",
     "TrajectorySummary",
     "default_db_path",
+    "from_row",
 ]

@@ -13,12 +13,14 @@ import json
 import math
 import sys
 from array import array
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeVar
 
 from tepo_agent.errors import StoreError
 
 _BIG_ENDIAN = sys.byteorder == "big"
+
+_Record = TypeVar("_Record")
 
 # array's "i" and "f" are 4 bytes on every platform CPython supports; check once rather than
 # silently writing a different layout on an exotic one.
@@ -96,3 +98,10 @@ def finite_or_none(value: float | None, what: str) -> float | None:
     if not math.isfinite(value):
         raise StoreError(f"{what} is {value}; store only finite numbers (or None)")
     return value
+
+
+def from_row(cls: type[_Record], row: Mapping[str, Any], **decoded: Any) -> _Record:
+    """The dataclass ``cls`` from a table row whose columns are named as its fields; ``decoded``
+    gives the fields whose column holds an encoding (a BLOB, JSON text) already decoded."""
+    fields: dict[str, Any] = getattr(cls, "__dataclass_fields__")  # noqa: B009
+    return cls(**{name: decoded[name] if name in decoded else row[name] for name in fields})

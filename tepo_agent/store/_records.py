@@ -12,6 +12,7 @@ from tepo_agent.store._codec import (
     encode_floats,
     encode_ids,
     finite_or_none,
+    from_row,
     load_json,
 )
 from tepo_agent.trajectory import Trajectory, Turn
@@ -83,7 +84,7 @@ SUMMARY_COLUMNS = (
 
 
 def summary_from_row(row: dict[str, Any]) -> TrajectorySummary:
-    return TrajectorySummary(**{k: row[k] for k in TrajectorySummary.__dataclass_fields__})
+    return from_row(TrajectorySummary, row)
 
 
 def trajectory_row(traj: Trajectory, *, seq: int, score_seq: int | None, now: float) -> dict:
@@ -142,41 +143,23 @@ def turn_row(trajectory_id: str, idx: int, turn: Turn) -> dict:
 
 
 def turn_from_row(row: dict[str, Any]) -> Turn:
-    return Turn(
-        role=row["role"],
+    return from_row(
+        Turn,
+        row,
         token_ids=decode_ids(row["token_ids"]),
-        text=row["text"],
         logprobs=decode_floats(row["logprobs"]),
         entropies=decode_floats(row["entropies"]),
         entropy_lower=decode_floats(row["entropy_lower"]),
         entropy_upper=decode_floats(row["entropy_upper"]),
-        entropy_kind=row["entropy_kind"],
-        policy_version=row["policy_version"],
-        finish_reason=row["finish_reason"],
-        entropy_mean=row["entropy_mean"],
-        tool_call_id=row["tool_call_id"],
-        tool_name=row["tool_name"],
         tool_args=load_json(row["tool_args"]),
-        tool_result=row["tool_result"],
-        tool_error=row["tool_error"],
-        error_kind=row["error_kind"],
-        tool_latency_s=row["tool_latency_s"],
-        delta_entropy=row["delta_entropy"],
     )
 
 
 def trajectory_from_rows(row: dict[str, Any], turn_rows: list[dict[str, Any]]) -> Trajectory:
-    return Trajectory(
-        task=row["task"],
+    return from_row(
+        Trajectory,
+        row,
         prompt_token_ids=decode_ids(row["prompt_token_ids"]),
         turns=[turn_from_row(r) for r in turn_rows],
-        id=row["id"],
-        group_id=row["group_id"],
-        answer=row["answer"],
-        status=row["status"],
-        score=row["score"],
-        app_tag=row["app_tag"],
-        task_id=row["task_id"],
         metadata=load_json(row["metadata"]) or {},
-        created_at=row["created_at"],
     )
