@@ -38,18 +38,9 @@ def start_serve(model_dir: Path, port: int, *extra: str) -> subprocess.Popen[byt
     """``tepo-agent serve`` in a subprocess; returns once ``/health`` answers."""
     import httpx
 
+    argv = [sys.executable, "-m", "tepo_agent", "serve", "--model", str(model_dir)]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tepo_agent",
-            "serve",
-            "--model",
-            str(model_dir),
-            "--port",
-            str(port),
-            *extra,
-        ],
+        [*argv, "--port", str(port), *extra],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
