@@ -37,6 +37,22 @@ ERROR_KINDS: tuple[ErrorKind, ...] = ("malformed", "unknown_tool", "tool_error",
 FORMAT_ERROR_KINDS: tuple[ErrorKind, ...] = ("malformed", "unknown_tool")
 """The kinds that are the model's fault in writing the call (the gate's format errors)."""
 
+_TIMEOUT_TEXTS = ("error: TimeoutError", "error: timeout", "error: timed out")
+
+
+def error_kind_from_text(error: str | None) -> ErrorKind | None:
+    """The kind of a call's error message (None for a call that succeeded): for calls recorded
+    before the ``error_kind`` field existed, whose kind only their text tells."""
+    if error is None:
+        return None
+    if error.startswith("error: malformed tool call"):
+        return "malformed"
+    if error.startswith("error: unknown tool"):
+        return "unknown_tool"
+    if error.startswith(_TIMEOUT_TEXTS):
+        return "timeout"
+    return "tool_error"
+
 
 def new_id() -> str:
     """A fresh trajectory or group id (32 hex characters)."""

@@ -27,25 +27,12 @@ from typing import Any
 
 from tepo_agent.agent.state import ToolCallRecord
 from tepo_agent.trajectory import ERROR_KINDS, FORMAT_ERROR_KINDS, ErrorKind
+from tepo_agent.trajectory import error_kind_from_text as error_kind
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _NAME = re.compile(r"\b[A-Z][a-z]{2,}(?:\s+[A-Z][a-z]{2,})*")
-_TIMEOUT = ("error: TimeoutError", "error: timeout", "error: timed out")
 # capitalised words that start sentences in tool results and answers, never names
 _NOT_NAMES = frozenset({"The", "Its", "This", "That", "There", "Answer", "Error", "Result"})
-
-
-def error_kind(error: str | None) -> ErrorKind | None:
-    """The kind of a call's error message (None for a call that succeeded)."""
-    if error is None:
-        return None
-    if error.startswith("error: malformed tool call"):
-        return "malformed"
-    if error.startswith("error: unknown tool"):
-        return "unknown_tool"
-    if error.startswith(_TIMEOUT):
-        return "timeout"
-    return "tool_error"
 
 
 def salient_pieces(result: str, question: str) -> set[str]:

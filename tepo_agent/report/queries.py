@@ -19,6 +19,7 @@ from typing import Any
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.report.tokens import TokenDecoder
 from tepo_agent.store._codec import decode_floats, decode_ids
+from tepo_agent.trajectory import error_kind_from_text as error_kind
 
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
     ("reward_mean", "reward"),
@@ -60,23 +61,6 @@ class SampleFilter:
     def __post_init__(self) -> None:
         if self.limit < 1:
             raise ConfigError(f"the trajectory sample needs limit >= 1, got {self.limit}")
-
-
-def error_kind(error: str | None) -> str | None:
-    """A failed call's error kind from its error text (None for a call that succeeded).
-
-    The one place the kind is derived, until tool-call records carry the ``error_kind`` field
-    (then :func:`tool_stats` reads the stored column instead, see ``_error_kind_sql``).
-    """
-    if error is None:
-        return None
-    if error.startswith("error: malformed tool call"):
-        return "malformed"
-    if error.startswith("error: unknown tool"):
-        return "unknown_tool"
-    if error.startswith(("error: TimeoutError", "error: timeout", "error: timed out")):
-        return "timeout"
-    return "tool_error"
 
 
 def open_readonly(path: str | Path) -> sqlite3.Connection:
