@@ -280,6 +280,22 @@ def _rounds(
         _stop_trainer(trainer)
 
 
+def _live_on_held_out(
+    step: str, items: str, ctx: dict[str, Any], gate: Any, plan: DemoPlan, times: dict[str, float]
+) -> tuple[int, list[ItemResult]]:
+    """The live version and its held-out results (step ``[3/6] before`` or ``[5/6] after``),
+    timed into ``times["before_s"]`` or ``times["after_s"]``, with the summary printed."""
+    label = step.split()[-1]
+    live = ctx["registry"].live()
+    version = live.version if live is not None else 0
+    print(f"{step}: the live policy v{version} on {items}")
+    t0 = time.perf_counter()
+    results = _held_out(label, ctx, gate, version, plan.eval_samples)
+    times[f"{label}_s"] = time.perf_counter() - t0
+    print(summary_table(summarize_by_suite(results)))
+    return version, results
+
+
 def run_demo(plan: DemoPlan, args: argparse.Namespace) -> int:
     """The demo with ``plan``'s budget; ``args`` are the command's other options."""
     work = Path(args.workdir)
@@ -310,24 +326,12 @@ def run_demo(plan: DemoPlan, args: argparse.Namespace) -> int:
         "fmt": fmt, "model_dir": model_dir, "world": world, "db": db, "work": work,
     }  # fmt: skip
     try:
-        live = registry.live()
-        v0 = live.version if live is not None else 0
-        print(f"[3/6] before: the live policy v{v0} on held-out items")
-        t0 = time.perf_counter()
-        before = _held_out("before", ctx, gate, v0, plan.eval_samples)
-        times["before_s"] = time.perf_counter() - t0
-        print(summary_table(summarize_by_suite(before)))
-
+        v0, before = _live_on_held_out("[3/6] before", "held-out items", ctx, gate, plan, times)
         print(f"[4/6] learning: {plan.rounds} round(s), {plan.reward} reward, lr {plan.lr:g}")
         _rounds(plan, args, ctx, times)
-
-        live = registry.live()
-        v1 = live.version if live is not None else 0
-        print(f"[5/6] after: the live policy v{v1} on the same held-out items")
-        t0 = time.perf_counter()
-        after = _held_out("after", ctx, gate, v1, plan.eval_samples)
-        times["after_s"] = time.perf_counter() - t0
-        print(summary_table(summarize_by_suite(after)))
+        v1, after = _live_on_held_out(
+            "[5/6] after", "the same held-out items", ctx, gate, plan, times
+        )
 
         print(f"[6/6] the change v{v0} → v{v1}, item by item")
         change = _change(plan, before, after)
