@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tepo_agent.errors import ChatFormatError, ModelLoadError
+from tepo_agent.model.io import existing_model_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -144,12 +145,7 @@ def load_tokenizer_without_torch(path: str | os.PathLike[str]) -> PreTrainedToke
     """``path``'s tokenizer, of the class ``AutoTokenizer`` would choose, without torch."""
     import transformers
 
-    directory = Path(path).expanduser()
-    if not directory.is_dir():
-        raise ModelLoadError(
-            f"model directory {directory} does not exist; pass the path of a local Hugging Face "
-            "model directory (or build the default one with `tepo-agent init-model --out DIR`)"
-        )
+    directory = existing_model_dir(path)
     if not (directory / "tokenizer.json").is_file():
         raise ModelLoadError(
             f"no tokenizer.json in {directory}: tepo-agent needs a fast tokenizer (save one "

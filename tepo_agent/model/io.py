@@ -26,7 +26,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
 _WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json")
 
 
-def _model_dir(path: str | os.PathLike[str]) -> Path:
+def existing_model_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a directory that exists; :class:`ModelLoadError` saying what to pass if not."""
     directory = Path(path).expanduser()
     if not directory.exists():
         raise ModelLoadError(
@@ -42,7 +43,7 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     """The fast (Rust) tokenizer saved in ``path``, with its chat template if it has one."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    directory = _model_dir(path)
+    directory = existing_model_dir(path)
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
         raise ModelLoadError(
             f"no tokenizer files in {directory}: expected one of {', '.join(_TOKENIZER_FILES)} "
@@ -94,7 +95,7 @@ def load_causal_lm(
     """The causal LM saved in ``path`` on ``device``, in eval mode (dropout off, no grad state)."""
     from transformers import AutoModelForCausalLM
 
-    directory = _model_dir(path)
+    directory = existing_model_dir(path)
     if not (directory / "config.json").is_file():
         raise ModelLoadError(
             f"no config.json in {directory}: this is not a Hugging Face model directory "
@@ -152,6 +153,7 @@ def _config_ids(model: PreTrainedModel, name: str) -> list[int]:
 __all__ = [
     "DType",
     "end_and_pad_ids",
+    "existing_model_dir",
     "load_causal_lm",
     "load_tokenizer",
     "resolve_device",
