@@ -19,27 +19,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from transformers import AutoTokenizer
 
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.chat.tokenizer_class import tokenizer_class_name
 from tepo_agent.errors import ChatFormatError, ModelLoadError
 from tepo_agent.model.io import load_tokenizer
+from tepo_agent.tools import make_calculator_tool
 
-_TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "calculator",
-            "description": "Evaluate arithmetic.",
-            "parameters": {
-                "type": "object",
-                "properties": {"expression": {"type": "string"}},
-                "required": ["expression"],
-            },
-        },
-    }
-]
+# the task world's calculator, the schema the default model was trained with
+_TOOLS = [convert_to_openai_tool(make_calculator_tool(brief=True))]
 _CONVERSATION = [
     {"role": "user", "content": "What is 17 * 23?\n\nThanks, café"},
     {
