@@ -91,7 +91,7 @@ def test_the_agent_over_http_builds_from_a_model_directory_without_torch_and_sam
     assert light["torch"] is False
 
     reference = ChatFormat(load_tokenizer(default_model_dir))  # AutoTokenizer, torch loaded
-    assert light["class"] == type(reference.tokenizer).__name__ == "Qwen2Tokenizer"
+    assert light["class"] == type(reference.tokenizer).__name__
     assert light["ids"] == reference.render(_CONVERSATION, _TOOLS)
     assert light["stop"] == list(reference.stop_token_ids)
 
