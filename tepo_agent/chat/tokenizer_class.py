@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tepo_agent.errors import ChatFormatError, ModelLoadError
-from tepo_agent.model.io import existing_model_dir
+from tepo_agent.model.io import existing_model_dir, load_fast_tokenizer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
@@ -158,16 +158,7 @@ def load_tokenizer_without_torch(path: str | os.PathLike[str]) -> PreTrainedToke
             f"{directory} asks for the tokenizer class {name}, which the installed transformers "
             "does not have; upgrade transformers or pass the tokenizer to ChatFormat"
         )
-    try:
-        tokenizer = tokenizer_class.from_pretrained(directory, local_files_only=True)
-    except Exception as exc:  # transformers/tokenizers raise many unrelated types here
-        raise ModelLoadError(f"cannot load the tokenizer in {directory}: {exc}") from exc
-    if not isinstance(tokenizer, transformers.PreTrainedTokenizerFast):
-        raise ModelLoadError(
-            f"the tokenizer in {directory} loaded as the slow {type(tokenizer).__name__}; "
-            "tepo-agent needs a fast tokenizer (add a tokenizer.json)"
-        )
-    return tokenizer
+    return load_fast_tokenizer(tokenizer_class, directory)
 
 
 __all__ = ["load_tokenizer_without_torch", "tokenizer_class_name"]

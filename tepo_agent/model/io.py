@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from tepo_agent.errors import ConfigError, ModelLoadError
 
@@ -41,7 +41,7 @@ def existing_model_dir(path: str | os.PathLike[str]) -> Path:
 
 def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
     """The fast (Rust) tokenizer saved in ``path``, with its chat template if it has one."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
     directory = existing_model_dir(path)
     if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
@@ -49,8 +49,16 @@ def load_tokenizer(path: str | os.PathLike[str]) -> PreTrainedTokenizerFast:
             f"no tokenizer files in {directory}: expected one of {', '.join(_TOKENIZER_FILES)} "
             "(save one there with tokenizer.save_pretrained)"
         )
+    return load_fast_tokenizer(AutoTokenizer, directory)
+
+
+def load_fast_tokenizer(tokenizer_class: Any, directory: Path) -> PreTrainedTokenizerFast:
+    """``tokenizer_class.from_pretrained(directory)`` (local files only), checked to be a fast
+    tokenizer; :class:`ModelLoadError` naming the directory otherwise."""
+    from transformers import PreTrainedTokenizerFast
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        tokenizer = tokenizer_class.from_pretrained(directory, local_files_only=True)
     except Exception as exc:  # transformers/tokenizers raise many unrelated types here
         raise ModelLoadError(f"cannot load the tokenizer in {directory}: {exc}") from exc
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
@@ -155,6 +163,7 @@ __all__ = [
     "end_and_pad_ids",
     "existing_model_dir",
     "load_causal_lm",
+    "load_fast_tokenizer",
     "load_tokenizer",
     "resolve_device",
     "resolve_dtype",
