@@ -64,7 +64,7 @@ def test_a_tool_importing_the_package_root_breaks_a_contract(copy: Path):
     _append_import(copy / "tools" / "search.py", "from tepo_agent import TrajectoryStore")
     result = _lint(copy)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "Tools import only tepo_agent.errors of the runtime" in result.stdout
+    assert "Tools never import the package root" in result.stdout
     assert "tepo_agent.tools.search -> tepo_agent" in result.stdout
 
 
