@@ -11,6 +11,7 @@ from _scripted_backend import ScriptedBackend, calc_call, chat_format, tiny_mode
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import StructuredTool
 
+from tepo_agent.agent.collect import collect
 from tepo_agent.agent.graph import AgentConfig, TepoAgent
 from tepo_agent.agent.state import AgentState, final_status, route_after_model
 from tepo_agent.backends.transformers_backend import TransformersBackend
@@ -293,3 +294,19 @@ def test_seeds_differ_per_sample_and_turn() -> None:
     assert len(seeds) == 16
     assert AgentConfig().turn_seed(0, 0) is None
     assert not math.isnan(float(config.turn_seed(0, 0) or 0))
+
+
+def test_a_misspelled_label_is_refused_before_anything_runs(
+    tiny_model_dir: Path, chat_format: ChatFormat, tmp_path: Path
+) -> None:
+    agent, backend = make_agent(tiny_model_dir, chat_format, ["The answer is 4."])
+    with pytest.raises(TypeError, match="unexpected keyword argument 'app_tg'"):
+        agent.run("What is 2 + 2?", app_tg="x")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'group'"):
+        agent.run_group("What is 2 + 2?", 2, group="g")  # type: ignore[call-arg]
+    store = TrajectoryStore(tmp_path / "c.db")
+    with pytest.raises(TypeError, match="unexpected keyword argument 'progres'"):
+        collect(agent, store, [], 1, progres=False)  # type: ignore[call-arg]
+    store.close()
+    assert backend.prompts == []  # nothing was sampled
+    assert agent.run("What is 2 + 2?", task_id="t", app_tag="a").answer == "The answer is 4."

@@ -18,7 +18,7 @@ from typing import TypedDict, Unpack
 
 from tqdm import tqdm
 
-from tepo_agent.agent.graph import AgentResult, TepoAgent
+from tepo_agent.agent.graph import AgentResult, TepoAgent, check_keywords
 from tepo_agent.agent.sync import run_sync
 from tepo_agent.errors import ConfigError
 from tepo_agent.store import TrajectoryStore
@@ -56,6 +56,7 @@ async def acollect(
     **options: Unpack[CollectOptions],
 ) -> list[GroupOutcome]:
     """Collect one group per task (see the module docstring); results in task order."""
+    check_keywords("acollect", options, CollectOptions)
     app_tag = options.get("app_tag", "collect")
     on_group = options.get("on_group")
     if agent.store is None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, Unpack
 
@@ -76,6 +76,14 @@ class RunLabels(TypedDict, total=False):
     group_id: str | None
     task_id: str | None
     app_tag: str | None
+
+
+def check_keywords(function: str, given: Mapping[str, Any], allowed: Any) -> None:
+    """Python's own TypeError for a keyword that the TypedDict ``allowed`` does not declare
+    (``**kwargs: Unpack[...]`` alone accepts any keyword at run time)."""
+    for name in given:
+        if name not in allowed.__annotations__:
+            raise TypeError(f"{function}() got an unexpected keyword argument {name!r}")
 
 
 @dataclass
@@ -285,6 +293,7 @@ class TepoAgent:
         self, question: str, *, sample: int = 0, **labels: Unpack[RunLabels]
     ) -> AgentResult:
         """Answer ``question`` with tools; record (and store) the trajectory under ``labels``."""
+        check_keywords("arun", labels, RunLabels)
         state = await self.graph.ainvoke(
             self._initial_state(question, sample), config=self._run_config()
         )
@@ -299,6 +308,7 @@ class TepoAgent:
         self, question: str, n: int, **labels: Unpack[RunLabels]
     ) -> list[AgentResult]:
         """``n`` concurrent samples of one question under one group id (the backend batches)."""
+        check_keywords("arun_group", labels, RunLabels)
         if n < 1:
             raise ConfigError(f"a group needs n >= 1 samples, got {n}")
         grouped: RunLabels = {**labels, "group_id": labels.get("group_id") or new_id()}
@@ -319,6 +329,7 @@ class TepoAgent:
         entropy (``turn_entropies``) and the ΔH of the calls before it (``tool_calls``), ``tools``
         updates the tool results (``pending_calls``).
         """
+        check_keywords("astream", labels, RunLabels)
         state: AgentState = {}  # type: ignore[typeddict-item]
         async for mode, chunk in self.graph.astream(
             self._initial_state(question, 0),
