@@ -96,7 +96,13 @@ def test_the_agent_over_http_builds_from_a_model_directory_without_torch_and_sam
     assert light["stop"] == list(reference.stop_token_ids)
 
 
-def _variant(source: Path, target: Path, tokenizer_class: str | None, model_type: str) -> Path:
+def _variant(
+    source: Path,
+    target: Path,
+    tokenizer_class: str | None,
+    model_type: str,
+    config_class: str | None = None,
+) -> Path:
     """A copy of the default model's tokenizer and config with another declared class/type."""
     target.mkdir()
     for name in ("tokenizer.json", "chat_template.jinja"):
@@ -107,7 +113,10 @@ def _variant(source: Path, target: Path, tokenizer_class: str | None, model_type
         tokenizer_config["tokenizer_class"] = tokenizer_class
     (target / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     config = json.loads((source / "config.json").read_text())
-    (target / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    config["model_type"] = model_type
+    if config_class is not None:
+        config["tokenizer_class"] = config_class
+    (target / "config.json").write_text(json.dumps(config))
     return target
 
 
@@ -123,12 +132,20 @@ def _variant(source: Path, target: Path, tokenizer_class: str | None, model_type
         (None, "qwen2", "Qwen2Tokenizer"),
         # a dedicated class wins over the model type
         ("Qwen2TokenizerFast", "gpt2", "Qwen2Tokenizer"),
+        # no class in tokenizer_config.json: the one config.json names
+        ("config:Qwen2Tokenizer", "gpt2", "Qwen2Tokenizer"),
+        ("config:TokenizersBackend", "qwen2", "Qwen2Tokenizer"),
     ],
 )
 def test_the_tokenizer_class_is_the_one_auto_tokenizer_loads(
     default_model_dir: Path, tmp_path: Path, tokenizer_class: str | None, model_type: str, expected
 ):
-    directory = _variant(default_model_dir, tmp_path / "model", tokenizer_class, model_type)
+    config_class = None
+    if tokenizer_class is not None and tokenizer_class.startswith("config:"):
+        tokenizer_class, config_class = None, tokenizer_class.removeprefix("config:")
+    directory = _variant(
+        default_model_dir, tmp_path / "model", tokenizer_class, model_type, config_class
+    )
     assert tokenizer_class_name(directory) == expected
     light = ChatFormat.from_pretrained(directory)
     reference = ChatFormat(AutoTokenizer.from_pretrained(directory, local_files_only=True))

@@ -13,8 +13,8 @@ replaces the pre-tokenizer saved in ``tokenizer.json`` with Qwen2's own.
 files and transformers' own tables (read from its installed ``tokenization_auto.py`` as data,
 never imported):
 
-- ``tokenizer_config.json`` declares a dedicated class (``Qwen2Tokenizer``, ``LlamaTokenizer``):
-  that class;
+- ``tokenizer_config.json`` (or else ``config.json``) declares a dedicated class
+  (``Qwen2Tokenizer``, ``LlamaTokenizer``): that class;
 - it declares none, or a generic one (``TokenizersBackend``, ``PreTrainedTokenizerFast``) and
   ``config.json``'s ``model_type`` is one transformers lists as carrying a wrong class on the hub
   (``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``): the class transformers registers for that model
@@ -120,8 +120,10 @@ def tokenizer_class_name(path: str | os.PathLike[str]) -> str:
             f"the tokenizer in {directory} is remote code (auto_map); load it yourself with "
             "AutoTokenizer.from_pretrained(..., trust_remote_code=True) and pass it to ChatFormat"
         )
-    model_type = _read_json(directory / "config.json").get("model_type")
-    declared = tokenizer_config.get("tokenizer_class")
+    config = _read_json(directory / "config.json")
+    model_type = config.get("model_type")
+    # as transformers: tokenizer_config.json's class, else one config.json names
+    declared = tokenizer_config.get("tokenizer_class") or config.get("tokenizer_class")
     if not isinstance(declared, str) or not declared:
         declared = None
     else:
