@@ -1,0 +1,206 @@
+"""``tepo-agent serve --db DB --record`` against the real ``openai`` client and raw HTTP.
+
+One server process (the CLI, a keys file with an admin and two application keys) serves a tiny
+model fine-tuned here for a few seconds to answer "What is 2+2?" with two calculator calls in a
+row, so an unmodified OpenAI tool-calling loop has real tool calls to run. The tests read the
+database the server wrote: one token-exact trajectory per conversation, tool results as
+environment tokens, ΔH per call, the policy version per turn, check-logprobs below 1e-3, new
+trajectories (with the reason) for edited histories, and feedback over HTTP on the trainer's
+cursor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import torch
+
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.model.default import DefaultModelConfig, init_model
+from tepo_agent.net import free_port
+from tepo_agent.store import TrajectoryStore
+from tepo_agent.trainer.logprob_check import check_logprobs
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate arithmetic.",
+            "parameters": {"type": "object", "properties": {"expression": {"type": "string"}}},
+        },
+    }
+]
+QUESTION = "What is 2+2?"
+CALLS = ("2+2", "4*1")  # the two calls the model learns to make, in order
+KEYS = {"ops": "sk-admin", "support": "sk-support", "batch": "sk-batch"}
+SMALL = DefaultModelConfig(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
+
+def _call_text(expression: str) -> str:
+    body = json.dumps({"name": "calculator", "arguments": {"expression": expression}})
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def _memorise_two_calls(model_dir: Path) -> None:
+    """Fine-tune until greedy decoding calls the calculator with CALLS[0], then CALLS[1]."""
+    from transformers import AutoModelForCausalLM
+
+    fmt = ChatFormat.from_pretrained(model_dir)
+    history: list[dict[str, Any]] = [{"role": "user", "content": QUESTION}]
+    ids = fmt.render(history, TOOLS)
+    labels = [-100] * len(ids)
+    for expression in CALLS:
+        target = [*fmt.encode(_call_text(expression)), fmt.end_of_turn_id]
+        ids, labels = ids + target, labels + target
+        history.append(fmt.parse(fmt.decode(target)).as_message())
+        result = [{"role": "tool", "content": str(eval(expression)), "tool_call_id": "x"}]
+        env = fmt.environment_tokens(history, result, TOOLS, sampled_end_of_turn=True)
+        history += result
+        ids, labels = ids + env, labels + [-100] * len(env)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    x, y = torch.tensor([ids]), torch.tensor([labels])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for _ in range(400):
+            loss = model(input_ids=x, labels=y).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if loss.item() < 0.003:
+                break
+    finally:
+        torch.set_num_threads(threads)
+    model.save_pretrained(str(model_dir))
+
+
+class Served:
+    def __init__(self, url: str, db: Path, proc: subprocess.Popen[str]) -> None:
+        self.url, self.db, self.proc = url, db, proc
+
+    def client(self, key: str = "support", **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=KEYS[key], **kwargs)
+
+    def http(self, key: str = "support") -> httpx.Client:
+        headers = {"Authorization": f"Bearer {KEYS[key]}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def store(self) -> TrajectoryStore:
+        return TrajectoryStore(self.db, create=False)
+
+
+@pytest.fixture(scope="module")
+def served(
+    tmp_path_factory: pytest.TempPathFactory, wait_healthy: Callable[..., None]
+) -> Iterator[Served]:
+    root = tmp_path_factory.mktemp("record")
+    model_dir = init_model(root / "model", seed=0, config=SMALL)
+    _memorise_two_calls(model_dir)
+    keys = [{"name": n, "key": k, "admin": n == "ops"} for n, k in KEYS.items()]
+    (root / "keys.json").write_text(json.dumps({"keys": keys}))
+    port, db = free_port(), root / "t.db"
+    command = [
+        sys.executable, "-m", "tepo_agent", "serve", "--model", str(model_dir), "--db", str(db),
+        "--record", "--keys-file", str(root / "keys.json"), "--port", str(port),
+        "--served-model-name", "tiny", "--log-level", "warning",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, proc)
+        yield Served(url, db, proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def run_tool_loop(
+    client: openai.OpenAI, question: str = QUESTION, *, stream_last: bool = False
+) -> tuple[list[Any], list[str]]:
+    """An ordinary OpenAI tool-calling loop (as an application writes it): returns the
+    conversation and the response ids."""
+    messages: list[Any] = [{"role": "user", "content": question}]
+    response_ids: list[str] = []
+    for _ in range(4):
+        response = client.chat.completions.create(
+            model="tiny", messages=messages, tools=TOOLS, temperature=0, max_tokens=48
+        )
+        response_ids.append(response.id)
+        message = response.choices[0].message
+        messages.append(message)
+        if not message.tool_calls:
+            return messages, response_ids
+        for call in message.tool_calls:
+            expression = json.loads(call.function.arguments)["expression"]
+            messages.append(
+                {"role": "tool", "tool_call_id": call.id, "content": str(eval(expression))}
+            )
+    return messages, response_ids
+
+
+def trajectory_of(store: TrajectoryStore, response_id: str) -> Any:
+    rows = store.read(
+        "SELECT trajectory_id FROM served_responses WHERE response_id = ?", [response_id]
+    )
+    assert len(rows) == 1, rows
+    return store.get(rows[0]["trajectory_id"])
+
+
+def test_an_openai_tool_loop_is_one_token_exact_trajectory(served: Served) -> None:
+    messages, response_ids = run_tool_loop(served.client())
+    calls = [m.tool_calls[0] for m in messages if getattr(m, "tool_calls", None)]
+    assert [json.loads(c.function.arguments)["expression"] for c in calls] == list(CALLS)
+    assert len(response_ids) == 3
+    with served.store() as store:
+        trajectory = trajectory_of(store, response_ids[-1])
+        assert {trajectory_of(store, r).id for r in response_ids} == {trajectory.id}
+    assert [t.role for t in trajectory.turns] == ["assistant", "tool"] * 2 + ["assistant"]
+    assert trajectory.app_tag == "support" and trajectory.task == QUESTION
+    assert trajectory.metadata["token_exact"] is True
+    assert trajectory.metadata["response_ids"] == response_ids
+    assert trajectory.metadata["started"] == "new conversation"
+    assert trajectory.metadata["ended"] == "answered"
+    assistant, tools = trajectory.assistant_turns(), trajectory.tool_turns()
+    assert all(t.policy_version == 0 for t in assistant)
+    assert [t.tool_result for t in tools] == ["4", "4"]
+    assert [t.tool_args for t in tools] == [{"expression": e} for e in CALLS]
+    for turn in tools:  # the tool results are environment tokens (masked), ΔH per call
+        assert turn.token_ids and turn.logprobs is None
+        assert turn.delta_entropy is not None
+    h = [t.entropy_mean for t in assistant]
+    assert tools[0].delta_entropy == pytest.approx(h[1] - h[0], abs=1e-5)
+    fmt = ChatFormat.from_pretrained(_model_dir(served))
+    assert "<tool_response>\n4\n</tool_response>" in fmt.decode(tools[0].token_ids)
+    # the sampled ids, spliced: the stored sequence is the last prompt plus what it sampled
+    assert fmt.parse(fmt.decode(assistant[0].token_ids)).tool_calls[0].arguments == {
+        "expression": "2+2"
+    }
+    report = check_logprobs(served.db, limit=1)
+    assert report.trajectories == 1 and report.tokens == sum(len(t.token_ids) for t in assistant)
+    assert report.max_abs_diff < 1e-3
+
+
+def _model_dir(served: Served) -> Path:
+    with served.store() as store:
+        return Path(store.read("SELECT path FROM policies WHERE version = 0")[0]["path"])
