@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -160,9 +161,15 @@ def run_tool_loop(
 
 
 def trajectory_of(store: TrajectoryStore, response_id: str) -> Any:
-    rows = store.read(
-        "SELECT trajectory_id FROM served_responses WHERE response_id = ?", [response_id]
-    )
+    """The trajectory holding a response, once the server's writer thread has stored it."""
+    deadline = time.monotonic() + 20
+    while True:
+        rows = store.read(
+            "SELECT trajectory_id FROM served_responses WHERE response_id = ?", [response_id]
+        )
+        if rows or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(rows) == 1, rows
     return store.get(rows[0]["trajectory_id"])
 
@@ -204,3 +211,105 @@ def test_an_openai_tool_loop_is_one_token_exact_trajectory(served: Served) -> No
 def _model_dir(served: Served) -> Path:
     with served.store() as store:
         return Path(store.read("SELECT path FROM policies WHERE version = 0")[0]["path"])
+
+
+def _dicts(messages: list[Any]) -> list[dict[str, Any]]:
+    return [m if isinstance(m, dict) else m.model_dump(exclude_none=True) for m in messages]
+
+
+def test_an_edited_or_truncated_history_starts_a_new_trajectory(served: Served) -> None:
+    client = served.client()
+    messages, response_ids = run_tool_loop(client)
+    history = _dicts(messages)
+    with served.store() as store:
+        original = trajectory_of(store, response_ids[0])
+    session = original.metadata["session_id"]
+    # truncated: the first call's result again, answered differently by the client
+    retry = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[*history[:2], {**history[2], "content": "5"}], tools=TOOLS,
+        temperature=0, max_tokens=48,
+    )  # fmt: skip
+    # edited: the second call's arguments changed by the client
+    edited_call = json.loads(json.dumps(history[3]))
+    edited_call["tool_calls"][0]["function"]["arguments"] = '{"expression": "4*2"}'
+    edit = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[*history[:3], edited_call, {**history[4], "content": "8"}],
+        tools=TOOLS, temperature=0, max_tokens=48,
+    )  # fmt: skip
+    # both answers are new calls, so their trajectories wait for results: feedback ends them
+    with served.http() as http:
+        for raw in (retry, edit):
+            body = {"response_id": raw.parse().id, "value": 0.0}
+            assert http.post("/v1/feedback", json=body).status_code == 200
+    with served.store() as store:
+        truncated = trajectory_of(store, retry.parse().id)
+        changed = trajectory_of(store, edit.parse().id)
+    assert {truncated.metadata["ended"], changed.metadata["ended"]} <= {
+        "feedback arrived",
+        "answered",
+    }
+    assert truncated.score == changed.score == 0.0
+    assert len({original.id, truncated.id, changed.id}) == 3
+    assert truncated.metadata["started"].startswith("truncated history: continues from turn 1")
+    assert changed.metadata["started"].startswith("edited history: turns after turn 1")
+    for new, header in ((truncated, retry.headers), (changed, edit.headers)):
+        assert new.metadata["session_id"] == session == header["x-tepo-session-id"]
+        assert header["x-tepo-trajectory-id"] == new.id
+        assert new.turns[0].role == "assistant"  # earlier turns are in its prompt, not its turns
+    # the truncated one continues the sampled ids of the first turn exactly
+    first = original.assistant_turns()[0]
+    head = original.prompt_token_ids + first.token_ids
+    assert truncated.prompt_token_ids[: len(head)] == head
+    assert truncated.metadata["token_exact"] is True
+    assert changed.metadata["token_exact"] is False  # the edited call was re-tokenized
+
+
+def test_chats_that_begin_alike_are_not_joined(served: Served) -> None:
+    client = served.client()
+    _, first = run_tool_loop(client)
+    _, second = run_tool_loop(client)
+    with served.store() as store:
+        a, b = trajectory_of(store, first[-1]), trajectory_of(store, second[-1])
+    assert a.id != b.id and a.metadata["session_id"] != b.metadata["session_id"]
+    assert a.metadata["response_ids"] == first and b.metadata["response_ids"] == second
+    # the same greedy answer in two chats: the next question cannot tell them apart
+    opening = [{"role": "user", "content": "Say hello."}]
+    answers = [
+        client.chat.completions.create(model="tiny", messages=opening, max_tokens=8, temperature=0)
+        for _ in range(2)
+    ]
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    follow = [
+        *opening,
+        _dicts([answers[0].choices[0].message])[0],
+        {"role": "user", "content": "More."},
+    ]
+    again = client.chat.completions.create(
+        model="tiny", messages=follow, max_tokens=8, temperature=0
+    )
+    with served.store() as store:
+        assert trajectory_of(store, again.id).metadata["started"].startswith("ambiguous history")
+
+
+def test_an_explicit_session_links_the_next_question(served: Served) -> None:
+    client = served.client(default_headers={"X-Session-Id": "chat-7"})
+    opening = [{"role": "user", "content": "Say hello."}]
+    first = client.chat.completions.create(
+        model="tiny", messages=opening, max_tokens=8, temperature=0
+    )
+    follow = [*opening, _dicts([first.choices[0].message])[0], {"role": "user", "content": "More."}]
+    second = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=follow, max_tokens=8, temperature=0
+    )
+    assert second.headers["x-tepo-session-id"] == "chat-7"
+    with served.store() as store:
+        before, after = trajectory_of(store, first.id), trajectory_of(store, second.parse().id)
+    assert after.metadata["started"] == f"next question after trajectory {before.id}"
+    head = before.prompt_token_ids + before.turns[0].token_ids
+    assert after.prompt_token_ids[: len(head)] == head  # the earlier answer spliced, as sampled
+    # a per-session key names the session the same way
+    keyed = openai.OpenAI(base_url=f"{served.url}/v1", api_key=f"{KEYS['batch']}#chat-7")
+    raw = keyed.chat.completions.with_raw_response.create(
+        model="tiny", messages=opening, max_tokens=4
+    )
+    assert raw.headers["x-tepo-session-id"] == "chat-7"
