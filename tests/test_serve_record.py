@@ -313,3 +313,88 @@ def test_an_explicit_session_links_the_next_question(served: Served) -> None:
         model="tiny", messages=opening, max_tokens=4
     )
     assert raw.headers["x-tepo-session-id"] == "chat-7"
+
+
+def _sse_events(text: str) -> list[dict[str, Any]]:
+    lines = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_a_streamed_raw_http_tool_loop_is_recorded(served: Served) -> None:
+    messages: list[dict[str, Any]] = [{"role": "user", "content": QUESTION}]
+    headers = {"X-Session-Id": "raw-1"}
+    trajectory_ids = set()
+    with served.http("batch") as http:
+        for _ in range(3):
+            body = {"model": "tiny", "messages": messages, "tools": TOOLS, "stream": True,
+                    "temperature": 0, "max_tokens": 48}  # fmt: skip
+            answer = http.post("/v1/chat/completions", json=body, headers=headers)
+            assert answer.status_code == 200
+            assert answer.headers["x-tepo-session-id"] == "raw-1"
+            trajectory_ids.add(answer.headers["x-tepo-trajectory-id"])
+            deltas = [c["choices"][0]["delta"] for c in _sse_events(answer.text) if c["choices"]]
+            content = "".join(d.get("content") or "" for d in deltas)
+            calls = [call for d in deltas for call in d.get("tool_calls") or []]
+            messages.append({"role": "assistant", "content": content, "tool_calls": calls or None})
+            if not calls:
+                break
+            messages += [{"role": "tool", "tool_call_id": c["id"], "content": "4"} for c in calls]
+        (trajectory_id,) = trajectory_ids
+        view = http.get("/v1/sessions/raw-1").json()
+    assert [t["id"] for t in view["trajectories"]] == [trajectory_id]
+    with served.store() as store:
+        stored = store.get(trajectory_id)
+    assert [t.role for t in stored.turns] == ["assistant", "tool"] * 2 + ["assistant"]
+    assert stored.app_tag == "batch" and stored.metadata["session_id"] == "raw-1"
+
+
+def test_feedback_over_http_reaches_the_trainers_cursor(served: Served) -> None:
+    _, response_ids = run_tool_loop(served.client("batch"))
+    with served.store() as store:
+        trajectory = trajectory_of(store, response_ids[0])
+        cursor = max([g.seq for g in store.scored_since(0)], default=0)
+    session = trajectory.metadata["session_id"]
+    with served.http("batch") as mine, served.http("support") as other, served.http("ops") as ops:
+        named = {"response_id": response_ids[0], "value": 0.75, "source": "thumbs"}
+        assert other.post("/v1/feedback", json=named).status_code == 404  # another key's
+        assert other.get(f"/v1/sessions/{session}").status_code == 404
+        assert mine.post("/v1/feedback", json={**named, "value": 1.5}).status_code == 400
+        both = {**named, "session_id": session}
+        assert mine.post("/v1/feedback", json=both).status_code == 400
+        scored = mine.post("/v1/feedback", json=named)
+        assert scored.status_code == 200, scored.text
+        assert scored.json()["trajectory_ids"] == [trajectory.id]
+        assert mine.get(f"/v1/sessions/{session}").json()["trajectories"][0]["score"] == 0.75
+        by_session = ops.post("/v1/feedback", json={"session_id": session, "value": 0.5})
+        assert by_session.json()["trajectory_ids"] == [trajectory.id]
+        assert ops.post("/v1/reload_weights", json={"weights_path": "/nowhere"}).status_code == 400
+        assert mine.post("/v1/reload_weights", json={"weights_path": "/x"}).status_code == 403
+    with served.store() as store:
+        (group,) = store.scored_since(cursor)  # what the trainer polls next
+        assert [m.id for m in group.members] == [trajectory.id]
+        assert group.members[0].score == 0.5  # latest wins
+        assert [(f["source"], f["value"]) for f in store.feedback(trajectory.id)] == [
+            ("thumbs", 0.75),
+            ("http", 0.5),
+        ]
+
+
+def test_every_request_is_counted_recorded_or_failed(served: Served) -> None:
+    with served.http("support") as http:
+        http.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": 2,
+            },
+        )
+        own = http.get("/v1/recording/metrics").json()
+    with served.http("ops") as ops:
+        everything = ops.get("/v1/recording/metrics").json()
+    assert own["key"] == "support" and own["requests"] >= 1
+    assert set(everything["by_key"]) >= {"support"}
+    total = everything["total"]
+    assert total["requests"] == total["recorded_requests"] + total.get("recording_failures", 0)
+    assert total.get("write_failures", 0) == 0 and total["trajectories_recorded"] >= 1
