@@ -119,13 +119,17 @@ class Recorder:
         tools: list[dict[str, Any]] | None,
         rendered: list[int],
     ) -> Plan | None:
-        """The request's plan; None (and counted) when recording it failed."""
-        self.count(who.name, "requests")
+        """The request's plan; None (and counted) when recording it failed.
+
+        A request is counted once it is answered: here when it will be answered unrecorded, else
+        in :meth:`record` (a request that fails before its answer has nothing to record).
+        """
         try:
             with self.lock:
                 return self.table.plan(who.name, who.session, messages, tools, rendered)
         except Exception:
             LOG.exception("recording failed while linking a request; it is answered unrecorded")
+            self.count(who.name, "requests")
             self.count(who.name, "recording_failures")
             return None
 
@@ -136,6 +140,7 @@ class Recorder:
         answers: Sequence[tuple[Generation, dict[str, Any]]],
     ) -> dict[str, str]:
         """Record the answers of a planned request; the response headers that name them."""
+        self.count(plan.owner, "requests")
         try:
             with self.lock:
                 finished = self.table.record(plan, response_id, answers)
