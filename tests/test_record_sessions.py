@@ -22,9 +22,10 @@ import uvicorn
 
 from tepo_agent.backends.base import Generation
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.server.canonical import canonical
 from tepo_agent.server.keys import ApiKey, KeyRing, Principal
 from tepo_agent.server.recording import Recorder, RecordingConfig
-from tepo_agent.server.sessions import SessionTable, canonical
+from tepo_agent.server.sessions import SessionTable
 from tepo_agent.store import TrajectoryStore
 
 TOOLS = [{"type": "function", "function": {"name": "calculator", "parameters": {}}}]
@@ -211,3 +212,19 @@ def test_a_request_whose_recording_fails_still_gets_its_answer(
         time.sleep(0.05)
     assert counts["requests"] == 2 and counts["recording_failures"] == 1
     assert counts["recorded_requests"] == 1 and counts["write_failures"] == 1
+
+
+def test_each_choice_of_a_continued_request_is_its_own_trajectory(fmt: ChatFormat) -> None:
+    table = SessionTable(fmt)
+    _, call = turn(table, fmt, [USER], CALL, "r1")
+    (base,) = table.by_response("r1")
+    result = {"role": "tool", "tool_call_id": call["tool_calls"][0]["id"], "content": "4"}
+    history = [USER, call, result]
+    plan = table.plan("app", None, history, TOOLS, [])
+    answers = [(sample(fmt, plan.prompt_ids, t), answer(fmt, t)) for t in ("Four.", "4.")]
+    finished = table.record(plan, "r2", answers)
+    fork = next(t for t in table.by_response("r2") if t is not base)
+    assert {t.id for t in finished} == {base.id, fork.id}  # both answered
+    assert sorted(base.turns) == sorted(fork.turns) == [1, 3]
+    assert fork.turns[1] is base.turns[1] and fork.started == f"choice 1 forked from {base.id}"
+    assert base.response_ids() == fork.response_ids() == ["r1", "r2"]

@@ -9,7 +9,9 @@ tested against it. Routes (a subset of vLLM 0.33's server, its extensions includ
 - ``POST /v1/chat/completions``: messages + tools rendered with the model's chat template, tool
   calls parsed into ``message.tool_calls``, ``logprobs``/``top_logprobs``, ``stream``;
 - ``POST /v1/load_lora_adapter`` / ``POST /v1/unload_lora_adapter`` (adapter merged into the base
-  weights) and ``POST /v1/reload_weights {"weights_path", "version"}`` (full weights).
+  weights) and ``POST /v1/reload_weights {"weights_path", "version"}`` (full weights);
+- with a recorder (``serve --record``, :mod:`.recording`): every chat completion recorded, and
+  ``POST /v1/feedback``, ``GET /v1/sessions/{id}``, ``GET /v1/recording/metrics``.
 
 Every choice also carries ``entropies``: the EXACT per-token entropy (see :mod:`.responses`).
 Requests go to one shared :class:`~tepo_agent.backends.transformers_backend.TransformersBackend`,

@@ -30,8 +30,6 @@ recorded as finished. Not thread-safe: :class:`~tepo_agent.server.recording.Reco
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 import uuid
 from collections import OrderedDict
@@ -41,45 +39,7 @@ from typing import Any
 
 from tepo_agent.backends.base import Generation
 from tepo_agent.chat.format import ChatFormat
-
-Canon = dict[str, Any]
-"""A message in the form histories are compared in (see :func:`canonical`)."""
-
-
-def canonical(message: dict[str, Any]) -> Canon:
-    """``message`` with only what a history comparison needs, in one spelling.
-
-    Content parts are joined, None content is ``""``, tool-call arguments are parsed from their
-    JSON string, and fields a client adds (``refusal``, ``annotations``, None values) are dropped.
-    """
-    content = message.get("content")
-    if isinstance(content, list):
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    out: Canon = {"role": message.get("role"), "content": content or ""}
-    calls = message.get("tool_calls")
-    if calls:
-        out["tool_calls"] = [_canonical_call(call) for call in calls]
-    for key in ("tool_call_id", "name"):
-        if message.get(key) is not None:
-            out[key] = message[key]
-    return out
-
-
-def _canonical_call(call: dict[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments", {})
-    if isinstance(arguments, str):
-        with contextlib.suppress(ValueError):  # else compared as the string it is
-            arguments = json.loads(arguments) if arguments.strip() else {}
-    return {
-        "id": call.get("id"),
-        "type": "function",
-        "function": {"name": function.get("name"), "arguments": arguments},
-    }
-
-
-def _digest(message: Canon) -> str:
-    return json.dumps(message, sort_keys=True, default=str)
+from tepo_agent.server.canonical import Canon, canonical, digest
 
 
 def new_session_id() -> str:
@@ -186,7 +146,7 @@ class SessionTable:
     ) -> list[tuple[LiveTrajectory, int]]:
         """Trajectories that returned ``messages[at]`` after exactly ``messages[:at]``."""
         found = []
-        for trajectory_id, index in self._index.get((owner, _digest(messages[at])), []):
+        for trajectory_id, index in self._index.get((owner, digest(messages[at])), []):
             live = self._live.get(trajectory_id)
             if live is None or index != at or live.tools != tools:
                 continue
@@ -328,7 +288,7 @@ class SessionTable:
             live.turns[at] = SampledTurn(response_id, generation, plan.prompt_render)
             live.last_seen = time.monotonic()
             self._live.move_to_end(live.id)
-            key = (live.owner, _digest(live.messages[at]))
+            key = (live.owner, digest(live.messages[at]))
             self._index.setdefault(key, []).append((live.id, at))
             self._responses.setdefault(response_id, []).append(live.id)
             if not message.get("tool_calls"):
@@ -393,7 +353,7 @@ class SessionTable:
                 self._responses[turn.response_id] = holders
             else:
                 self._responses.pop(turn.response_id, None)
-            key = (live.owner, _digest(live.messages[at]))
+            key = (live.owner, digest(live.messages[at]))
             entries = [e for e in self._index.get(key, []) if e[0] != live.id]
             if entries:
                 self._index[key] = entries
@@ -406,12 +366,4 @@ def _renderable(messages: Sequence[Canon]) -> list[dict[str, Any]]:
     return [dict(m) for m in messages]
 
 
-__all__ = [
-    "Canon",
-    "LiveTrajectory",
-    "Plan",
-    "SampledTurn",
-    "SessionTable",
-    "canonical",
-    "new_session_id",
-]
+__all__ = ["LiveTrajectory", "Plan", "SampledTurn", "SessionTable", "new_session_id"]

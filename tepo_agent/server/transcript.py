@@ -17,7 +17,8 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from tepo_agent.agent.build import build_trajectory
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.entropy import turn_entropy
-from tepo_agent.server.sessions import Canon, LiveTrajectory, SampledTurn
+from tepo_agent.server.canonical import Canon
+from tepo_agent.server.sessions import LiveTrajectory, SampledTurn
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus
 
 
