@@ -398,3 +398,7 @@ def test_every_request_is_counted_recorded_or_failed(served: Served) -> None:
     total = everything["total"]
     assert total["requests"] == total["recorded_requests"] + total.get("recording_failures", 0)
     assert total.get("write_failures", 0) == 0 and total["trajectories_recorded"] >= 1
+    # every trajectory recorded in this module (tool loops, next questions, edited and truncated
+    # histories, streamed): the trainer recomputes the logged logprobs
+    report = check_logprobs(served.db, limit=64)
+    assert report.trajectories >= 10 and report.max_abs_diff < 1e-3

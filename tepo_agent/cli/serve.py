@@ -159,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", force=True
     )
+    api_key = args.api_key or os.environ.get("TEPO_AGENT_API_KEY") or None
+    keys = _keys(args, api_key)
     policy = None
     if args.db:
         policy = _registry_policy(args)
@@ -166,8 +168,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         model_dir = resolve_model_dir(args.model)
     name = args.served_model_name or os.path.basename(os.path.normpath(model_dir))
-    api_key = args.api_key or os.environ.get("TEPO_AGENT_API_KEY") or None
-    keys = _keys(args, api_key)
     chat_format = ChatFormat.from_pretrained(model_dir)
     backend = TransformersBackend.from_pretrained(
         model_dir,
