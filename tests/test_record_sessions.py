@@ -228,3 +228,18 @@ def test_each_choice_of_a_continued_request_is_its_own_trajectory(fmt: ChatForma
     assert sorted(base.turns) == sorted(fork.turns) == [1, 3]
     assert fork.turns[1] is base.turns[1] and fork.started == f"choice 1 forked from {base.id}"
     assert base.response_ids() == fork.response_ids() == ["r1", "r2"]
+
+
+def test_two_requests_continuing_one_turn_do_not_overwrite_each_other(fmt: ChatFormat) -> None:
+    table = SessionTable(fmt)
+    _, call = turn(table, fmt, [USER], CALL, "r1")
+    result = {"role": "tool", "tool_call_id": call["tool_calls"][0]["id"], "content": "4"}
+    history = [USER, call, result]
+    first = table.plan("app", None, history, TOOLS, [])
+    second = table.plan("app", None, history, TOOLS, [])  # a client retry, sent concurrently
+    table.record(first, "r2", [(sample(fmt, first.prompt_ids, "Four."), answer(fmt, "Four."))])
+    table.record(second, "r3", [(sample(fmt, second.prompt_ids, "4."), answer(fmt, "4."))])
+    (base,) = table.by_response("r2")
+    (other,) = table.by_response("r3")
+    assert other is not base and base.response_ids() == ["r1", "r2"]
+    assert other.started == f"continues trajectory {base.id}, which had ended (answered)"

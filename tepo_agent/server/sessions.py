@@ -99,6 +99,7 @@ class Plan:
     prompt_render: str
     started: str
     extend: LiveTrajectory | None = None
+    extend_length: int = 0  # len(extend.messages) when planned: it must not have moved on
     predecessor: LiveTrajectory | None = None
 
 
@@ -204,7 +205,13 @@ class SessionTable:
         tool_loop = bool(rest) and all(m["role"] == "tool" for m in rest)
         common = {"session_id": live.session_id, "prompt_ids": ids, **base}
         if live.open and is_last and tool_loop:
-            return Plan(prompt_render="spliced", started="", extend=live, **common)
+            return Plan(
+                prompt_render="spliced",
+                started="",
+                extend=live,
+                extend_length=len(live.messages),
+                **common,
+            )
         if not is_last:
             started = f"truncated history: continues from turn {at} of trajectory {live.id}"
         elif tool_loop:
@@ -272,15 +279,17 @@ class SessionTable:
         trajectory. A choice without tool calls is a final answer: its trajectory finishes.
         """
         finished: list[LiveTrajectory] = []
-        base = plan.extend if plan.extend is not None and plan.extend.open else None
+        ext = plan.extend
+        unchanged = ext is not None and ext.open and len(ext.messages) == plan.extend_length
+        base = ext if unchanged else None
         for index, (generation, message) in enumerate(answers):
             if base is not None and index == 0:
                 live = base
             elif base is not None:
                 live = self._new(plan, f"choice {index} forked from {base.id}", copy_of=base)
-            elif plan.extend is not None:  # it ended while this answer was being sampled
-                ended = f"continues trajectory {plan.extend.id}, which had ended"
-                live = self._new(plan, f"{ended} ({plan.extend.ended})", copy_of=None)
+            elif ext is not None:  # it ended, or another request continued it, meanwhile
+                why = f"had ended ({ext.ended})" if not ext.open else "another request continued"
+                live = self._new(plan, f"continues trajectory {ext.id}, which {why}", None)
             else:
                 live = self._new(plan, plan.started, copy_of=None)
             live.messages = [*plan.messages, canonical(message)]
