@@ -102,3 +102,20 @@ def test_serve_and_http_apps_share_one_server_and_one_db(tmp_path: Path) -> None
     assert "(topk; mean bounds" in out, out
     rows = db_rows(tmp_path / "tepo-agent.db", "SELECT app_tag FROM trajectories ORDER BY 1")
     assert rows == [("http-app-0",), ("http-app-1",)]
+
+
+def test_record_openai_app_records_scores_trains_and_serves_the_new_version(
+    tmp_path: Path,
+) -> None:
+    out = run_example("record_openai_app.py", tmp_path, timeout=400)
+    assert "recorded and scored 8 conversations on v0" in out, out
+    assert "the server now serves v1" in out, out
+    assert "next request served by v1" in out, out
+    db = tmp_path / "record" / "tepo-agent.db"
+    # every conversation is one scored trajectory of the server's key, its completions mapped
+    assert db_rows(db, "SELECT app_tag, count(*), count(score) FROM trajectories") == [
+        ("default", 9, 9)
+    ]
+    assert db_rows(db, "SELECT count(DISTINCT trajectory_id) FROM served_responses") == [(9,)]
+    versions = db_rows(db, "SELECT DISTINCT policy_version FROM turns WHERE role='assistant'")
+    assert sorted(v for (v,) in versions) == [0, 1]

@@ -3,6 +3,8 @@
     tepo-agent serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
                      [--max-batch-size 8] [--device auto] [--dtype auto] [--api-key KEY]
                      [--db tepo-agent.db] [--log-level info]
+                     [--record] [--keys-file keys.json] [--session-idle-s 600]
+                     [--record-max-live 1024]
 
 Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/load_lora_adapter and
 /v1/reload_weights (vLLM's protocol plus an exact per-token entropy field).
@@ -16,6 +18,20 @@ Every request is logged on one line (client, method, path, status, prompt and co
 tokens, latency, the policy version serving) at level info; --log-level warning silences them.
 The API key comes from --api-key or, when that is absent, $TEPO_AGENT_API_KEY (read once).
 With ``--db`` the live dashboard of that store is also served, read-only, at ``/dashboard``.
+
+--record (needs --db) records every /v1/chat/completions request, from any OpenAI-compatible
+client, as a token-exact trajectory in the database: requests of one conversation are linked by
+an X-Session-Id header, a per-session key (KEY#SESSION) or the assistant turns this server
+returned, and sampled ids are spliced, never re-tokenized. Each answer names its trajectory and
+session in the X-Tepo-Trajectory-Id and X-Tepo-Session-Id headers. It adds POST /v1/feedback
+(a score in [0, 1] for a response_id, trajectory_id or session_id), GET /v1/sessions/ID and
+GET /v1/recording/metrics. An open trajectory idle for --session-idle-s is recorded as
+finished. A recording failure never fails a request (it is logged and counted in the metrics).
+
+--keys-file names several keys, one of them the admin: {"keys": [{"name": "ops", "key": "...",
+"admin": true}, {"name": "support-bot", "key": "..."}]}. Each key sees and scores only its own
+sessions (recorded with the key's name as app_tag); only the admin may load weights or open the
+dashboard. docs/guide.md, "Record any application", has the details.
 """
 
 from __future__ import annotations
@@ -60,6 +76,28 @@ def register(subparsers: Any) -> None:
         help="follow the policy registry in this trajectory database (created if missing)",
     )
     parser.add_argument("--poll-s", type=float, default=1.0, help="registry poll interval (--db)")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="record every chat completion as a trajectory in --db, and serve /v1/feedback",
+    )
+    parser.add_argument(
+        "--keys-file",
+        metavar="PATH",
+        help="JSON file of named API keys, one of them the admin (instead of --api-key)",
+    )
+    parser.add_argument(
+        "--session-idle-s",
+        type=float,
+        default=600.0,
+        help="--record: an open trajectory idle this long is recorded as finished",
+    )
+    parser.add_argument(
+        "--record-max-live",
+        type=int,
+        default=1024,
+        help="--record: most conversations held in memory (the least recent is finished first)",
+    )
     parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
@@ -121,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s", force=True
     )
+    api_key = args.api_key or os.environ.get("TEPO_AGENT_API_KEY") or None
+    keys = _keys(args, api_key)
     policy = None
     if args.db:
         policy = _registry_policy(args)
@@ -128,7 +168,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         model_dir = resolve_model_dir(args.model)
     name = args.served_model_name or os.path.basename(os.path.normpath(model_dir))
-    api_key = args.api_key or os.environ.get("TEPO_AGENT_API_KEY") or None
     chat_format = ChatFormat.from_pretrained(model_dir)
     backend = TransformersBackend.from_pretrained(
         model_dir,
@@ -137,15 +176,17 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         policy_version=(policy.version or 0) if policy is not None else 0,
     )
-    follower = None
+    follower = recorder = None
     try:
         if policy is not None:
             follower = _follow(args, backend, policy)
-        app = create_app(backend, chat_format, model_name=name, api_key=api_key)
-        if args.db:  # the live dashboard of the same store, read-only, behind the same key
+        if args.record:
+            recorder = _recorder(args, chat_format)
+        app = create_app(backend, chat_format, model_name=name, keys=keys, recorder=recorder)
+        if args.db:  # the live dashboard of the same store, read-only, behind the admin key
             from tepo_agent.report.dashboard import create_dashboard_app
 
-            app.mount("/dashboard", create_dashboard_app(args.db, api_key=api_key))
+            app.mount("/dashboard", create_dashboard_app(args.db, api_key=keys.admin_key))
         add_request_log(app, lambda: backend.policy_version)
         print(
             f"tepo-agent serve: {name} from {model_dir} on http://{args.host}:{args.port}/v1",
@@ -153,10 +194,33 @@ def run(args: argparse.Namespace) -> int:
         )
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        if recorder is not None:
+            recorder.close()  # open trajectories are recorded as finished
+            recorder.store.close()
         if follower is not None:
             follower.stop()
         backend.close()
     return 0
+
+
+def _keys(args: argparse.Namespace, api_key: str | None) -> Any:
+    from tepo_agent.server.keys import KeyRing
+
+    if args.record and not args.db:
+        raise ConfigError("--record writes trajectories into a database: add --db PATH")
+    if args.keys_file is None:
+        return KeyRing.single(api_key)
+    if args.api_key:
+        raise ConfigError("give either --api-key or --keys-file (put the key in the file)")
+    return KeyRing.from_file(args.keys_file)
+
+
+def _recorder(args: argparse.Namespace, chat_format: Any) -> Any:
+    from tepo_agent.server.recording import Recorder, RecordingConfig
+    from tepo_agent.store import TrajectoryStore
+
+    config = RecordingConfig(idle_s=args.session_idle_s, max_live=args.record_max_live)
+    return Recorder(TrajectoryStore(args.db), chat_format, config)
 
 
 def _registry_policy(args: argparse.Namespace) -> Any:

@@ -9,7 +9,9 @@ tested against it. Routes (a subset of vLLM 0.33's server, its extensions includ
 - ``POST /v1/chat/completions``: messages + tools rendered with the model's chat template, tool
   calls parsed into ``message.tool_calls``, ``logprobs``/``top_logprobs``, ``stream``;
 - ``POST /v1/load_lora_adapter`` / ``POST /v1/unload_lora_adapter`` (adapter merged into the base
-  weights) and ``POST /v1/reload_weights {"weights_path", "version"}`` (full weights).
+  weights) and ``POST /v1/reload_weights {"weights_path", "version"}`` (full weights);
+- with a recorder (``serve --record``, :mod:`.recording`): every chat completion recorded, and
+  ``POST /v1/feedback``, ``GET /v1/sessions/{id}``, ``GET /v1/recording/metrics``.
 
 Every choice also carries ``entropies``: the EXACT per-token entropy (see :mod:`.responses`).
 Requests go to one shared :class:`~tepo_agent.backends.transformers_backend.TransformersBackend`,
@@ -29,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +46,9 @@ from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import BackendError, ChatFormatError, ModelLoadError
 from tepo_agent.model.lora import merged_lora_weights, snapshot_weights
+from tepo_agent.server import recording_routes
 from tepo_agent.server import responses as r
+from tepo_agent.server.keys import KeyRing, install_key_check
 from tepo_agent.server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,6 +58,7 @@ from tepo_agent.server.protocol import (
     UnloadLoRAAdapterRequest,
     error_body,
 )
+from tepo_agent.server.recording import Recorder
 from tepo_agent.server.swap_gate import SwapGate
 from tepo_agent.server.topk import TopK, topk_alternatives
 
@@ -69,6 +73,7 @@ class _State:
     gate: SwapGate = field(default_factory=SwapGate)
     base_weights: dict[str, Tensor] | None = None  # set when the first adapter is merged
     lora: tuple[str, str] | None = None  # (lora_name, lora_path) of the merged adapter
+    recorder: Recorder | None = None  # serve --record
 
     @property
     def max_positions(self) -> int | None:
@@ -167,13 +172,13 @@ async def _parse(request: Request, model: type[BaseModel]) -> Any:
         raise OpenAIHTTPError(400, f"invalid {model.__name__}: {details}") from exc
 
 
-def _sse(chunks: list[dict[str, Any]]) -> StreamingResponse:
+def _sse(chunks: list[dict[str, Any]], headers: dict[str, str] | None = None) -> StreamingResponse:
     async def events() -> AsyncIterator[str]:
         for chunk in chunks:
             yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
 
-    return StreamingResponse(events(), media_type="text/event-stream")
+    return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
 
 
 def create_app(
@@ -182,31 +187,32 @@ def create_app(
     *,
     model_name: str,
     api_key: str | None = None,
+    keys: KeyRing | None = None,
+    recorder: Recorder | None = None,
 ) -> Any:
     """The FastAPI app serving ``backend`` as ``model_name`` (Bearer ``api_key`` when set).
 
-    The app does not own the backend: close it after the server stops. The routes below read
-    the served state from ``request.app.state.tepo``.
+    ``keys`` (named keys, one admin: :mod:`tepo_agent.server.keys`) replaces ``api_key``; only
+    the admin may load weights. With a ``recorder`` every chat completion is recorded
+    (:mod:`tepo_agent.server.recording`) and the feedback routes are served. The app owns
+    neither: close them, and the backend, after the server stops. The routes below read the
+    served state from ``request.app.state.tepo``.
     """
+    if keys is None:
+        keys = KeyRing.single(api_key)
     app = FastAPI(title="tepo-agent serve")
-    app.state.tepo = _State(backend, chat_format, model_name)
+    app.state.tepo = _State(backend, chat_format, model_name, recorder=recorder)
     app.add_exception_handler(OpenAIHTTPError, _openai_error)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
     app.add_exception_handler(BackendError, _backend_error)  # type: ignore[arg-type]
 
-    @app.middleware("http")
-    async def _auth(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if api_key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
-                body = error_body(401, "invalid or missing API key", "AuthenticationError")
-                return JSONResponse(body, status_code=401)
-        return await call_next(request)
+    install_key_check(app, keys)
 
     for method, path, endpoint in _ROUTES:
         app.add_api_route(path, endpoint, methods=[method])
+    if recorder is not None:
+        for method, path, endpoint in recording_routes.ROUTES:
+            app.add_api_route(path, endpoint, methods=[method])
     return app
 
 
@@ -319,6 +325,11 @@ async def chat_completions(request: Request) -> Any:
         ids = state.chat_format.render(r.text_messages(req.messages), tools)
     except ChatFormatError as exc:
         raise OpenAIHTTPError(400, str(exc)) from exc
+    plan = None
+    if state.recorder is not None:  # the linked conversation's sampled ids, spliced
+        who = recording_routes.principal(request)
+        plan = state.recorder.plan(who, req.messages, tools, ids)
+        ids = plan.prompt_ids if plan is not None else ids
     state.check_prompt(ids)
     limit = state.max_positions
     default_max = (limit - len(ids)) if limit is not None else 256
@@ -328,12 +339,16 @@ async def chat_completions(request: Request) -> Any:
     choices = _chat_choices(state, req, results)
     head = {"id": r.new_id("chatcmpl"), "created": r.now(), "model": req.model or state.model_name}
     used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
+    headers: dict[str, str] = {}
+    if plan is not None and state.recorder is not None:
+        answers = [(g, c["message"]) for (g, _), c in zip(results, choices, strict=True)]
+        headers = state.recorder.record(plan, head["id"], answers)
     if not req.stream:
         body = {**head, "object": "chat.completion", "choices": choices, "usage": used}
         if req.return_token_ids:
             body["prompt_token_ids"] = ids
-        return body
-    return _sse(r.chat_chunks(head, choices, used, req, ids))
+        return JSONResponse(body, headers=headers)
+    return _sse(r.chat_chunks(head, choices, used, req, ids), headers)
 
 
 def _chat_choices(

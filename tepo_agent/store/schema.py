@@ -206,6 +206,25 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        version=6,
+        description="served_responses: the completions `tepo-agent serve --record` returned",
+        statements=(
+            # Feedback over HTTP names a completion's response id (or its session); this maps
+            # each id to the trajectory it was recorded in (each choice's, for n > 1) and to the
+            # key that owns it, so one key cannot score another's trajectories.
+            """CREATE TABLE served_responses (
+                response_id TEXT NOT NULL,
+                trajectory_id TEXT NOT NULL REFERENCES trajectories(id) ON DELETE CASCADE,
+                session_id TEXT NOT NULL,
+                owner TEXT NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (response_id, trajectory_id)
+            )""",
+            "CREATE INDEX served_responses_session ON served_responses(session_id, owner)",
+            "CREATE INDEX served_responses_trajectory ON served_responses(trajectory_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version
