@@ -106,6 +106,12 @@ def save_policy(
     """
     is_lora = hasattr(model, "peft_config")
 
+    if state_dict is not None and not is_lora:
+        # a tied output layer is gathered under both names; keep the one the model saves
+        own = {name for name, _ in model.named_parameters()}
+        own |= {name for name, _ in model.named_buffers()}
+        state_dict = {k: v for k, v in state_dict.items() if k in own}
+
     def fill(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)  # type: ignore[operator]
         if not is_lora:
