@@ -4,7 +4,8 @@
 local port and no restarts, each rank running ``python -m tepo_agent train`` with the same
 options; the ranks find their place from the variables torchrun sets (``trainer.distributed``).
 When any rank fails, torchrun stops the others and exits non-zero; ``launch`` then says so in
-one line that names what to do. For several machines, run torchrun yourself on each
+one line that names what to do. Ctrl-C stops the ranks (torchrun forwards it) and then the
+launcher, as an interruption, not a failure. For several machines, run torchrun yourself on each
 (docs/distributed.md).
 """
 
@@ -43,11 +44,19 @@ def failure_message(returncode: int, nproc: int, run_dir: str) -> str:
 
 def launch(worker_args: Sequence[str], nproc: int, *, run_dir: str) -> int:
     """Run the job to its end; returns its exit status (0, or the failure after the message)."""
-    command = torchrun_command(worker_args, nproc, free_port())
-    done = subprocess.run(command, check=False)
-    if done.returncode != 0:
-        print(failure_message(done.returncode, nproc, run_dir), file=sys.stderr, flush=True)
-    return done.returncode
+    proc = subprocess.Popen(torchrun_command(worker_args, nproc, free_port()))
+    interrupted = False
+    while True:
+        try:
+            returncode = proc.wait()
+            break
+        except KeyboardInterrupt:  # Ctrl-C reaches torchrun too, which stops the ranks: wait
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
+    if returncode != 0:
+        print(failure_message(returncode, nproc, run_dir), file=sys.stderr, flush=True)
+    return returncode
 
 
 __all__ = ["failure_message", "launch", "torchrun_command"]

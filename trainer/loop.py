@@ -29,9 +29,14 @@ Where this departs from textbook GRPO (DeepSeekMath), and why:
   token-mean aggregation and clip-higher (DAPO); KL to the base model is off by default.
 - **One pass per batch by default** (``updates_per_batch=1``): with a single update the ratio is
   exactly 1 and PPO-clip reduces to the policy gradient; more updates make the clip act.
-- **Precision**: weights and AdamW state stay float32; forward passes run under bf16 autocast on
-  CUDA. The reference (KL) model is the base model: a frozen copy, or for LoRA the same model
-  with its adapter disabled.
+- **Precision and memory**: weights and AdamW state stay float32; forward passes run under bf16
+  autocast on CUDA. Every forward goes through ``token_stats.TokenStats``: the logprob and
+  entropy of the sampled tokens are computed over chunks of positions, never from the full
+  (tokens × vocabulary) float32 log-softmax. The reference (KL) model is the base model: a
+  frozen copy, or for LoRA the same model with its adapter disabled.
+- **Data-parallel** (``trainer.distributed``): under torchrun each rank holds an FSDP2 shard and
+  receives the same trajectories; the recompute and the update are split over ranks by whole
+  trajectories balanced by tokens, rewards and group baselines are computed on the whole batch.
 """
 
 from __future__ import annotations
