@@ -105,6 +105,28 @@ def test_a_state_written_by_two_ranks_resumes_in_one_process_and_back(
     assert _max_diff(chain[-1], chain[-2]) > 5e-4
 
 
+@pytest.mark.slow
+def test_two_ranks_train_a_lora_adapter_as_one_process_does(
+    data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, source = data
+    adapters = []
+    for nproc in ("1", "2"):
+        db = tmp_path / f"n{nproc}.db"
+        shutil.copy(source, db)
+        done = _train(db, "--steps", "1", "--nproc", nproc, "--finetune", "lora",
+                      "--lora-rank", "4")  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        with PolicyRegistry(db) as registry:
+            (record,) = [r for r in registry.list() if r.version > 0]
+        assert record.kind == "lora"
+        adapters.append(load_file(str(Path(record.path) / "adapter_model.safetensors")))
+    one, two = adapters
+    assert all("lora_" in k for k in two)  # the adapter alone, not the gathered base model
+    assert max(float(v.abs().max()) for k, v in two.items() if "lora_B" in k) > 5e-4
+    assert _max_diff(two, one) < 1e-5
+
+
 def _parent(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
