@@ -6,10 +6,11 @@ Both sides get the same random-weight default model (1.05 M parameters), the sam
 prompts, group size, batch (prompts × group) and completion length, on CPU float32. TRL
 generates inside its step; our trainer trains on trajectories the runtime already generated, so
 our column reports the update alone, the update with its crash-safe state checkpoint, and
-collection + update (the comparable total). Each side runs in its own subprocess so that peak
-RSS (memory) is its own. Also measured: the time from ``publish`` (registry promotion) to the
-first request served by the new weights through an in-process ``PolicyFollower``.
-Prints a markdown table.
+collection + update (the comparable total). TRL's update alone is its step minus the time its
+``_prepare_inputs`` spends generating and scoring (timed inside the same step). Each side runs
+in its own subprocess so that peak RSS (memory) is its own. Also measured: the time from
+``publish`` (registry promotion) to the first request served by the new weights through an
+in-process ``PolicyFollower``. Prints a markdown table.
 """
 
 from __future__ import annotations
@@ -140,9 +141,23 @@ def _trl(args: argparse.Namespace, root: Path) -> dict[str, float]:
         model=load_causal_lm(model_dir, device="cpu", dtype="float32"), reward_funcs=reward,
         args=cfg, train_dataset=data, processing_class=tok, callbacks=[Clock()],
     )  # fmt: skip
+    # TRL's update alone: its step minus the generation and scoring it does inside the step
+    # (``_prepare_inputs`` generates every step here: one generation batch per optimiser step)
+    prepare: list[float] = []
+    inner = trainer._prepare_inputs
+
+    def timed_prepare(batch: object) -> object:
+        t = time.perf_counter()
+        out = inner(batch)
+        prepare.append(time.perf_counter() - t)
+        return out
+
+    trainer._prepare_inputs = timed_prepare  # type: ignore[method-assign]
     trainer.train()
     step_s = sorted(times[1:] or times)[len(times[1:] or times) // 2]
-    return {"step_s": step_s}
+    updates = [t - g for t, g in zip(times, prepare, strict=False)]
+    update_s = sorted(updates[1:] or updates)[len(updates[1:] or updates) // 2]
+    return {"step_s": step_s, "update_s": update_s}
 
 
 def main() -> None:
@@ -181,6 +196,7 @@ def main() -> None:
     rows = [
         ("step incl. generation (s)", total, t["step_s"]),
         ("optimisation step alone (s)", o["update_s"], t["step_s"]),
+        ("update alone, both without generation (s)", o["update_s"], t["update_s"]),
         ("optimisation step + crash-safe state checkpoint (s)", o["step_s"], t["step_s"]),
         ("peak RSS (MB)", o["peak_rss_mb"], t["peak_rss_mb"]),
     ]

@@ -56,6 +56,28 @@ class TrainBatch:
         """(B, T) bool: sampled tokens whose version differs from ``policy_version``."""
         return self.sampled_mask & (self.token_versions != policy_version)
 
+    def select(self, rows: Sequence[int]) -> TrainBatch:
+        """The batch of ``rows`` only (in that order), cut to the longest of them."""
+        if not rows:
+            raise TrainerError("select needs at least one row")
+        index = torch.tensor(list(rows), dtype=torch.long)
+        width = int(self.lengths[index].max())
+
+        def cut(t: torch.Tensor) -> torch.Tensor:
+            return t[index, :width]
+
+        return TrainBatch(
+            input_ids=cut(self.input_ids),
+            attention_mask=cut(self.attention_mask),
+            loss_mask=cut(self.loss_mask),
+            advantages=cut(self.advantages),
+            behaviour_logprobs=cut(self.behaviour_logprobs),
+            token_versions=cut(self.token_versions),
+            behaviour_version=self.behaviour_version[index],
+            lengths=self.lengths[index],
+            trajectory_ids=tuple(self.trajectory_ids[i] for i in rows),
+        )
+
     def to(self, device: torch.device | str) -> TrainBatch:
         """The same batch with every tensor on ``device``."""
         return TrainBatch(

@@ -27,9 +27,10 @@ from dataclasses import dataclass
 
 import torch
 
-from tepo_agent.entropy import delta_entropy, token_logprobs_and_entropy, turn_entropy
+from tepo_agent.entropy import delta_entropy, turn_entropy
 from tepo_agent.errors import ConfigError, TrainerError
 from tepo_agent.trainer.batch import TrainBatch
+from tepo_agent.trainer.token_stats import TokenStats
 from tepo_agent.trajectory import Trajectory
 
 
@@ -38,30 +39,46 @@ def forward_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Target-aligned logprobs and entropies of right-padded rows (keeps the graph if grad is on).
 
+    The output layer and log-softmax run in chunks (``trainer.token_stats``): the full
+    (B, T, V) float32 log-softmax is never materialised.
+
     Args:
-        model: A causal LM whose output has ``.logits`` (B, T, V) (any transformers CausalLM).
+        model: A causal LM whose output has ``.logits`` (B, T, V) (any transformers CausalLM),
+            or a :class:`~tepo_agent.trainer.token_stats.TokenStats` around one (the trainer's,
+            possibly sharded).
         input_ids: (B, T) int64, right-padded.
         attention_mask: (B, T) 1 on real tokens.
 
     Returns:
         ``(logprobs, entropy)``, both (B, T) float32, 0 at position 0 and on padding.
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-    lp, ent = token_logprobs_and_entropy(logits[:, :-1], input_ids[:, 1:])  # (B, T-1)
-    zero = lp.new_zeros((lp.shape[0], 1))
-    valid = attention_mask[:, 1:].to(torch.bool)  # (B, T-1)
-    lp = torch.cat([zero, torch.where(valid, lp, torch.zeros_like(lp))], dim=1)  # (B, T)
-    ent = torch.cat([zero, torch.where(valid, ent, torch.zeros_like(ent))], dim=1)  # (B, T)
+    stats = model if isinstance(model, TokenStats) else TokenStats(model)
+    lp, ent = stats(input_ids, attention_mask)
     return lp, ent
 
 
+def idle_forward(model: torch.nn.Module, device: torch.device) -> torch.Tensor:
+    """One forward pass over a 2-token dummy row, for a rank with no rows left in a pass.
+
+    Under FSDP every rank must run the same number of forward (and backward) passes: each one
+    gathers the sharded weights from all ranks. Returns a scalar that is 0 but depends on the
+    weights, so that ``(idle_forward(...)).backward()`` takes part in the gradient reduction
+    while adding nothing to the gradients.
+    """
+    ids = torch.zeros((1, 2), dtype=torch.long, device=device)
+    lp, _ = forward_logprobs(model, ids, torch.ones_like(ids))
+    return lp.sum() * 0.0
+
+
 def recompute(
-    model: torch.nn.Module, batch: TrainBatch, *, micro_batch_size: int
+    model: torch.nn.Module, batch: TrainBatch, *, micro_batch_size: int, min_passes: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact logprobs and entropies of every token of ``batch`` under ``model``'s weights.
 
     Runs without grad, in eval mode (the model's training flag is restored afterwards), in
-    micro-batches of ``micro_batch_size`` rows, each cut to its longest row.
+    micro-batches of ``micro_batch_size`` rows, each cut to its longest row. ``min_passes``:
+    run idle passes (:func:`idle_forward`) after the real ones until there were this many (a
+    sharded model's ranks must run the same number of passes).
 
     Returns:
         ``(logprobs, entropy)``, both (B, T) float32 on the batch's device.
@@ -84,6 +101,8 @@ def recompute(
                 lp, ent = forward_logprobs(model, ids, mask)
                 logprobs[rows, :width] = lp.float().cpu()
                 entropy[rows, :width] = ent.float().cpu()
+            for _ in range(min_passes - math.ceil(B / micro_batch_size)):
+                idle_forward(model, device)
     finally:
         model.train(was_training)
     out_device = batch.input_ids.device
@@ -224,5 +243,6 @@ __all__ = [
     "compare_logprobs",
     "exact_turn_entropies",
     "forward_logprobs",
+    "idle_forward",
     "recompute",
 ]

@@ -33,11 +33,14 @@ from tepo_agent.model.io import load_tokenizer
 from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.store import TrajectoryStore
 from tepo_agent.trainer.checkpoint import (
+    SavedState,
     TrainerState,
+    consolidated_weights,
     load_latest_state,
     save_policy,
     save_state,
 )
+from tepo_agent.trainer.distributed import Dist
 from tepo_agent.trainer.eval_gate import GateConfig
 from tepo_agent.trainer.loop import StepResult, TrainConfig, Trainer, build_policy
 from tepo_agent.trainer.publish import PublishResult, publish_checkpoint
@@ -90,6 +93,18 @@ def summary_line(step: int, metrics: dict[str, float]) -> str:
     )
 
 
+@dataclass(frozen=True)
+class _Start:
+    """Where a run starts (decided by rank 0, which alone reads the store; sent to the rest)."""
+
+    run_dir: Path
+    base_model: str
+    state: TrainerState
+    init_from: str | None
+    saved: SavedState | None
+    note: str
+
+
 class TrainingRun:
     """A resumable training run over one trajectory database (see the module docstring).
 
@@ -99,6 +114,9 @@ class TrainingRun:
         base_model: The base model directory; default: the registry's version 0. Must be given
             when the registry has no version 0 yet.
         out: Where the per-step summary lines go.
+        dist: This process's place in a torchrun job (``trainer.distributed``; default: one
+            process). Every rank builds a ``TrainingRun`` and calls the same methods; rank 0
+            alone opens the store, reads the cursor, records steps, prints and publishes.
     """
 
     def __init__(
@@ -108,47 +126,19 @@ class TrainingRun:
         *,
         base_model: str | os.PathLike[str] | None = None,
         out: TextIO | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.cfg = cfg
+        self.dist = dist if dist is not None else Dist()
         self.out = out if out is not None else sys.stdout
-        self.store = TrajectoryStore(db)
-        self.registry = PolicyRegistry(self.store)
-        self.run_dir = Path(cfg.run_dir or f"{self.store.path}.trainer")
-        saved = load_latest_state(self.run_dir)
-        if saved is not None and saved.state.finetune != cfg.train.finetune:
-            raise ConfigError(
-                f"{self.run_dir} holds a {saved.state.finetune} run; train with the same "
-                f"--finetune or use another --run-dir"
-            )
-        self.base_model = saved.state.base_model if saved is not None else self._base(base_model)
-        self.registry.ensure_base(self.base_model)
-        live = self.registry.live()
-        published = saved.state.weights_version if saved is not None else None
-        if saved is not None and (published is None or live is None or published == live.version):
-            # the saved weights are what the registry serves (or newer, unpublished): go on
-            self.state = saved.state
-            init_from: str | None = str(saved.model_dir)
-            self.start_note: str | None = f"resuming from step {saved.state.step} ({self.run_dir})"
-        else:
-            # a new run, or the registry moved past the saved weights (a rollback, a rejected
-            # candidate): start from the live version's weights, keep the step and the cursor
-            same_kind = live is not None and live.kind == cfg.train.finetune and live.version > 0
-            init_from = live.path if same_kind and live is not None else None
-            # a fresh LoRA adapter starts at zero, so it too equals the base model (version 0)
-            version = live.version if same_kind and live is not None else 0
-            steps = self.store.train_steps()
-            last = saved.state if saved is not None else (steps[-1] if steps else None)
-            self.state = TrainerState(
-                step=last.step if last is not None else 0,
-                cursor_seq=last.cursor_seq if last is not None else 0,
-                weights_version=version,
-                base_model=self.base_model,
-                finetune=cfg.train.finetune,
-            )
-            moved = f"; the registry moved on from v{published}" if saved is not None else ""
-            self.start_note = f"training from live policy v{version}{moved}"
-            saved = None
-        model = build_policy(cfg.train, self.base_model, init_from)
+        if self.dist.is_main:
+            self.store = TrajectoryStore(db)
+            self.registry = PolicyRegistry(self.store)
+        start = self.dist.broadcast(self._start(base_model) if self.dist.is_main else None)
+        assert start is not None
+        self.run_dir, self.base_model, self.state = start.run_dir, start.base_model, start.state
+        self.start_note: str | None = start.note
+        model = build_policy(cfg.train, self.base_model, start.init_from)
         tokenizer = load_tokenizer(self.base_model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.trainer = Trainer(
@@ -157,9 +147,51 @@ class TrainingRun:
             weights_version=self.state.weights_version,
             pad_token_id=int(pad),
             base_model=self.base_model,
+            dist=self.dist,
         )
-        if saved is not None:
-            self.trainer.optimizer.load_state_dict(saved.optimizer_state(self.trainer.device))
+        if start.saved is not None:
+            start.saved.load_into(
+                self.trainer.stats, self.trainer.optimizer, distributed=self.dist.active
+            )
+
+    def _start(self, base_model: str | os.PathLike[str] | None) -> _Start:
+        """Rank 0: resume the saved state, or start from the live policy (module docstring)."""
+        cfg = self.cfg
+        run_dir = Path(cfg.run_dir or f"{self.store.path}.trainer")
+        saved = load_latest_state(run_dir)
+        if saved is not None and saved.state.finetune != cfg.train.finetune:
+            raise ConfigError(
+                f"{run_dir} holds a {saved.state.finetune} run; train with the same "
+                f"--finetune or use another --run-dir"
+            )
+        base = saved.state.base_model if saved is not None else self._base(base_model)
+        self.registry.ensure_base(base)
+        live = self.registry.live()
+        published = saved.state.weights_version if saved is not None else None
+        if saved is not None and (published is None or live is None or published == live.version):
+            # the saved weights are what the registry serves (or newer, unpublished): go on;
+            # a DCP state is loaded into a model built from the base, an older one is a model dir
+            init_from = None if saved.sharded else str(saved.model_dir)
+            note = f"resuming from step {saved.state.step} ({run_dir})"
+            return _Start(run_dir, base, saved.state, init_from, saved, note)
+        # a new run, or the registry moved past the saved weights (a rollback, a rejected
+        # candidate): start from the live version's weights, keep the step and the cursor
+        same_kind = live is not None and live.kind == cfg.train.finetune and live.version > 0
+        init_from = live.path if same_kind and live is not None else None
+        # a fresh LoRA adapter starts at zero, so it too equals the base model (version 0)
+        version = live.version if same_kind and live is not None else 0
+        steps = self.store.train_steps()
+        last = saved.state if saved is not None else (steps[-1] if steps else None)
+        state = TrainerState(
+            step=last.step if last is not None else 0,
+            cursor_seq=last.cursor_seq if last is not None else 0,
+            weights_version=version,
+            base_model=base,
+            finetune=cfg.train.finetune,
+        )
+        moved = f"; the registry moved on from v{published}" if saved is not None else ""
+        note = f"training from live policy v{version}{moved}"
+        return _Start(run_dir, base, state, init_from, None, note)
 
     def _base(self, base_model: str | os.PathLike[str] | None) -> str:
         if base_model is not None:
@@ -176,26 +208,58 @@ class TrainingRun:
     # -- pieces -------------------------------------------------------------------------------
 
     def pull(self) -> tuple[list[Trajectory], int]:
-        """New scored trajectories after the cursor (at most one batch) and the next cursor."""
-        groups = self.store.scored_since(
-            self.state.cursor_seq, limit=self.cfg.train.batch_trajectories
-        )
-        if not groups:
-            return [], self.state.cursor_seq
-        return [t for g in groups for t in g.members], max(g.seq for g in groups)
+        """New scored trajectories after the cursor (at most one batch) and the next cursor
+        (read by rank 0, the same on every rank)."""
+        pulled: tuple[list[Trajectory], int] | None = None
+        if self.dist.is_main:
+            groups = self.store.scored_since(
+                self.state.cursor_seq, limit=self.cfg.train.batch_trajectories
+            )
+            pulled = (
+                ([t for g in groups for t in g.members], max(g.seq for g in groups))
+                if groups
+                else ([], self.state.cursor_seq)
+            )
+        pulled = self.dist.broadcast(pulled)
+        assert pulled is not None
+        return pulled
 
     def pending(self) -> int:
-        """Scored trajectories not trained on yet."""
-        rows = self.store.read(
-            "SELECT count(*) AS n FROM trajectories WHERE score_seq > ?", [self.state.cursor_seq]
-        )
-        return int(rows[0]["n"])
+        """Scored trajectories not trained on yet (counted by rank 0, the same on every rank)."""
+        n = 0
+        if self.dist.is_main:
+            rows = self.store.read(
+                "SELECT count(*) AS n FROM trajectories WHERE score_seq > ?",
+                [self.state.cursor_seq],
+            )
+            n = int(rows[0]["n"])
+        return self.dist.broadcast(n)
 
     def publish(self, train_metrics: dict[str, float] | None = None) -> PublishResult:
-        """Write the current weights as a new policy and put it through the gate."""
-        path = save_policy(
-            self.trainer.model, self.run_dir, step=self.state.step, base_model=self.base_model
+        """Write the current weights as a new policy and put it through the gate.
+
+        With several ranks the shards are gathered onto rank 0, which writes one consolidated
+        directory; all ranks meet at a barrier before rank 0 registers it, so a rank that died
+        before then leaves no new version. The result is sent to every rank."""
+        weights = consolidated_weights(self.trainer.stats) if self.dist.active else None
+        result: PublishResult | None = None
+        if self.dist.is_main:
+            path = save_policy(
+                self.trainer.model, self.run_dir, step=self.state.step,
+                base_model=self.base_model, state_dict=weights,
+            )  # fmt: skip
+        self.dist.barrier()
+        if self.dist.is_main:
+            result = self._register(path, train_metrics)
+        result = self.dist.broadcast(result)
+        assert result is not None
+        self.trainer.weights_version = result.version
+        self.state = replace(
+            self.state, weights_version=result.version, last_published=result.version
         )
+        return result
+
+    def _register(self, path: Path, train_metrics: dict[str, float] | None) -> PublishResult:
         live = self.registry.live()
         parent = self.state.weights_version
         if parent is None:
@@ -204,7 +268,7 @@ class TrainingRun:
                 if self.state.last_published is not None
                 else (live.version if live is not None else 0)
             )
-        result = publish_checkpoint(
+        return publish_checkpoint(
             path,
             self.registry,
             kind=self.cfg.train.finetune,
@@ -214,11 +278,16 @@ class TrainingRun:
             device=str(self.trainer.device),
             train_metrics=train_metrics,
         )
-        self.trainer.weights_version = result.version
-        self.state = replace(
-            self.state, weights_version=result.version, last_published=result.version
+
+    def _save(self) -> None:
+        save_state(
+            self.run_dir,
+            self.trainer.stats,
+            self.trainer.optimizer,
+            self.state,
+            keep=self.cfg.keep_states,
+            dist=self.dist,
         )
-        return result
 
     def step(self, publish: bool = False) -> tuple[StepResult, PublishResult | None] | None:
         """Train one step on new data (None when there is none), optionally publish."""
@@ -233,22 +302,21 @@ class TrainingRun:
             self.state, step=self.state.step + 1, cursor_seq=cursor, weights_version=None
         )
         published = self.publish(result.metrics) if publish else None
-        save_state(
-            self.run_dir,
-            self.trainer.model,
-            self.trainer.optimizer,
-            self.state,
-            keep=self.cfg.keep_states,
-        )
-        metrics = {**result.metrics, "policy_entropy": result.metrics.get("entropy", 0.0)}
-        self.store.record_train_step(
-            self.state.step,
-            metrics,
-            cursor_seq=cursor,
-            policy_version=trained_from,
-            published_version=published.version if published is not None else None,
-        )
+        self._save()
+        if self.dist.is_main:
+            metrics = {**result.metrics, "policy_entropy": result.metrics.get("entropy", 0.0)}
+            self.store.record_train_step(
+                self.state.step,
+                metrics,
+                cursor_seq=cursor,
+                policy_version=trained_from,
+                published_version=published.version if published is not None else None,
+            )
         return result, published
+
+    def _say(self, line: str) -> None:
+        if self.dist.is_main:
+            print(line, file=self.out, flush=True)
 
     def run(self, steps: int, *, progress: bool = True) -> RunSummary:
         """Up to ``steps`` steps (stops early when no new scored trajectory is left)."""
@@ -256,9 +324,10 @@ class TrainingRun:
             raise ConfigError(f"steps must be >= 1, got {steps}")
         summary = RunSummary()
         if self.start_note is not None:
-            print(self.start_note, file=self.out)
+            self._say(self.start_note)
             self.start_note = None
-        bar = tqdm(total=steps, desc="train", unit="step", disable=not progress, file=sys.stderr)
+        shown = progress and self.dist.is_main
+        bar = tqdm(total=steps, desc="train", unit="step", disable=not shown, file=sys.stderr)
         for i in range(steps):
             due = self.cfg.publish_every > 0 and (self.state.step + 1) % self.cfg.publish_every == 0
             last = i == steps - 1 and self.cfg.publish_every == 0
@@ -268,27 +337,22 @@ class TrainingRun:
                 break
             result, published = done
             summary.steps.append(result)
-            print(summary_line(self.state.step, result.metrics), file=self.out, flush=True)
+            self._say(summary_line(self.state.step, result.metrics))
             if published is not None:
                 summary.published.append(published)
-                print(_publish_line(published), file=self.out, flush=True)
+                self._say(_publish_line(published))
             bar.update(1)
         bar.close()
         if summary.stopped_for_data and summary.steps and self.cfg.publish_every == 0:
             published = self.publish(summary.steps[-1].metrics)
-            save_state(
-                self.run_dir,
-                self.trainer.model,
-                self.trainer.optimizer,
-                self.state,
-                keep=self.cfg.keep_states,
-            )
+            self._save()
             summary.published.append(published)
-            print(_publish_line(published), file=self.out, flush=True)
+            self._say(_publish_line(published))
         return summary
 
     def close(self) -> None:
-        self.store.close()
+        if self.dist.is_main:
+            self.store.close()
 
     def __enter__(self) -> TrainingRun:
         return self

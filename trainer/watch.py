@@ -72,7 +72,8 @@ def watch(
     last = time.monotonic()
     while cfg.max_rounds is None or rounds < cfg.max_rounds:
         waiting = run.pending()
-        if due(waiting, time.monotonic() - last, cfg):
+        # rank 0 decides for every rank of a torchrun job (their clocks differ)
+        if run.dist.broadcast(due(waiting, time.monotonic() - last, cfg)):
             steps = min(
                 cfg.max_steps_per_round,
                 max(1, math.ceil(waiting / run.cfg.train.batch_trajectories)),

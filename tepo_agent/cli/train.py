@@ -2,10 +2,15 @@
 
     tepo-agent train [--db PATH] [--reward outcome|sparse|dense] [--steps N]
     tepo-agent train [--db PATH] --reward sparse --watch [--every-n 64] [--every-s 600]
+    tepo-agent train [--db PATH] --nproc 4 [--finetune lora] [--precision bf16]
+
 
 Trains on the scored trajectories of the database (``--steps`` updates, then publishes through
 the held-out gate), or with ``--watch`` keeps running and retrains whenever ``--every-n`` new
-scored trajectories arrived or ``--every-s`` seconds passed. Starts from the live policy
+scored trajectories arrived or ``--every-s`` seconds passed. ``--nproc N`` trains data-parallel
+on N ranks of this machine under torchrun (FSDP2: one GPU each, or CPU processes with gloo);
+started by ``torchrun ... -m tepo_agent train ...`` itself it joins that job (several machines:
+docs/distributed.md). Starts from the live policy
 version (after ``tepo-agent rollback``, the version rolled back to) and says which; resumes from
 its last checkpoint in ``--run-dir`` after a crash. Prints a progress bar and one summary line
 per step. The database must exist (``tepo-agent run --db`` creates it).
@@ -14,6 +19,10 @@ per step. The database must exist (``tepo-agent run --db`` creates it).
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from tepo_agent.cli._db import DB_HELP, existing_db
@@ -67,12 +76,79 @@ def register(subparsers: Any) -> None:
     p.add_argument("--gate-workdir", help="where held-out worlds are built (default: cache)")
     p.add_argument("--no-gate", action="store_true", help="accept every candidate (experiments)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument(
+        "--nproc", type=int, default=1,
+        help="ranks on this machine: >1 starts them under torchrun (FSDP2; default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="auto: bf16 autocast on CUDA, float32 on CPU (weights stay float32)",
+    )  # fmt: skip
+    p.add_argument(
+        "--activation-checkpointing", action="store_true",
+        help="recompute decoder activations in the backward pass (less memory, ~1 more forward)",
+    )  # fmt: skip
+    p.add_argument(
+        "--logit-chunk", type=int, default=1024,
+        help="positions whose logits and log-softmax exist at once (memory; default 1024)",
+    )  # fmt: skip
+    p.add_argument("--result-file", help=argparse.SUPPRESS)  # --nproc's launcher reads it
     p.add_argument("--seed", type=int, default=0, help="the trainer's seed (minibatch order)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=run)
+    p.set_defaults(func=functools.partial(run, parser=p))
 
 
-def run(args: argparse.Namespace) -> int:
+def _worker_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """``train`` and the options given (all but --nproc), for the ranks torchrun starts."""
+    argv = ["train"]
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("help", "nproc", "result_file"):
+            continue
+        if value is None or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        argv += [flag] if isinstance(action, argparse._StoreTrueAction) else [flag, str(value)]
+    return argv
+
+
+def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``--nproc N``: run N ranks under torchrun; rank 0 leaves the run's exit status in a file."""
+    from tepo_agent.trainer.launch import launch
+
+    db = existing_db(args.db)
+    run_dir = args.run_dir or f"{Path(db).resolve()}.trainer"
+    with tempfile.TemporaryDirectory(prefix="tepo-train-") as tmp:
+        result = Path(tmp) / "status"
+        worker = [*_worker_args(parser, args), "--result-file", str(result)]
+        code = launch(worker, args.nproc, run_dir=run_dir)
+        if code == 0 and result.is_file():
+            return int(result.read_text())
+        return code
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from tepo_agent.trainer.distributed import launched_by_torchrun
+
+    if args.nproc > 1 and not launched_by_torchrun(os.environ):
+        return _launch(parser, args)
+    if not launched_by_torchrun(os.environ):
+        return _train(args, None)
+    from tepo_agent.trainer.distributed import init_distributed, shutdown
+
+    dist = init_distributed(args.device)
+    try:
+        code = _train(args, dist)
+    finally:
+        shutdown(dist)
+    if args.result_file and dist.is_main:
+        Path(args.result_file).write_text(str(code))
+    return 0 if args.result_file else code
+
+
+def _train(args: argparse.Namespace, dist: Any) -> int:
+    from dataclasses import replace
+
     from tepo_agent.trainer.config import LossConfig, RewardConfig
     from tepo_agent.trainer.eval_gate import GateConfig
     from tepo_agent.trainer.loop import TrainConfig
@@ -89,8 +165,15 @@ def run(args: argparse.Namespace) -> int:
         micro_batch_size=args.micro_batch,
         updates_per_batch=args.updates_per_batch,
         device=args.device,
+        precision=args.precision,
+        logit_chunk_tokens=args.logit_chunk,
+        activation_checkpointing=args.activation_checkpointing,
         seed=args.seed,
     )
+    if dist is not None:
+        from tepo_agent.trainer.distributed import rank_device
+
+        train = replace(train, device=rank_device(dist, args.device))
     gate = GateConfig(
         tasks=args.gate_tasks,
         suites=tuple(s.strip() for s in args.gate_suites.split(",") if s.strip()),  # type: ignore[arg-type]
@@ -100,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
         enabled=not args.no_gate,
     )
     cfg = RunConfig(train=train, gate=gate, run_dir=args.run_dir, publish_every=args.publish_every)
-    with TrainingRun(existing_db(args.db), cfg, base_model=args.model) as training:
+    db = existing_db(args.db) if dist is None or dist.is_main else (args.db or "")
+    with TrainingRun(db, cfg, base_model=args.model, dist=dist) as training:
         if args.watch:
             _stop_on_signals()
             watch_cfg = WatchConfig(
@@ -116,13 +200,15 @@ def run(args: argparse.Namespace) -> int:
                 )
                 if t
             )
-            print(f"watching {args.db or 'the database'}: a round after {trigger}; "
-                  "Ctrl-C or SIGTERM stops", flush=True)  # fmt: skip
+            if dist is None or dist.is_main:
+                print(f"watching {args.db or 'the database'}: a round after {trigger}; "
+                      "Ctrl-C or SIGTERM stops", flush=True)  # fmt: skip
             watch(training, watch_cfg, progress=not args.no_progress)
             return 0
         summary = training.run(args.steps, progress=not args.no_progress)
     if not summary.steps:
-        print("no new scored trajectories to train on; collect and score some first")
+        if dist is None or dist.is_main:
+            print("no new scored trajectories to train on; collect and score some first")
         return 0
     rejected = [p for p in summary.published if not p.accepted]
     return 2 if rejected else 0
