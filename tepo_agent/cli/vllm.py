@@ -55,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--no-tepo-plugin",
         dest="tepo_plugin",
         action="store_false",
-        help="start vLLM without tepo-agent's plugin (clients then estimate entropy)",
+        help="start vLLM without tepo-agent's plugin, which is on by default (without it, "
+        "clients estimate entropy and a tied-embedding full reload is served stale)",
     )
     serve.add_argument("--max-logprobs", type=int, default=20)
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
