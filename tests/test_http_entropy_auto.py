@@ -99,10 +99,14 @@ async def test_auto_reads_tepo_agent_serves_exact_entropies() -> None:
     body["choices"][0] |= {"entropies": [0.25, 0.75], "entropy_kind": "exact"}
     with ScriptedServer([(200, body)]) as server:
         backend = _backend(server.url)
-        gen = await backend.generate([1], PARAMS)
+        gens = [await backend.generate([1], PARAMS) for _ in range(2)]
         await backend.aclose()
-    assert gen.entropy_kind == "exact" and gen.entropies == (0.25, 0.75)
-    assert gen.logprobs == (HALF, HALF) and backend.entropy_source == "server"
+    for gen in gens:
+        assert gen.entropy_kind == "exact" and gen.entropies == (0.25, 0.75)
+        assert gen.logprobs == (HALF, HALF)
+    assert backend.entropy_source == "server"
+    # once the server is known to compute exact entropies, only the sampled logprob is asked
+    assert [b["logprobs"] for b in server.requests] == [20, 0]
 
 
 async def test_plugin_estimator_requires_the_plugin() -> None:

@@ -162,7 +162,9 @@ class HttpBackend:
         source = self.entropy_source
         if source in ("plugin", "unknown"):
             body["vllm_xargs"] = {OPT_IN_KEY: 1}
-        if source != "plugin":  # the plugin returns the behaviour logprobs itself
+        if source == "server":  # exact entropies from the server: the sampled logprob suffices
+            body["logprobs"] = 0
+        elif source != "plugin":  # the plugin returns the behaviour logprobs itself
             body["logprobs"] = self.config.logprobs_k
         return body
 
