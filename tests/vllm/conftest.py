@@ -44,7 +44,6 @@ def vllm_server(
         enable_lora=True,
         dev_mode=True,
         log_path=tmp_path_factory.mktemp("vllm-server") / "server.log",
-        startup_timeout_s=900,  # 27-63 s on 2 quiet cores; over 300 s seen on busy ones
     )
     server = VllmServer(config, vllm_env).start()
     try:

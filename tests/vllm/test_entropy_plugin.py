@@ -30,7 +30,8 @@ from tepo_agent.tasks import math_suite
 from tepo_agent.vllm.launcher import VllmCpuEnv
 from tepo_agent.vllm.plugin import plugin_values
 
-pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+# the first test bears the server's start-up (pytest-timeout counts fixture set-up)
+pytestmark = [pytest.mark.vllm, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 NAME = "entropy-plugin"
 TOL = 1e-4  # float32 on both sides; measured differences are below 1e-6
