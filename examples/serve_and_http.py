@@ -59,7 +59,10 @@ async def run_app(app: int, url: str, db: Path, model_dir: Path) -> None:
 
     vocab_size = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
     backend = HttpBackend(
-        HttpBackendConfig(url, SERVED_NAME, top_logprobs=5), vocab_size=vocab_size
+        # "topk": this example shows the estimate with bounds; the default, "auto", would take
+        # tepo-agent serve's exact entropies instead
+        HttpBackendConfig(url, SERVED_NAME, entropy_estimator="topk", top_logprobs=5),
+        vocab_size=vocab_size,
     )
     config = AgentConfig(max_tool_calls=2, max_new_tokens=32, seed=app)
     fmt = ChatFormat.from_pretrained(model_dir)

@@ -98,6 +98,10 @@ def test_wheel_installs_tools_and_trainer_under_tepo_agent(tmp_path):
     shipped = "tepo_agent/assets/default-model/"
     for name in ("model.safetensors", "bootstrap.json", "tokenizer.json", "world/search.db"):
         assert shipped + name in names
+    # so does the vLLM plugin's own distribution, which `tepo-agent vllm install` installs
+    plugin = "tepo_agent/vllm/plugin_dist/"
+    for name in ("pyproject.toml", "README.md", "tepo_vllm/entropy.py", "tepo_vllm/reload.py"):
+        assert plugin + name in names
     python, purelib = _venv(tmp_path / "venv")
     subprocess.run(
         [

@@ -332,7 +332,7 @@ async def test_http_backend_matches_in_process_backend(
 ) -> None:
     live, served = server
     local = TransformersBackend.from_pretrained(model_dir, device="cpu")
-    config = HttpBackendConfig(live.url, NAME, api_key=KEY, top_logprobs=20)
+    config = HttpBackendConfig(live.url, NAME, api_key=KEY, entropy_estimator="topk")
     remote = HttpBackend(config, vocab_size=served.vocab_size)
     try:
         params = SamplingParams(max_tokens=24, temperature=0)

@@ -9,11 +9,15 @@ re-tokenizes), and vLLM's extensions bring back what a token-exact trajectory ne
   alternatives keyed ``"token_id:N"`` (unambiguous even for byte tokens that are not valid text);
 - ``return_weight_versions``: which weight version sampled which output tokens.
 
-Entropy over HTTP is an estimate (logprobs cost throughput, see docs/architecture.md, invariant 3):
-``"topk"`` asks for ``top_logprobs`` alternatives and bounds the entropy with the tail mass,
+Entropy (:mod:`tepo_agent.backends.http_entropy`): the default ``"auto"`` asks a vLLM server
+that runs tepo-agent's plugin (``tepo-agent vllm serve``) for its exact per-token entropies and
+behaviour logprobs (``"vllm_xargs": {"tepo_entropy": 1}``, no ``logprobs``: 0.93-0.97x of
+vLLM's no-logprob throughput), reads ``tepo-agent serve``'s exact entropies, and otherwise falls
+back to an estimate (logprobs cost throughput, see docs/architecture.md, invariant 3): ``"topk"``
+asks for ``top_logprobs`` alternatives and bounds the entropy with the tail mass,
 ``"surprisal"`` asks only for the sampled token's logprob (``logprobs=0``) and reports
 ``-log p(x_t)``, whose mean over a turn is an unbiased estimate of the turn entropy at
-temperature 1.
+temperature 1. Each generation's ``entropy_kind`` says which source produced its entropies.
 
 Connection errors, timeouts and 5xx answers are retried with exponential backoff; after the last
 retry :class:`~tepo_agent.errors.BackendUnavailableError` says what to check. A 4xx answer is a
@@ -29,93 +33,30 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
 from tepo_agent.backends.base import EntropyKind, Generation, SamplingParams
+from tepo_agent.backends.http_config import HttpBackendConfig, server_root
+from tepo_agent.backends.http_entropy import (
+    Bounds,
+    EntropyEstimator,
+    FallbackEstimator,
+    estimated_entropies,
+    plugin_entropies,
+    response_logprobs,
+    sampled_token_ids,
+    server_entropies,
+)
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
+from tepo_agent.vllm.plugin import OPT_IN_KEY
 
-EntropyEstimator = Literal["topk", "surprisal", "server"]
-
-_TOKEN_ID_KEY = re.compile(r"^token_id:(\d+)$")
+# What "auto" has learnt about the server: nothing yet, or which source it provides.
+_AutoSource = Literal["unknown", "plugin", "server", "fallback"]
 _VERSION_LABEL = re.compile(r"(\d+)$")
-
-
-@dataclass(frozen=True)
-class HttpBackendConfig:
-    """Where the server is and how to talk to it.
-
-    Attributes:
-        base_url: The server, e.g. ``http://127.0.0.1:8000`` or ``http://127.0.0.1:8000/v1`` (what
-            OpenAI clients take); a trailing ``/v1`` is dropped, the backend adds the paths.
-        model: The served model name (or a LoRA adapter's ``lora_name``) sent as ``model``.
-        api_key: Sent as ``Authorization: Bearer <key>`` when set.
-        entropy_estimator: ``"topk"`` (estimate + bounds from ``top_logprobs`` alternatives;
-            costs throughput), ``"surprisal"`` (the sampled token's ``-log p``; cheapest), or
-            ``"server"``: the exact per-token entropies the server computes itself
-            (``tepo-agent serve``'s ``entropies`` extension field), at the cost of
-            ``"surprisal"``; a server that does not return them is an error.
-        top_logprobs: k for the ``"topk"`` estimator. vLLM caps it with ``--max-logprobs``
-            (default 20).
-        timeout_s: Read/write timeout of one request, in seconds (a long generation needs it).
-        connect_timeout_s: Timeout to open a connection, in seconds.
-        max_retries: Retries after the first attempt on connection errors, timeouts and 5xx.
-        backoff_s: First retry delay; each further retry doubles it.
-        initial_policy_version: The version reported until the server names one in
-            ``weight_versions``.
-    """
-
-    base_url: str
-    model: str
-    api_key: str | None = None
-    entropy_estimator: EntropyEstimator = "topk"
-    top_logprobs: int = 20
-    timeout_s: float = 120.0
-    connect_timeout_s: float = 10.0
-    max_retries: int = 3
-    backoff_s: float = 0.5
-    initial_policy_version: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(
-                f"base_url must start with http:// or https://, got {self.base_url!r}"
-            )
-        object.__setattr__(self, "base_url", server_root(self.base_url))
-        if not self.model:
-            raise ConfigError("model must name the served model (see GET /v1/models)")
-        if self.entropy_estimator not in ("topk", "surprisal", "server"):
-            raise ConfigError(
-                "entropy_estimator must be 'topk', 'surprisal' or 'server', got "
-                f"{self.entropy_estimator!r}"
-            )
-        if self.top_logprobs < 1:
-            raise ConfigError(f"top_logprobs must be >= 1, got {self.top_logprobs}")
-        if not (self.timeout_s > 0 and self.connect_timeout_s > 0):
-            raise ConfigError(
-                f"timeouts must be > 0 seconds, got timeout_s={self.timeout_s}, "
-                f"connect_timeout_s={self.connect_timeout_s}"
-            )
-        if self.max_retries < 0:
-            raise ConfigError(f"max_retries must be >= 0, got {self.max_retries}")
-        if self.backoff_s < 0:
-            raise ConfigError(f"backoff_s must be >= 0, got {self.backoff_s}")
-
-    @property
-    def logprobs_k(self) -> int:
-        """The ``logprobs`` request field: k alternatives, or 0 (sampled token only)."""
-        return self.top_logprobs if self.entropy_estimator == "topk" else 0
-
-
-def server_root(base_url: str) -> str:
-    """``http://host:port`` from a URL given with or without a trailing ``/v1``."""
-    root = base_url.rstrip("/")
-    return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
 def served_models(
@@ -160,6 +101,7 @@ class HttpBackend:
         self.config = config
         self._vocab_size = vocab_size
         self._policy_version = config.initial_policy_version
+        self._auto: _AutoSource = "unknown"
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._client = httpx.AsyncClient(
             base_url=config.base_url.rstrip("/"),
@@ -176,6 +118,14 @@ class HttpBackend:
     @property
     def vocab_size(self) -> int:
         return self._vocab_size
+
+    @property
+    def entropy_source(self) -> str:
+        """Where the entropies come from: the configured estimator, or for ``"auto"`` what the
+        server turned out to provide (``unknown`` before the first answer)."""
+        return (
+            self._auto if self.config.entropy_estimator == "auto" else self.config.entropy_estimator
+        )
 
     @property
     def url(self) -> str:
@@ -196,7 +146,6 @@ class HttpBackend:
             # vLLM: -1 (or 0) disables top-k.
             "top_k": params.top_k if params.top_k > 0 else -1,
             "stop_token_ids": [int(t) for t in params.stop_token_ids],
-            "logprobs": self.config.logprobs_k,
             "return_token_ids": True,
             "return_tokens_as_token_ids": True,
             "return_weight_versions": True,
@@ -210,12 +159,26 @@ class HttpBackend:
         }
         if params.seed is not None:
             body["seed"] = params.seed
+        source = self.entropy_source
+        if source in ("plugin", "unknown"):
+            body["vllm_xargs"] = {OPT_IN_KEY: 1}
+        if source == "server":  # exact entropies from the server: the sampled logprob suffices
+            body["logprobs"] = 0
+        elif source != "plugin":  # the plugin returns the behaviour logprobs itself
+            body["logprobs"] = self.config.logprobs_k
         return body
 
     async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> Generation:
         body = self.build_completion_request(prompt_token_ids, params)
         payload = await self._post_with_retries("/v1/completions", body)
-        return self._parse_completion(tuple(body["prompt"]), payload)
+        generation = self._parse_completion(tuple(body["prompt"]), payload)
+        if generation is None:  # "auto": the plugin went away (a server restarted without it)
+            self._auto = "fallback"
+            body = self.build_completion_request(prompt_token_ids, params)
+            payload = await self._post_with_retries("/v1/completions", body)
+            generation = self._parse_completion(tuple(body["prompt"]), payload)
+            assert generation is not None  # a fallback request always carries logprobs
+        return generation
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -270,20 +233,23 @@ class HttpBackend:
 
     def _parse_completion(
         self, prompt_token_ids: tuple[int, ...], payload: Mapping[str, Any]
-    ) -> Generation:
+    ) -> Generation | None:
+        """The generation, or None when ``"auto"`` asked the plugin alone and it did not answer."""
         choices = payload.get("choices")
         if not isinstance(choices, list) or not choices:
             raise BackendError(f"the completion response has no choices: {_short(payload)}")
         choice = choices[0]
-        token_ids, logprobs = self._sampled_tokens(choice)
+        token_ids = sampled_token_ids(choice)
         finish_reason = choice.get("finish_reason")
         if finish_reason not in ("stop", "length"):
             raise BackendError(
                 f"the generation ended with finish_reason={finish_reason!r} (expected 'stop' or "
                 f"'length'); the server aborted it, see its log"
             )
-        version = self._generation_version(choice.get("weight_versions"))
-        entropies, kind, bounds = self._entropies(choice, token_ids, logprobs)
+        found = self._entropies(payload, choice, token_ids)
+        if found is None:
+            return None
+        logprobs, entropies, kind, bounds = found
         return Generation(
             prompt_token_ids=prompt_token_ids,
             token_ids=token_ids,
@@ -291,72 +257,54 @@ class HttpBackend:
             entropies=entropies,
             entropy_kind=kind,
             finish_reason=finish_reason,
-            policy_version=version,
+            policy_version=self._generation_version(choice.get("weight_versions")),
             entropy_lower=bounds[0] if bounds else None,
             entropy_upper=bounds[1] if bounds else None,
         )
 
-    def _sampled_tokens(
-        self, choice: Mapping[str, Any]
-    ) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """The sampled ids and their behaviour logprobs, checked to pair up."""
-        token_ids = choice.get("token_ids")
-        if token_ids is None:
-            raise BackendError(
-                "the server did not return choices[0].token_ids; it must support "
-                "return_token_ids (vLLM >= 0.10.2 or tepo-agent serve)"
-            )
-        token_ids = tuple(int(t) for t in token_ids)
-        token_logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
-        if token_logprobs is None or len(token_logprobs) != len(token_ids):
-            raise BackendError(
-                f"the server returned {len(token_ids)} token ids but "
-                f"{'no' if token_logprobs is None else len(token_logprobs)} token logprobs; "
-                f"it must honour logprobs={self.config.logprobs_k}"
-            )
-        if any(lp is None for lp in token_logprobs):
-            raise BackendError("the server returned a null logprob for a sampled token")
-        return token_ids, tuple(float(lp) for lp in token_logprobs)
-
     def _entropies(
-        self, choice: Mapping[str, Any], token_ids: tuple[int, ...], logprobs: tuple[float, ...]
-    ) -> tuple[tuple[float, ...], EntropyKind, tuple[tuple[float, ...], tuple[float, ...]] | None]:
-        """Per-token entropies by the configured estimator, their kind, and (top-k only) their
-        lower and upper bounds."""
-        if self.config.entropy_estimator == "server":
-            exact = choice.get("entropies")
-            if (
-                choice.get("entropy_kind") != "exact"
-                or not isinstance(exact, list)
-                or len(exact) != len(token_ids)
-            ):
+        self, payload: Mapping[str, Any], choice: Mapping[str, Any], token_ids: tuple[int, ...]
+    ) -> tuple[tuple[float, ...], tuple[float, ...], EntropyKind, Bounds | None] | None:
+        """(behaviour logprobs, entropies, their kind, top-k bounds) by the configured estimator;
+        None when ``"auto"`` relied on the plugin and the answer has neither its values nor
+        logprobs."""
+        estimator, n = self.config.entropy_estimator, len(token_ids)
+        if estimator in ("auto", "plugin"):
+            exact = plugin_entropies(payload, n)
+            if exact is not None:
+                self._auto = "plugin"
+                return exact[1], exact[0], "exact", None
+            if estimator == "plugin":
+                raise BackendError(
+                    f"{self.url} returned no plugin entropies (kv_transfer_params.tepo_entropy): "
+                    "serve with `tepo-agent vllm serve` (tepo-agent's vLLM plugin), or use "
+                    "entropy_estimator='auto'"
+                )
+        logprobs = response_logprobs(choice, n)
+        if logprobs is None:
+            if estimator == "auto" and self._auto == "plugin":
+                return None
+            raise BackendError(
+                f"the server returned {n} token ids but no token logprobs; it must honour "
+                f"logprobs={self.config.logprobs_k}"
+            )
+        if estimator in ("auto", "server"):
+            exact_h = server_entropies(choice, n)
+            if exact_h is not None:
+                self._auto = "server"
+                return logprobs, exact_h, "exact", None
+            if estimator == "server":
                 raise BackendError(
                     f"{self.url} returned no exact per-token entropies (choices[0].entropies); "
-                    "entropy_estimator='server' needs tepo-agent serve, use 'surprisal' or "
-                    "'topk' with vLLM"
+                    "entropy_estimator='server' needs tepo-agent serve, use 'auto' with vLLM"
                 )
-            return tuple(float(h) for h in exact), "exact", None
-        if self.config.entropy_estimator == "surprisal":
-            return tuple(-lp for lp in logprobs), "surprisal", None
-        top = (choice.get("logprobs") or {}).get("top_logprobs")
-        if top is None or len(top) != len(token_ids):
-            raise BackendError(
-                "the server did not return top_logprobs for every sampled token; start it with "
-                f"--max-logprobs >= {self.config.top_logprobs}"
-            )
-        # Imported here: tepo_agent.entropy needs torch, which a surprisal-only client never loads.
-        from tepo_agent.entropy import topk_entropy_bounds
-
-        estimates: list[float] = []
-        lowers: list[float] = []
-        uppers: list[float] = []
-        for position, alternatives in enumerate(top):
-            values = _topk_values(alternatives, position, self.config.top_logprobs)
-            bounds = topk_entropy_bounds(values, self._vocab_size)
-            estimates.append(bounds.estimate)
-            lowers.append(bounds.lower)
-            uppers.append(bounds.upper)
-        return tuple(estimates), "topk", (tuple(lowers), tuple(uppers))
+            self._auto = "fallback"
+            estimator = self.config.fallback_estimator
+        assert estimator in ("topk", "surprisal")
+        entropies, kind, bounds = estimated_entropies(
+            estimator, choice, logprobs, self._vocab_size, self.config.top_logprobs
+        )
+        return logprobs, entropies, kind, bounds
 
     def _generation_version(self, spans: Any) -> int:
         """The version a generation is attributed to, updating :attr:`policy_version`.
@@ -384,28 +332,6 @@ def _parse_version(label: Any) -> int | None:
     return None
 
 
-def _topk_values(alternatives: Any, position: int, k: int) -> list[float]:
-    """The k largest logprobs of one ``top_logprobs`` entry.
-
-    vLLM adds the sampled token to the top-k when it is not among them (k + 1 entries). The bounds
-    assume every token left out is no more likely than the smallest one given, which holds for
-    the k largest but not for that extra token, so it is dropped (it stays in the tail).
-    """
-    if not isinstance(alternatives, Mapping) or not alternatives:
-        raise BackendError(f"top_logprobs[{position}] is empty; the server ignored logprobs=k")
-    values: list[float] = []
-    for key, value in alternatives.items():
-        if not _TOKEN_ID_KEY.match(str(key)):
-            raise BackendError(
-                f"top_logprobs[{position}] key {key!r} is not 'token_id:N'; the server ignored "
-                "return_tokens_as_token_ids, so byte tokens could collide"
-            )
-        lp = float(value)
-        # JSON has no -inf: vLLM writes -9999.0 (exp() maps it to 0); NaN/inf mean no mass.
-        values.append(lp if math.isfinite(lp) else -math.inf)
-    return sorted(values, reverse=True)[:k]
-
-
 def _error_message(response: httpx.Response) -> str:
     """The server's error message from an OpenAI (``{"error": {"message"}}``) or FastAPI body."""
     try:
@@ -430,4 +356,11 @@ def _short(payload: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "..."
 
 
-__all__ = ["EntropyEstimator", "HttpBackend", "HttpBackendConfig"]
+__all__ = [
+    "EntropyEstimator",
+    "FallbackEstimator",
+    "HttpBackend",
+    "HttpBackendConfig",
+    "served_models",
+    "server_root",
+]

@@ -72,11 +72,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--entropy",
-        choices=("topk", "surprisal", "server"),
-        default="topk",
-        help="with --base-url: live entropy from top-20 logprobs with bounds, the sampled "
-        "token's surprisal (cheapest), or the server's exact values (tepo-agent serve) "
-        "(default: topk)",
+        choices=("auto", "plugin", "topk", "surprisal", "server"),
+        default="auto",
+        help="with --base-url: 'auto' takes the server's exact values when it has them "
+        "(`tepo-agent vllm serve` with its plugin, or `tepo-agent serve`) and else estimates "
+        "from top-20 logprobs with bounds; or force one: the vLLM plugin's exact values, "
+        "top-k, the sampled token's surprisal (cheapest), tepo-agent serve's exact values "
+        "(default: auto; each turn stores which one produced its entropies)",
     )
     parser.add_argument(
         "--db",

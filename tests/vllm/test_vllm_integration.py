@@ -147,7 +147,7 @@ def test_cli_run_over_vllm_stores_a_token_exact_trajectory_tagged_with_the_serve
         [sys.executable, "-m", "tepo_agent", "run", QUESTIONS[0],
          "--base-url", vllm_server.base_url, "--served-model", vllm_server.model_name,
          "--model", str(vllm_server.config.model), "--db", str(db), "--json",
-         "--max-new-tokens", "48", "--max-tool-calls", "2", "--seed", "5"],
+         "--max-new-tokens", "48", "--max-tool-calls", "2", "--seed", "5", "--entropy", "topk"],
         capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

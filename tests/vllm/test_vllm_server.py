@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import httpx
@@ -59,6 +60,9 @@ def test_config_without_lora_or_dev_mode_sets_only_the_kv_cache(tmp_path: Path) 
     argv = config.command("py", 1)
     assert "--enable-lora" not in argv
     assert argv[-2:] == ["--seed", "3"]
+    # the tepo plugin is on unless turned off (its own switch, read in every vLLM process)
+    off = VllmServerConfig(model=tmp_path / "my-model", tepo_plugin=False)
+    assert off.environment() == {"VLLM_CPU_KVCACHE_SPACE": "2", "TEPO_VLLM_PLUGIN": "0"}
 
 
 @pytest.mark.parametrize(
@@ -102,6 +106,19 @@ def test_start_without_an_installed_environment_says_how_to_install(tmp_path: Pa
     assert not server.running
     with pytest.raises(BackendUnavailableError, match="not been started"):
         _ = server.base_url
+
+
+def test_start_on_an_env_without_the_current_plugin_says_how_to_install_it(
+    tmp_path: Path, default_model_dir: Path
+) -> None:
+    env = VllmCpuEnv(home=tmp_path / "home")
+    env.python.parent.mkdir(parents=True)
+    env.python.symlink_to(sys.executable)
+    env.marker.write_text(json.dumps({"vllm_cpu": env.version}))  # vLLM, but no plugin
+    server = VllmServer(VllmServerConfig(model=default_model_dir), env)
+    with pytest.raises(BackendUnavailableError, match="tepo-agent vllm install"):
+        server.start()
+    assert not server.running
 
 
 # -- a real server that cannot start (runs before the session server starts) ----------------------

@@ -1,12 +1,9 @@
-"""vLLM plugin (prototype): exact per-token entropy computed on the device, one float per token.
+"""Exact per-token entropy and the sampled token's logprob, computed where vLLM samples.
 
-Runs inside the vLLM server's processes (engine core and workers), never in tepo-agent's runtime.
-vLLM loads it through the ``vllm.general_plugins`` entry point ``tepo_entropy`` (see
-``../pyproject.toml``; ``benchmarks.vllm_entropy_plugin.plugin_pythonpath`` makes the entry point
-visible without installing anything into the vLLM environment).
+Runs inside the vLLM server's processes (engine core and workers), never in tepo-agent.
 
-A request opts in with ``"vllm_xargs": {"tepo_entropy": 1}`` (SamplingParams.extra_args). For
-such requests the server returns, in the non-streaming completion response,
+A request opts in with ``"vllm_xargs": {"tepo_entropy": 1}`` (``SamplingParams.extra_args``).
+For such requests the server returns, in the non-streaming completion response,
 ``"kv_transfer_params": {"tepo_entropy": [H_1, ..., H_T], "tepo_logprob": [l_1, ..., l_T]}``:
 the exact entropy of the raw distribution (temperature 1, before penalties and logits
 processors, like ``raw_logprobs``) at each of the T generated tokens, in nats, and the sampled
@@ -26,22 +23,18 @@ Data path (four small patches, each a wrapper around one vLLM method):
 4. ``Scheduler._connector_finished``: when the request finishes, returns the lists as
    ``kv_transfer_params``, which vLLM already carries to the OpenAI response.
 
-Limits of the prototype: non-streaming completions only (the list arrives with the final
-output); no speculative decoding (the rejection sampler is not wrapped); one prompt and n=1 per
-request (the completion response carries the first choice's ``kv_transfer_params`` only); a KV
+Limits: the values arrive with the final output only (not per streamed chunk: see README.md);
+no speculative decoding (the rejection sampler is not wrapped); one prompt and n=1 per request
+(the completion response carries the first choice's ``kv_transfer_params`` only); a KV
 connector's own ``kv_transfer_params`` are kept and the entropy is added beside them.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 OPT_IN_KEY = "tepo_entropy"
 LOGPROB_KEY = "tepo_logprob"
-_PATCHED = "_tepo_entropy_patched"
 
 
 def entropy_and_logsumexp(logits: Any) -> tuple[Any, Any]:
@@ -177,17 +170,23 @@ def _patch_scheduler() -> None:
     Scheduler._connector_finished = _connector_finished
 
 
-def register() -> None:
-    """The ``vllm.general_plugins`` entry point: patch once per process (vLLM calls it often)."""
-    import vllm
+# The vLLM attributes the patches wrap ("module:Class.attribute"); a release without one of them
+# gets no patch at all (a log line says which), so clients fall back to their estimators.
+REQUIRED = (
+    "vllm.v1.sample.sampler:Sampler.forward",
+    "vllm.v1.worker.gpu_model_runner:GPUModelRunner.sample_tokens",
+    "vllm.v1.worker.gpu_model_runner:AsyncGPUModelRunnerOutput.get_output",
+    "vllm.v1.outputs:ModelRunnerOutput",
+    "vllm.v1.core.sched.scheduler:Scheduler.update_from_output",
+    "vllm.v1.core.sched.scheduler:Scheduler._connector_finished",
+)
 
-    if getattr(vllm, _PATCHED, False):
-        return
+
+def patch() -> None:
+    """Install the four wrappers (once per process; the caller checks :data:`REQUIRED`)."""
     _patch_sampler()
     _patch_model_runner()
     _patch_scheduler()
-    setattr(vllm, _PATCHED, True)
-    logger.info("tepo_entropy plugin: exact per-token entropy enabled (opt in per request)")
 
 
-__all__ = ["LOGPROB_KEY", "OPT_IN_KEY", "entropy_and_logsumexp", "register"]
+__all__ = ["LOGPROB_KEY", "OPT_IN_KEY", "REQUIRED", "entropy_and_logsumexp", "patch"]
