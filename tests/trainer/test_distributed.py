@@ -23,6 +23,10 @@ from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.trainer.distributed import balance_by_tokens, launched_by_torchrun, passes_needed
 from tepo_agent.trainer.launch import torchrun_command
 
+# every training run here starts torchrun and 2 fresh interpreters (torch + transformers imports):
+# ~15 s on a quiet 2-core machine, minutes on a busy one; the fixture below runs four
+pytestmark = pytest.mark.timeout(1800)
+
 # lr 1e-3: AdamW moves every weight by ~1e-3 per step, 100x the tolerance of the comparison
 TRAIN = ["--batch", "4", "--micro-batch", "3", "--lr", "1e-3", "--device", "cpu",
          "--no-gate", "--no-progress"]  # fmt: skip
