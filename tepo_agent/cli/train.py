@@ -4,15 +4,14 @@
     tepo-agent train [--db PATH] --reward sparse --watch [--every-n 64] [--every-s 600]
     tepo-agent train [--db PATH] --nproc 4 [--finetune lora] [--precision bf16]
 
-
 Trains on the scored trajectories of the database (``--steps`` updates, then publishes through
 the held-out gate), or with ``--watch`` keeps running and retrains whenever ``--every-n`` new
 scored trajectories arrived or ``--every-s`` seconds passed. ``--nproc N`` trains data-parallel
 on N ranks of this machine under torchrun (FSDP2: one GPU each, or CPU processes with gloo);
 started by ``torchrun ... -m tepo_agent train ...`` itself it joins that job (several machines:
-docs/distributed.md). Starts from the live policy
-version (after ``tepo-agent rollback``, the version rolled back to) and says which; resumes from
-its last checkpoint in ``--run-dir`` after a crash. Prints a progress bar and one summary line
+docs/distributed.md). Starts from the live policy version (after ``tepo-agent rollback``, the
+version rolled back to) and says which; resumes from its last checkpoint in ``--run-dir`` after a
+crash, whatever the number of ranks that wrote it. Prints a progress bar and one summary line
 per step. The database must exist (``tepo-agent run --db`` creates it).
 """
 
