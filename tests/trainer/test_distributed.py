@@ -202,3 +202,20 @@ def test_torchrun_is_recognised_and_launched_with_a_local_rendezvous() -> None:
     assert cmd[cmd.index("--nproc-per-node") + 1] == "2"
     assert cmd[cmd.index("--rdzv-endpoint") + 1] == "127.0.0.1:29500"
     assert cmd[-4:] == ["tepo_agent", "train", "--db", "t.db"]
+
+
+def test_the_ranks_get_the_options_given_but_nproc() -> None:
+    from tepo_agent.cli import build_parser
+    from tepo_agent.cli.train import _worker_args
+
+    parser = build_parser(load=("train",))
+    argv = ["train", "--db", "t.db", "--nproc", "4", "--lr", "0.001", "--no-gate", "--watch"]
+    args = parser.parse_args(argv)
+    train_parser = args.func.keywords["parser"]
+    worker = _worker_args(train_parser, args)
+    assert worker[0] == "train" and "--nproc" not in worker
+    assert worker[worker.index("--db") + 1] == "t.db"
+    assert worker[worker.index("--lr") + 1] == "0.001"
+    assert "--no-gate" in worker and "--watch" in worker
+    assert "--steps" not in worker  # defaults stay defaults: the ranks parse the same parser
+    assert train_parser.parse_args(worker[1:]).lr == args.lr
