@@ -1,13 +1,15 @@
 """Data-parallel scaling of the trainer on CPU: one process, 1 rank and 2 ranks on the same batch.
 
-    python benchmarks/bench_distributed.py [--groups 4] [--group 4] [--steps 5] [--threads 2]
-        [--hidden 128 --layers 4]
+    python benchmarks/bench_distributed.py [--groups 4] [--group 4] [--steps 5]
+        [--threads-per-rank 1] [--hidden 128 --layers 4]
 
 Collects ``groups × group`` scored trajectories with the real agent on a random-weight default-
 shaped model, then times ``Trainer.step`` (recompute + rewards + advantages + update: the step
 without the store and the checkpoint) on that same global batch: in one plain process, and under
-torchrun (FSDP2 over gloo) with 1 and with 2 ranks. ``--threads`` torch threads in all are
-shared by the ranks (2 ranks get ``threads // 2`` each), so the comparison is of the same cores.
+torchrun (FSDP2 over gloo) with 1 and with 2 ranks, each rank (and the plain process) with
+``--threads-per-rank`` torch threads: 2 ranks use twice the cores of 1, which is what scaling
+measures. (On a machine shared with other work, more threads per process than free cores makes
+OpenMP's waiting threads spin against each other, and times balloon.)
 Each figure is the median of ``--steps`` steps after one warm-up step (every timed step runs the
 exact recompute: after the first update the logged values are off-policy). Scaling efficiency =
 (1-rank time / 2-rank time) / 2. Prints a markdown table.
@@ -41,7 +43,7 @@ def _worker(args: argparse.Namespace) -> None:
 
     distributed = launched_by_torchrun(os.environ)
     d = init_distributed("cpu") if distributed else Dist()
-    torch.set_num_threads(max(1, args.threads // d.world))
+    torch.set_num_threads(args.threads_per_rank)
     cfg = RunConfig(
         train=TrainConfig(
             batch_trajectories=args.groups * args.group, micro_batch_size=args.micro_batch,
@@ -75,7 +77,7 @@ def _launch(args: argparse.Namespace, root: Path, nproc: int | None) -> dict[str
     out.parent.mkdir()
     worker = [__file__, "--worker", "--db", str(root / "t.db"), "--out", str(out),
               "--groups", str(args.groups), "--group", str(args.group),
-              "--steps", str(args.steps), "--threads", str(args.threads),
+              "--steps", str(args.steps), "--threads-per-rank", str(args.threads_per_rank),
               "--micro-batch", str(args.micro_batch)]  # fmt: skip
     launcher = (
         []
@@ -83,7 +85,7 @@ def _launch(args: argparse.Namespace, root: Path, nproc: int | None) -> dict[str
         else ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]
     )  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, args.threads // (nproc or 1)))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads_per_rank)}
     done = subprocess.run([sys.executable, *launcher, *worker], env=env, capture_output=True,
                           text=True)  # fmt: skip
     if done.returncode:
@@ -96,7 +98,7 @@ def main() -> None:
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--group", type=int, default=4)
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--threads", type=int, default=2, help="torch threads in all (default 2)")
+    p.add_argument("--threads-per-rank", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=4)
@@ -129,7 +131,7 @@ def main() -> None:
         f"model: hidden {args.hidden}, {args.layers} layers ({parameter_count(config) / 1e6:.2f} M "
         f"parameters); batch {args.groups}×{args.group} = {args.groups * args.group} trajectories, "
         f"{rows['one process']['tokens']:.0f} tokens; micro-batch {args.micro_batch}; "
-        f"{args.threads} torch threads in all; median of {args.steps} steps\n"
+        f"{args.threads_per_rank} torch thread(s) per rank; median of {args.steps} steps\n"
     )
     print("| run | step (s) | tokens/s |")
     print("|---|---|---|")

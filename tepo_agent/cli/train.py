@@ -4,15 +4,14 @@
     tepo-agent train [--db PATH] --reward sparse --watch [--every-n 64] [--every-s 600]
     tepo-agent train [--db PATH] --nproc 4 [--finetune lora] [--precision bf16]
 
-
 Trains on the scored trajectories of the database (``--steps`` updates, then publishes through
 the held-out gate), or with ``--watch`` keeps running and retrains whenever ``--every-n`` new
 scored trajectories arrived or ``--every-s`` seconds passed. ``--nproc N`` trains data-parallel
 on N ranks of this machine under torchrun (FSDP2: one GPU each, or CPU processes with gloo);
 started by ``torchrun ... -m tepo_agent train ...`` itself it joins that job (several machines:
-docs/distributed.md). Starts from the live policy
-version (after ``tepo-agent rollback``, the version rolled back to) and says which; resumes from
-its last checkpoint in ``--run-dir`` after a crash. Prints a progress bar and one summary line
+docs/distributed.md). Starts from the live policy version (after ``tepo-agent rollback``, the
+version rolled back to) and says which; resumes from its last checkpoint in ``--run-dir`` after a
+crash, whatever the number of ranks that wrote it. Prints a progress bar and one summary line
 per step. The database must exist (``tepo-agent run --db`` creates it).
 """
 
@@ -23,9 +22,12 @@ import functools
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tepo_agent.cli._db import DB_HELP, existing_db
+
+if TYPE_CHECKING:
+    from tepo_agent.trainer.distributed import Dist
 
 
 def register(subparsers: Any) -> None:
@@ -78,7 +80,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument(
         "--nproc", type=int, default=1,
-        help="ranks on this machine: >1 starts them under torchrun (FSDP2; default 1)",
+        help="ranks on this machine: >1 starts them under torchrun (FSDP2)",
     )  # fmt: skip
     p.add_argument(
         "--precision", choices=("auto", "fp32", "bf16"), default="auto",
@@ -90,7 +92,7 @@ def register(subparsers: Any) -> None:
     )  # fmt: skip
     p.add_argument(
         "--logit-chunk", type=int, default=1024,
-        help="positions whose logits and log-softmax exist at once (memory; default 1024)",
+        help="positions whose logits and log-softmax exist at once (memory vs. kernels)",
     )  # fmt: skip
     p.add_argument("--result-file", help=argparse.SUPPRESS)  # --nproc's launcher reads it
     p.add_argument("--seed", type=int, default=0, help="the trainer's seed (minibatch order)")
@@ -101,7 +103,7 @@ def register(subparsers: Any) -> None:
 def _worker_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """``train`` and the options given (all but --nproc), for the ranks torchrun starts."""
     argv = ["train"]
-    for action in parser._actions:
+    for action in parser._actions:  # argparse lists its options nowhere public
         value = getattr(args, action.dest, None)
         if not action.option_strings or action.dest in ("help", "nproc", "result_file"):
             continue
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0 if args.result_file else code
 
 
-def _train(args: argparse.Namespace, dist: Any) -> int:
+def _train(args: argparse.Namespace, dist: Dist | None) -> int:
     from dataclasses import replace
 
     from tepo_agent.trainer.config import LossConfig, RewardConfig

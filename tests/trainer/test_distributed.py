@@ -23,6 +23,10 @@ from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.trainer.distributed import balance_by_tokens, launched_by_torchrun, passes_needed
 from tepo_agent.trainer.launch import torchrun_command
 
+# every training run here starts torchrun and 2 fresh interpreters (torch + transformers imports):
+# ~15 s on a quiet 2-core machine, minutes on a busy one; the fixture below runs four
+pytestmark = pytest.mark.timeout(1800)
+
 # lr 1e-3: AdamW moves every weight by ~1e-3 per step, 100x the tolerance of the comparison
 TRAIN = ["--batch", "4", "--micro-batch", "3", "--lr", "1e-3", "--device", "cpu",
          "--no-gate", "--no-progress"]  # fmt: skip
@@ -198,3 +202,20 @@ def test_torchrun_is_recognised_and_launched_with_a_local_rendezvous() -> None:
     assert cmd[cmd.index("--nproc-per-node") + 1] == "2"
     assert cmd[cmd.index("--rdzv-endpoint") + 1] == "127.0.0.1:29500"
     assert cmd[-4:] == ["tepo_agent", "train", "--db", "t.db"]
+
+
+def test_the_ranks_get_the_options_given_but_nproc() -> None:
+    from tepo_agent.cli import build_parser
+    from tepo_agent.cli.train import _worker_args
+
+    parser = build_parser(load=("train",))
+    argv = ["train", "--db", "t.db", "--nproc", "4", "--lr", "0.001", "--no-gate", "--watch"]
+    args = parser.parse_args(argv)
+    train_parser = args.func.keywords["parser"]
+    worker = _worker_args(train_parser, args)
+    assert worker[0] == "train" and "--nproc" not in worker
+    assert worker[worker.index("--db") + 1] == "t.db"
+    assert worker[worker.index("--lr") + 1] == "0.001"
+    assert "--no-gate" in worker and "--watch" in worker
+    assert "--steps" not in worker  # defaults stay defaults: the ranks parse the same parser
+    assert train_parser.parse_args(worker[1:]).lr == args.lr
