@@ -7,7 +7,8 @@
 
 :func:`default_tools` builds the set the agent uses by default. Tools import nothing of the
 runtime but :mod:`tepo_agent.errors` (and the bottom layer's helpers, such as
-:mod:`tepo_agent._lazy`) and never the trainer (the import-linter contracts in pyproject.toml). The names load on first access, so importing one tool module (or
+:mod:`tepo_agent._lazy`) and never the trainer (the import-linter contracts in
+pyproject.toml). The names load on first access, so importing one tool module (or
 :data:`~tepo_agent.tools.catalog.TOOL_NAMES` for the command line's parser) does not load the
 others: the search index needs sqlite-utils, the tools LangChain.
 """
