@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_sandbox import assert_still_serves, processes_with_argv
 
 from tepo_agent.tools.sandbox import PythonSandbox, SandboxConfig
-from tests.tools.test_sandbox import assert_still_serves, processes_with_argv
 
 REPO = Path(__file__).resolve().parents[2]
 LIMITS = SandboxConfig(
