@@ -62,6 +62,17 @@ def default_db_path() -> Path:
     return Path(os.environ.get("TEPO_AGENT_DB") or "tepo-agent.db")
 
 
+def _hint(exc: sqlite3.OperationalError) -> str:
+    """What to check for the errors a full or read-only disk gives."""
+    text = str(exc).lower()
+    if "full" in text or "disk i/o" in text or "readonly" in text or "read-only" in text:
+        return (
+            " (the filesystem holding the database is full or read-only: free space or fix "
+            "its permissions, then retry; nothing of this write was committed)"
+        )
+    return ""
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -126,7 +137,7 @@ class TrajectoryStore:
                 return fn()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
-                    raise StoreError(f"SQLite error on {self.path}: {exc}") from exc
+                    raise StoreError(f"SQLite error on {self.path}: {exc}{_hint(exc)}") from exc
                 if time.monotonic() >= deadline:
                     raise StoreError(
                         f"{self.path} stayed locked by another process for more than "
