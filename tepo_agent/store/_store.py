@@ -65,10 +65,12 @@ def default_db_path() -> Path:
 def _hint(exc: sqlite3.OperationalError) -> str:
     """What to check for the errors a full or read-only disk gives."""
     text = str(exc).lower()
-    if "full" in text or "disk i/o" in text or "readonly" in text or "read-only" in text:
+    causes = ("full", "disk i/o", "readonly", "read-only", "unable to open")
+    if any(cause in text for cause in causes):
         return (
-            " (the filesystem holding the database is full or read-only: free space or fix "
-            "its permissions, then retry; nothing of this write was committed)"
+            " (the filesystem holding the database may be full or read-only, or the file not "
+            "writable: free space or fix the mount or permissions, then retry; nothing of this "
+            "write was committed)"
         )
     return ""
 

@@ -371,3 +371,21 @@ def test_registry_order_survives_clock_jumps(model_dir: Path, tmp_path: Path) ->
             follower = PolicyFollower(db, InProcessTarget(backend), current_version=0)
             assert follower.poll_once() == 3
     assert integrity(db) == "ok"
+
+
+def test_a_read_only_filesystem_refuses_the_store_with_the_cause(small_fs: Path) -> None:
+    db = small_fs / "t.db"
+    with TrajectoryStore(db) as store:
+        kept = store.get(store.add(make_trajectory(task="kept")))
+    # as root, a file's mode does not stop writes: make the filesystem itself read-only
+    subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
+    try:
+        with pytest.raises(StoreError, match=r"full or read-only.*nothing of this write"):
+            TrajectoryStore(db)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_fs)], check=True)
+    with TrajectoryStore(db) as store:
+        assert store.get(kept.id) == kept
+        store.add(make_trajectory(task="after"))
+        assert store.count() == 2
+    assert integrity(db) == "ok"
