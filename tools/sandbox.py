@@ -325,17 +325,16 @@ class PythonSandbox:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run_in(self, workdir: str, cgroups: RunCgroups, notes: list[str]) -> SandboxResult:
-        config = self.config
+    def _start(self, workdir: str, cgroups: RunCgroups) -> subprocess.Popen[bytes]:
+        """Start the run's interpreter (under bubblewrap when the containment has it)."""
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         env |= {"HOME": workdir, "TMPDIR": workdir}
-        start = time.monotonic()
         containment = self.containment
         argv, fds = self._argv(
             workdir, containment.python_executable, filesystem=containment.filesystem
         )
         try:
-            proc = subprocess.Popen(
+            return subprocess.Popen(
                 argv,
                 pass_fds=fds,
                 cwd=workdir,
@@ -352,6 +351,11 @@ class PythonSandbox:
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _run_in(self, workdir: str, cgroups: RunCgroups, notes: list[str]) -> SandboxResult:
+        config, containment = self.config, self.containment
+        start = time.monotonic()
+        proc = self._start(workdir, cgroups)
         assert proc.stdout is not None and proc.stderr is not None
         kept = {"stdout": bytearray(), "stderr": bytearray()}
         total = {"stdout": 0, "stderr": 0}
