@@ -145,6 +145,15 @@ def raw_connection(url: str) -> socket.socket:
     return socket.create_connection((host, int(port)), timeout=10)
 
 
+def read_answer(conn: socket.socket) -> str:
+    """Everything the server sends until it closes the connection (headers and body may come
+    in separate segments)."""
+    chunks = []
+    while chunk := conn.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
 def test_a_stalled_body_gets_408_and_slow_clients_block_no_one(
     live: tuple[str, Path], client: httpx.Client
 ) -> None:
@@ -160,8 +169,8 @@ def test_a_stalled_body_gets_408_and_slow_clients_block_no_one(
         conn.sendall(b"POST /v1/completions HTTP/1.1\r\nHo")
     started = time.monotonic()
     assert_still_serves(client)
-    assert time.monotonic() - started < 10
-    answer = stalled.recv(65536).decode()
+    assert time.monotonic() - started < 30  # not held back by them (generous: shared cores)
+    answer = read_answer(stalled)
     assert answer.startswith("HTTP/1.1 408") and "stalled for 1 s" in answer
     for conn in [stalled, *slow]:
         conn.close()
