@@ -12,23 +12,29 @@ What is isolated (when the containment is active; :class:`Containment` says whic
 - **user** — the child drops to ``nobody`` (setgroups/setgid/setuid before exec), so it cannot
   read root's files (``/root``, other processes' ``/proc/PID/environ``) or leave its cgroups;
 - **network** — a new, empty network namespace (``unshare(CLONE_NEWNET)``): no interface is up,
-  so every connection, loopback included, fails;
+  so every connection, loopback and IPv6 included, fails, and abstract unix sockets of the host
+  are out of reach;
+- **filesystem, processes, IPC** — bubblewrap (:mod:`tepo_agent.tools._bwrap`): private mount,
+  pid, IPC and UTS namespaces; only ``/usr`` of the host, read-only; the working directory,
+  ``/tmp`` and ``/dev/shm`` are private tmpfs of ``max_disk_bytes`` each; no capabilities; the
+  code cannot see, signal or trace a host process, and whatever it left running dies with it;
+- **system calls** — a seccomp filter (:mod:`tepo_agent.tools._seccomp`) refuses ptrace,
+  new namespaces, mounts, keyrings, BPF, perf, userfaultfd, io_uring, module loading...;
 - **time** — a wall-clock timeout, after which every process of the run is SIGKILLed (the whole
   cgroup, frozen first, and the process group), and ``RLIMIT_CPU`` per process;
-- **files** — a temporary working directory (``HOME`` and ``TMPDIR`` too) removed afterwards,
-  ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps;
-- **a dying runtime** — the main process gets ``PR_SET_PDEATHSIG=SIGKILL``; the cgroups and
-  working directories a killed runtime leaves are reaped when the next sandbox is created;
-- **environment** — a clean one: only ``PATH``, ``LANG``, ``HOME``, ``TMPDIR``; nothing of the
-  parent's environment (secrets included) is inherited; stdin is ``/dev/null``;
+- **files** — ``RLIMIT_FSIZE``, ``RLIMIT_NOFILE``, no core dumps; the host working directory
+  (the snippet only) is removed afterwards;
+- **a dying runtime** — ``PR_SET_PDEATHSIG=SIGKILL`` and bubblewrap's ``--die-with-parent``; the
+  cgroups and working directories a killed runtime leaves are reaped when the next sandbox is
+  created;
+- **environment** — a clean one: only ``PATH``, ``LANG``, ``HOME``, ``TMPDIR`` (and ``PWD``);
+  nothing of the parent's environment (secrets included) is inherited; stdin is ``/dev/null``;
 - **output** — stdout and stderr are read incrementally and only the first
   ``max_output_bytes`` of each are kept; the rest is counted and dropped.
 
-What is NOT isolated: the filesystem is the host's (world-readable files such as ``/etc/passwd``
-or the Python stdlib are visible; ``/tmp`` is writable by ``nobody``), there is no seccomp
-filter, and the kernel is shared. This is a sandbox against accidents and runaway model code,
-not against a determined kernel exploit. Processes left running after the main one exits are
-killed.
+What is NOT isolated: the kernel is shared (a kernel exploit through an allowed system call
+escapes), the code sees the host's ``/usr`` (read-only) and its CPU model, and timing side
+channels are open. RELIABILITY.md lists every hostile case tried and how it is held.
 
 Degradation: each mechanism needs root and the host's support. When one is unavailable (not
 root, no cgroup v1 controllers, ``unshare`` refused, the interpreter not executable by
@@ -53,12 +59,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-from tepo_agent.errors import ConfigError, SandboxError
+from tepo_agent.errors import SandboxError
+from tepo_agent.tools._bwrap import bwrap_argv, exit_status, find_bwrap
 from tepo_agent.tools._cgroup import RunCgroups
+from tepo_agent.tools._sandbox_types import Containment, SandboxConfig, SandboxResult
+from tepo_agent.tools._seccomp import compile_filter
 
 logger = logging.getLogger(__name__)
 
@@ -95,126 +102,6 @@ except BaseException as exc:
 """
 
 
-@dataclass(frozen=True)
-class SandboxConfig:
-    """Limits of one sandboxed run."""
-
-    timeout_s: float = 10.0
-    """Wall-clock limit; at expiry every process of the run is killed."""
-    cpu_time_s: int = 10
-    """``RLIMIT_CPU`` per process, in CPU seconds (SIGXCPU, then SIGKILL one second later)."""
-    memory_bytes: int = 512 * 1024**2
-    """Memory cgroup limit for the whole run and ``RLIMIT_AS`` for each process."""
-    max_processes: int = 32
-    """``pids.max`` of the run's cgroup (or, without cgroups, the user's ``RLIMIT_NPROC``)."""
-    max_output_bytes: int = 16_384
-    """Bytes of stdout, and separately of stderr, kept; the rest is counted and dropped."""
-    max_file_bytes: int = 16 * 1024**2
-    """``RLIMIT_FSIZE``: the largest file the code may write."""
-    max_open_files: int = 64
-    """``RLIMIT_NOFILE``."""
-    max_code_chars: int = 100_000
-    """Longest source accepted."""
-    user: str | None = "nobody"
-    """Unprivileged user to run as (needs root); ``None`` keeps the caller's user."""
-    isolate_network: bool = True
-    """Run in a new, empty network namespace (needs root)."""
-    containment: Literal["best_effort", "require"] = "best_effort"
-    """``best_effort``: run without an unavailable mechanism and say so in every result;
-    ``require``: refuse to run (SandboxError) unless cgroups, user and network are contained."""
-    python_executable: str | None = None
-    """Interpreter to run; ``None`` picks ``sys.executable`` or, if the sandbox user cannot
-    execute it, ``/usr/bin/python3`` / ``/usr/local/bin/python3``."""
-
-    def __post_init__(self) -> None:
-        positive = {
-            "timeout_s": self.timeout_s,
-            "cpu_time_s": self.cpu_time_s,
-            "memory_bytes": self.memory_bytes,
-            "max_processes": self.max_processes,
-            "max_output_bytes": self.max_output_bytes,
-            "max_file_bytes": self.max_file_bytes,
-            "max_open_files": self.max_open_files,
-            "max_code_chars": self.max_code_chars,
-        }
-        for name, value in positive.items():
-            if not value > 0:
-                raise ConfigError(f"SandboxConfig.{name} must be positive, got {value!r}")
-        if self.memory_bytes < 64 * 1024**2:
-            raise ConfigError(
-                f"SandboxConfig.memory_bytes={self.memory_bytes} is below 64 MiB, too little "
-                "for the Python interpreter to start; raise it"
-            )
-        if self.max_open_files < 16:
-            raise ConfigError("SandboxConfig.max_open_files must be at least 16 for Python")
-        if self.containment not in ("best_effort", "require"):
-            raise ConfigError(
-                f"SandboxConfig.containment must be 'best_effort' or 'require', "
-                f"got {self.containment!r}"
-            )
-        if self.user is not None:
-            try:
-                pwd.getpwnam(self.user)
-            except KeyError:
-                raise ConfigError(
-                    f"SandboxConfig.user={self.user!r} does not exist; use an existing "
-                    "unprivileged user such as 'nobody', or None"
-                ) from None
-
-
-@dataclass(frozen=True)
-class Containment:
-    """Which isolation mechanisms a :class:`PythonSandbox` actually uses on this host."""
-
-    cgroups: bool
-    """Per-run pids and memory cgroups can be created."""
-    user: str | None
-    """The unprivileged user the code runs as, or ``None`` when it runs as the caller."""
-    network_namespace: bool
-    """The code runs in an empty network namespace."""
-    python_executable: str
-    """The interpreter used."""
-    notes: tuple[str, ...]
-    """Why each missing mechanism is missing."""
-
-    @property
-    def process_limit_enforced(self) -> bool:
-        """A fork bomb is contained (pids cgroup, or RLIMIT_NPROC of a non-root user)."""
-        return self.cgroups or self.user is not None
-
-    @property
-    def complete(self) -> bool:
-        return self.cgroups and self.user is not None and self.network_namespace
-
-    def describe(self) -> str:
-        if self.complete:
-            return f"contained: pids+memory cgroups, user {self.user}, no network"
-        return "sandbox degraded: " + "; ".join(self.notes)
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """What one run produced."""
-
-    stdout: str
-    stderr: str
-    exit_code: int | None
-    """The process's exit status; negative for a signal; ``None`` when killed at the timeout."""
-    timed_out: bool
-    memory_exceeded: bool
-    cpu_exceeded: bool
-    stdout_bytes: int
-    """Bytes the code wrote to stdout in total (``len(stdout)`` may be smaller: capped)."""
-    stderr_bytes: int
-    duration_s: float
-    notes: tuple[str, ...]
-    """Truncation and degraded-containment notes, for the model and the log."""
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out
-
-
 def _unshare_net(libc: ctypes.CDLL) -> None:
     if libc.unshare(_CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
@@ -227,11 +114,19 @@ def _drop_user(uid: int, gid: int) -> None:
     os.setuid(uid)
 
 
-def _probe(argv: list[str], preexec: Callable[[], None]) -> str | None:
+def _probe(
+    argv: list[str], preexec: Callable[[], None], pass_fds: tuple[int, ...] = ()
+) -> str | None:
     """Run a tiny command with ``preexec``; ``None`` on success, else the reason."""
     try:
         completed = subprocess.run(
-            argv, preexec_fn=preexec, capture_output=True, timeout=30, env={}, cwd="/"
+            argv,
+            preexec_fn=preexec,
+            capture_output=True,
+            timeout=30,
+            env={},
+            cwd="/",
+            pass_fds=pass_fds,
         )
     except (OSError, subprocess.SubprocessError) as exc:
         return str(exc)
@@ -246,12 +141,14 @@ class PythonSandbox:
     def __init__(self, config: SandboxConfig | None = None) -> None:
         self.config = config or SandboxConfig()
         self._libc = ctypes.CDLL(None, use_errno=True)
+        self._bwrap: str | None = None
+        self._seccomp_program: bytes | None = None
         self.containment = self._probe_containment()
         if not self.containment.complete:
             if self.config.containment == "require":
                 raise SandboxError(
                     f"{self.containment.describe()}. Run as root on a host with cgroup v1 pids "
-                    "and memory controllers and network namespaces, or set "
+                    "and memory controllers, network namespaces and bubblewrap, or set "
                     "SandboxConfig(containment='best_effort') to accept weaker isolation"
                 )
             logger.warning("python sandbox: %s", self.containment.describe())
@@ -282,7 +179,58 @@ class PythonSandbox:
             if not cgroups_ok:
                 notes.append("no pids/memory cgroups (" + "; ".join(cg_notes) + ")")
         user, python = self._pick_user_and_python(is_root, notes)
-        return Containment(cgroups_ok, user, netns, python, tuple(notes))
+        filesystem, seccomp = self._probe_bwrap(user, python, notes)
+        return Containment(cgroups_ok, user, netns, python, tuple(notes), filesystem, seccomp)
+
+    def _probe_bwrap(self, user: str | None, python: str, notes: list[str]) -> tuple[bool, bool]:
+        """Whether bubblewrap (and the seccomp filter) can start the interpreter as ``user``."""
+        if not self.config.isolate_filesystem:
+            notes.append("filesystem isolation disabled by config (no bubblewrap, no seccomp)")
+            return False, False
+        bwrap = find_bwrap()
+        if bwrap is None:
+            notes.append(
+                "no private filesystem, pid namespace or seccomp (bubblewrap is not installed: "
+                "apt-get install bubblewrap)"
+            )
+            return False, False
+        program, why_not = compile_filter()
+        self._bwrap, self._seccomp_program = bwrap, program
+        workdir = _make_workdir("pass\n", user)
+        try:
+            argv, fds = self._argv(workdir, python, filesystem=True)
+            preexec = _drop_user_preexec(user)
+            try:
+                failure = _probe(argv, preexec, fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if failure is not None:
+            notes.append(f"no private filesystem, pid namespace or seccomp (bwrap: {failure})")
+            return False, False
+        if why_not is not None:
+            notes.append(why_not)
+        return True, program is not None
+
+    def _argv(
+        self, workdir: str, python: str, *, filesystem: bool
+    ) -> tuple[list[str], tuple[int, ...]]:
+        """The command of a run (bwrap's prefix when ``filesystem``) and the fds it inherits."""
+        command = [python, "-I", "-c", _RUNNER]
+        if not filesystem or self._bwrap is None:
+            return command, ()
+        fd = _seccomp_pipe(self._seccomp_program) if self._seccomp_program else None
+        prefix = bwrap_argv(
+            self._bwrap,
+            python=python,
+            workdir=workdir,
+            snippet=_SNIPPET,
+            disk_bytes=self.config.max_disk_bytes,
+            seccomp_fd=fd,
+        )
+        return prefix + command, (() if fd is None else (fd,))
 
     def _pick_user_and_python(self, is_root: bool, notes: list[str]) -> tuple[str | None, str]:
         explicit = self.config.python_executable
@@ -358,15 +306,8 @@ class PythonSandbox:
                 f"code is {len(code)} characters; the limit is {config.max_code_chars}"
             )
         notes: list[str] = [] if self.containment.complete else [self.containment.describe()]
-        workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
+        workdir = _make_workdir(code, self.containment.user)
         try:
-            with open(os.path.join(workdir, _SNIPPET), "w", encoding="utf-8") as handle:
-                handle.write(code)
-            if self.containment.user is not None:
-                entry = pwd.getpwnam(self.containment.user)
-                os.chown(workdir, entry.pw_uid, entry.pw_gid)
-                os.chown(os.path.join(workdir, _SNIPPET), entry.pw_uid, entry.pw_gid)
-            os.chmod(workdir, 0o700)
             if self.containment.cgroups:
                 cgroups, cg_notes = RunCgroups.create(config.max_processes, config.memory_bytes)
                 if cg_notes and config.containment == "require":
@@ -384,14 +325,18 @@ class PythonSandbox:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _run_in(self, workdir: str, cgroups: RunCgroups, notes: list[str]) -> SandboxResult:
-        config = self.config
+    def _start(self, workdir: str, cgroups: RunCgroups) -> subprocess.Popen[bytes]:
+        """Start the run's interpreter (under bubblewrap when the containment has it)."""
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
         env |= {"HOME": workdir, "TMPDIR": workdir}
-        start = time.monotonic()
+        containment = self.containment
+        argv, fds = self._argv(
+            workdir, containment.python_executable, filesystem=containment.filesystem
+        )
         try:
-            proc = subprocess.Popen(
-                [self.containment.python_executable, "-I", "-c", _RUNNER],
+            return subprocess.Popen(
+                argv,
+                pass_fds=fds,
                 cwd=workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
@@ -403,6 +348,14 @@ class PythonSandbox:
             )
         except (OSError, subprocess.SubprocessError) as exc:
             raise SandboxError(f"cannot start the sandboxed interpreter: {exc}") from exc
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    def _run_in(self, workdir: str, cgroups: RunCgroups, notes: list[str]) -> SandboxResult:
+        config, containment = self.config, self.containment
+        start = time.monotonic()
+        proc = self._start(workdir, cgroups)
         assert proc.stdout is not None and proc.stderr is not None
         kept = {"stdout": bytearray(), "stderr": bytearray()}
         total = {"stdout": 0, "stderr": 0}
@@ -432,6 +385,8 @@ class PythonSandbox:
                     self._kill(proc.pid, cgroups)
         self._kill(proc.pid, cgroups)
         exit_code = proc.wait()
+        if containment.filesystem:
+            exit_code = exit_status(exit_code)
         proc.stdout.close()
         proc.stderr.close()
         duration = time.monotonic() - start
@@ -461,6 +416,37 @@ class PythonSandbox:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         cgroups.kill_all()
+
+
+def _make_workdir(code: str, user: str | None) -> str:
+    """A fresh host directory holding ``code`` as the snippet, owned by ``user``, mode 0700."""
+    workdir = tempfile.mkdtemp(prefix=f"{_WORKDIR_PREFIX}{os.getpid()}-")
+    with open(os.path.join(workdir, _SNIPPET), "w", encoding="utf-8") as handle:
+        handle.write(code)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(workdir, entry.pw_uid, entry.pw_gid)
+        os.chown(os.path.join(workdir, _SNIPPET), entry.pw_uid, entry.pw_gid)
+    os.chmod(workdir, 0o700)
+    return workdir
+
+
+def _drop_user_preexec(user: str | None) -> Callable[[], None]:
+    """A ``preexec_fn`` that switches to ``user`` (does nothing for None)."""
+    if user is None:
+        return lambda: None
+    entry = pwd.getpwnam(user)
+    return lambda: _drop_user(entry.pw_uid, entry.pw_gid)
+
+
+def _seccomp_pipe(program: bytes) -> int:
+    """The read end of a pipe holding the BPF program; bwrap reads it to the end."""
+    read, write = os.pipe()
+    try:
+        os.write(write, program)  # a few hundred bytes: far below the pipe's buffer
+    finally:
+        os.close(write)
+    return read
 
 
 def _remove_stale_workdirs() -> None:

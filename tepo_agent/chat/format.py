@@ -41,6 +41,7 @@ from transformers import PreTrainedTokenizerBase
 
 from tepo_agent.chat._direct_template import DirectTemplate
 from tepo_agent.chat._segment_encoder import SegmentEncoder
+from tepo_agent.chat._untrusted import UntrustedText
 from tepo_agent.errors import ChatFormatError
 
 Message = Mapping[str, Any]
@@ -157,6 +158,7 @@ class ChatFormat:
         self.chat_template: str = template
         self._segments = SegmentEncoder.create(tokenizer)
         self._direct = DirectTemplate.create(tokenizer, template)
+        self._untrusted = UntrustedText(tokenizer)
         self._closer = self._probe_closer()
         closer_ids = self.encode(self._closer)
         added = tokenizer.added_tokens_decoder
@@ -196,7 +198,19 @@ class ChatFormat:
         add_generation_prompt: bool = True,
     ) -> str:
         """The template's text for ``messages`` (and ``tools``), special tokens as text."""
-        normalized = _normalize(messages)
+        return self._untrusted.unmark(
+            self._render_marked(messages, tools, add_generation_prompt=add_generation_prompt)
+        )
+
+    def _render_marked(
+        self,
+        messages: Sequence[Message],
+        tools: Sequence[Mapping[str, Any]] | None,
+        *,
+        add_generation_prompt: bool,
+    ) -> str:
+        """The rendering with added-token text of user/tool contents replaced by marks."""
+        normalized = self._untrusted.mark_messages(_normalize(messages))
         tool_dicts = [dict(tool) for tool in tools] if tools else None
         if self._direct is not None:
             try:
@@ -206,7 +220,7 @@ class ChatFormat:
             except Exception:  # apply_chat_template below reports the template's error
                 direct = None
             if direct is not None:
-                return direct
+                return _require_text(direct)
         try:
             text = self.tokenizer.apply_chat_template(
                 normalized,
@@ -221,7 +235,7 @@ class ChatFormat:
             raise ChatFormatError(f"the chat template cannot render these messages: {exc}") from exc
         if not isinstance(text, str):
             raise ChatFormatError(f"the chat template rendered a {type(text).__name__}, not text")
-        return text
+        return _require_text(text)
 
     def render(
         self,
@@ -230,13 +244,19 @@ class ChatFormat:
         *,
         add_generation_prompt: bool = True,
     ) -> list[int]:
-        """Token ids of :meth:`render_text` (no BOS beyond what the template writes)."""
-        return self.encode(
-            self.render_text(messages, tools, add_generation_prompt=add_generation_prompt)
-        )
+        """Token ids of :meth:`render_text` (no BOS beyond what the template writes).
+
+        Added-token text inside user and tool contents (a user typing ``<|im_end|>``) is
+        tokenized as ordinary text, never as the added token's id; see
+        :mod:`tepo_agent.chat._untrusted`.
+        """
+        marked = self._render_marked(messages, tools, add_generation_prompt=add_generation_prompt)
+        return self._untrusted.encode(marked, self.encode)
 
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; special tokens written in the text become their ids."""
+        """Token ids of ``text``; special tokens written in the text become their ids (use
+        :meth:`render` for conversations: it keeps typed special-token text plain)."""
+        _require_text(text)
         if self._segments is not None:  # the same ids, text seen before is not re-tokenized
             return self._segments.encode(text)
         return list(self.tokenizer.encode(text, add_special_tokens=False))
@@ -270,8 +290,8 @@ class ChatFormat:
                 "history must end with the assistant message the model just sampled; append "
                 "ParsedTurn.as_message() before asking for the environment tokens"
             )
-        before = self.render_text(history, tools, add_generation_prompt=False)
-        after = self.render_text([*history, *tool_messages], tools, add_generation_prompt=True)
+        before = self._render_marked(history, tools, add_generation_prompt=False)
+        after = self._render_marked([*history, *tool_messages], tools, add_generation_prompt=True)
         if not after.startswith(before) or not before.endswith(self._closer):
             raise ChatFormatError(
                 "this chat template does not allow incremental rendering: rendering more "
@@ -281,7 +301,7 @@ class ChatFormat:
         closer = self._closer
         if sampled_end_of_turn:
             closer = closer[len(self._end_of_turn_text) :]
-        return self.encode(closer + after[len(before) :])
+        return self._untrusted.encode(closer + after[len(before) :], self.encode)
 
     def _probe_closer(self) -> str:
         """What the template writes after an assistant message's content (``<|im_end|>\\n``)."""
@@ -354,6 +374,19 @@ class ChatFormat:
                     stripped = stripped[: -len(marker)].rstrip()
                     changed = True
         return stripped
+
+
+def _require_text(text: str) -> str:
+    """``text``, if it is valid Unicode; a lone UTF-16 surrogate (``"\\ud800"`` in JSON decodes
+    to one) cannot be encoded to UTF-8, so no tokenizer can read it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ChatFormatError(
+            f"the text holds a lone surrogate {text[exc.start]!r} at character {exc.start}, "
+            "which is not valid Unicode; decode bytes with errors='replace' before sending them"
+        ) from None
+    return text
 
 
 def _parse_call(body: str) -> ToolCall | str:

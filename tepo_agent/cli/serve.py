@@ -2,9 +2,9 @@
 
     tepo-agent serve [--model DIR] [--host 127.0.0.1] [--port 8000] [--served-model-name NAME]
                      [--max-batch-size 8] [--device auto] [--dtype auto] [--api-key KEY]
-                     [--db tepo-agent.db] [--log-level info]
-                     [--record] [--keys-file keys.json] [--session-idle-s 600]
-                     [--record-max-live 1024]
+                     [--db tepo-agent.db] [--log-level info] [--weights-root DIR]
+                     [--max-body-mb 8] [--record] [--keys-file keys.json]
+                     [--session-idle-s 600] [--record-max-live 1024]
 
 Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/load_lora_adapter and
 /v1/reload_weights (vLLM's protocol plus an exact per-token entropy field).
@@ -16,7 +16,10 @@ live version is hot-swapped in between requests.
 
 Every request is logged on one line (client, method, path, status, prompt and completion
 tokens, latency, the policy version serving) at level info; --log-level warning silences them.
-The API key comes from --api-key or, when that is absent, $TEPO_AGENT_API_KEY (read once).
+Bodies over --max-body-mb are refused (413), a body that stalls for 30 s gets 408, and with
+--weights-root the weight-loading routes accept only directories inside it (RELIABILITY.md).
+The request schemas are published at /openapi.json. The API key comes from --api-key or, when
+that is absent, $TEPO_AGENT_API_KEY (read once).
 With ``--db`` the live dashboard of that store is also served, read-only, at ``/dashboard``.
 
 --record (needs --db) records every /v1/chat/completions request, from any OpenAI-compatible
@@ -43,6 +46,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from tepo_agent.errors import ConfigError
@@ -99,6 +103,15 @@ def register(subparsers: Any) -> None:
         help="--record: most conversations held in memory (the least recent is finished first)",
     )
     parser.add_argument(
+        "--weights-root",
+        metavar="DIR",
+        help="load_lora_adapter / reload_weights accept only directories inside DIR "
+        "(default: any directory this process can read)",
+    )
+    parser.add_argument(
+        "--max-body-mb", type=float, default=8.0, help="largest request body, in MiB (413 above)"
+    )
+    parser.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
@@ -153,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     from tepo_agent.chat.format import ChatFormat
     from tepo_agent.paths import resolve_model_dir
     from tepo_agent.server.app import create_app
+    from tepo_agent.server.validation import ServeLimits
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
@@ -182,7 +196,13 @@ def run(args: argparse.Namespace) -> int:
             follower = _follow(args, backend, policy)
         if args.record:
             recorder = _recorder(args, chat_format)
-        app = create_app(backend, chat_format, model_name=name, keys=keys, recorder=recorder)
+        limits = ServeLimits(
+            max_body_bytes=int(args.max_body_mb * 1024**2),
+            weights_root=Path(args.weights_root) if args.weights_root else None,
+        )
+        app = create_app(
+            backend, chat_format, model_name=name, keys=keys, recorder=recorder, limits=limits
+        )
         if args.db:  # the live dashboard of the same store, read-only, behind the admin key
             from tepo_agent.report.dashboard import create_dashboard_app
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from torch import Tensor
 
@@ -61,6 +61,13 @@ from tepo_agent.server.protocol import (
 from tepo_agent.server.recording import Recorder
 from tepo_agent.server.swap_gate import SwapGate
 from tepo_agent.server.topk import TopK, topk_alternatives
+from tepo_agent.server.validation import (
+    ServeLimits,
+    check_name,
+    check_weights_path,
+    install,
+    parse_body,
+)
 
 _TRAILING_INT = re.compile(r"(\d+)$")
 
@@ -159,17 +166,7 @@ def _decode_for(state: _State, skip_special: bool) -> Callable[[list[int]], str]
 
 
 async def _parse(request: Request, model: type[BaseModel]) -> Any:
-    try:
-        body = await request.json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise OpenAIHTTPError(400, f"the request body is not valid JSON: {exc}") from exc
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
-        )
-        raise OpenAIHTTPError(400, f"invalid {model.__name__}: {details}") from exc
+    return await parse_body(request, model)
 
 
 def _sse(chunks: list[dict[str, Any]], headers: dict[str, str] | None = None) -> StreamingResponse:
@@ -189,6 +186,7 @@ def create_app(
     api_key: str | None = None,
     keys: KeyRing | None = None,
     recorder: Recorder | None = None,
+    limits: ServeLimits | None = None,
 ) -> Any:
     """The FastAPI app serving ``backend`` as ``model_name`` (Bearer ``api_key`` when set).
 
@@ -213,6 +211,8 @@ def create_app(
     if recorder is not None:
         for method, path, endpoint in recording_routes.ROUTES:
             app.add_api_route(path, endpoint, methods=[method])
+    app.state.tepo_limits = limits or ServeLimits()
+    install(app, _BODIES, app.state.tepo_limits)  # body size/pace; request schemas in OpenAPI
     return app
 
 
@@ -389,6 +389,8 @@ async def load_lora_adapter(request: Request) -> Any:
     state = _served(request)
     backend, model_name = state.backend, state.model_name
     req: LoadLoRAAdapterRequest = await _parse(request, LoadLoRAAdapterRequest)
+    check_name(req.lora_name)
+    lora_path = check_weights_path(req.lora_path, request.app.state.tepo_limits, "lora_path")
     if req.lora_name == model_name:
         raise OpenAIHTTPError(400, f"lora_name must differ from the base model {model_name!r}")
     match = _TRAILING_INT.search(req.lora_name)
@@ -398,7 +400,7 @@ async def load_lora_adapter(request: Request) -> Any:
             state.base_weights = await asyncio.to_thread(snapshot_weights, backend.model)
         try:
             merged = await asyncio.to_thread(
-                merged_lora_weights, backend.model, state.base_weights, req.lora_path
+                merged_lora_weights, backend.model, state.base_weights, lora_path
             )
             await asyncio.to_thread(backend.load_state_dict, merged, policy_version=version)
         except (ModelLoadError, BackendError) as exc:
@@ -426,12 +428,11 @@ async def unload_lora_adapter(request: Request) -> Any:
 async def reload_weights(request: Request) -> Any:
     state = _served(request)
     req: ReloadWeightsRequest = await _parse(request, ReloadWeightsRequest)
+    path = check_weights_path(req.weights_path, request.app.state.tepo_limits, "weights_path")
     version = state.backend.policy_version + 1 if req.version is None else req.version
     async with state.gate.swap():
         try:
-            await asyncio.to_thread(
-                state.backend.load_weights, req.weights_path, policy_version=version
-            )
+            await asyncio.to_thread(state.backend.load_weights, path, policy_version=version)
         except (ModelLoadError, BackendError) as exc:
             raise OpenAIHTTPError(400, str(exc)) from exc
         state.base_weights = None  # the new full weights are the base of later adapters
@@ -448,6 +449,17 @@ _ROUTES: tuple[tuple[str, str, Callable[..., Awaitable[Any]]], ...] = (
     ("POST", "/v1/unload_lora_adapter", unload_lora_adapter),
     ("POST", "/v1/reload_weights", reload_weights),
 )
+
+
+_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/completions": CompletionRequest,
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/load_lora_adapter": LoadLoRAAdapterRequest,
+    "/v1/unload_lora_adapter": UnloadLoRAAdapterRequest,
+    "/v1/reload_weights": ReloadWeightsRequest,
+    "/v1/feedback": recording_routes.FeedbackRequest,  # served with --record
+}
+"""Each route's request model, published in the OpenAPI document."""
 
 
 __all__ = ["create_app"]

@@ -40,7 +40,8 @@ def error_body(status: int, message: str, error_type: str) -> dict[str, Any]:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # NaN and Infinity are valid in Python's JSON but never a usable temperature or top_p
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class StreamOptions(BaseModel):
@@ -55,7 +56,7 @@ class _SamplingFields(_Request):
     temperature: float | None = Field(default=None, ge=0.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=-1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), lt=2**63)  # torch's seed range
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     stream: bool | None = False

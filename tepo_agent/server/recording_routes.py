@@ -22,13 +22,14 @@ import json
 from typing import Any
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.server.keys import OPEN, Principal
 from tepo_agent.server.protocol import OpenAIHTTPError
 from tepo_agent.server.recording import NotFound, Recorder
 from tepo_agent.server.sessions import LiveTrajectory
+from tepo_agent.server.validation import parse_body
 
 
 class FeedbackRequest(BaseModel):
@@ -129,11 +130,7 @@ def apply_feedback(recorder: Recorder, who: Principal, req: FeedbackRequest) -> 
 
 async def feedback(request: Request) -> Any:
     recorder = _recorder(request)
-    try:
-        req = FeedbackRequest.model_validate(await request.json())
-    except ValueError as exc:  # ValidationError and invalid JSON
-        detail = exc.errors() if isinstance(exc, ValidationError) else str(exc)
-        raise OpenAIHTTPError(400, f"invalid feedback: {detail}") from exc
+    req = await parse_body(request, FeedbackRequest)  # every malformed body is a 400 naming it
     who = principal(request)
     future = recorder.submit(lambda: apply_feedback(recorder, who, req))
     try:

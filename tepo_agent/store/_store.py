@@ -62,6 +62,19 @@ def default_db_path() -> Path:
     return Path(os.environ.get("TEPO_AGENT_DB") or "tepo-agent.db")
 
 
+def _hint(exc: sqlite3.OperationalError) -> str:
+    """What to check for the errors a full or read-only disk gives."""
+    text = str(exc).lower()
+    causes = ("full", "disk i/o", "readonly", "read-only", "unable to open")
+    if any(cause in text for cause in causes):
+        return (
+            " (the filesystem holding the database may be full or read-only, or the file not "
+            "writable: free space or fix the mount or permissions, then retry; nothing of this "
+            "write was committed)"
+        )
+    return ""
+
+
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
@@ -126,7 +139,7 @@ class TrajectoryStore:
                 return fn()
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
-                    raise StoreError(f"SQLite error on {self.path}: {exc}") from exc
+                    raise StoreError(f"SQLite error on {self.path}: {exc}{_hint(exc)}") from exc
                 if time.monotonic() >= deadline:
                     raise StoreError(
                         f"{self.path} stayed locked by another process for more than "
