@@ -1,0 +1,172 @@
+"""Continuous batching and prefix caching in the in-process backend (issue 15, part 1).
+
+Measures, in one run, side by side:
+
+1. agent runs (:class:`~tepo_agent.agent.TepoAgent` on the default model with its tools, the real
+   calculator, a real SQLite store) with 1, 8 and 64 runs in flight at once (closed loop: a run
+   that ends is replaced by the next), through ONE in-process backend: runs/s, sampled tokens/s,
+   p50/p99 latency of one assistant turn (one ``generate`` call), and the ratio to one at a
+   time (targets: 8 concurrent >= 3x, 64 concurrent >= 5x);
+2. ``tepo-agent serve`` with agent-shaped traffic: every request is the same 320-token system
+   prefix plus 20-80 tokens of its own, asking for 4-48 new tokens, from 8 closed-loop HTTP
+   clients against 1 (target >= 3x the tokens/s), with the server's prefix cache on and off;
+3. the cost of the exact entropy under continuous batching: decode tokens/s of 8 concurrent
+   requests with and without it (target < 2%).
+
+Each section builds its own backend (or server) and closes it before the next: a second backend
+alive in the same process halves throughput on 2 cores (benchmarks/RESULTS.md, issue 2).
+
+Run from the repository root::
+
+    python -m benchmarks.bench_continuous_batching [--model DIR] [--runs 64] [--requests 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks._common import machine, start_serve
+from tepo_agent.agent import AgentConfig, TepoAgent
+from tepo_agent.backends.base import Backend, Generation, SamplingParams
+from tepo_agent.backends.transformers_backend import TransformersBackend
+from tepo_agent.chat.format import ChatFormat
+from tepo_agent.net import free_port
+from tepo_agent.paths import resolve_model_dir
+from tepo_agent.store import TrajectoryStore
+from tepo_agent.tasks.math_tasks import math_suite
+from tepo_agent.tasks.world import EVAL_SEED, world_tools
+from tepo_agent.tools import make_calculator_tool
+
+
+class TurnTimer:
+    """Delegates to a backend and keeps each ``generate`` call's latency and token count."""
+
+    def __init__(self, inner: Backend) -> None:
+        self.inner = inner
+        self.latencies: list[float] = []
+        self.tokens = 0
+
+    @property
+    def policy_version(self) -> int:
+        return self.inner.policy_version
+
+    @property
+    def vocab_size(self) -> int:
+        return self.inner.vocab_size
+
+    async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> Generation:
+        start = time.perf_counter()
+        generation = await self.inner.generate(prompt_token_ids, params)
+        self.latencies.append(time.perf_counter() - start)
+        self.tokens += len(generation.token_ids)
+        return generation
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass(frozen=True)
+class Row:
+    concurrency: int
+    runs: int
+    wall_s: float
+    tokens: int
+    latencies: tuple[float, ...]
+
+    @property
+    def runs_per_s(self) -> float:
+        return self.runs / self.wall_s
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    def latency_ms(self, q: float) -> float:
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def _closed_loop(agent: TepoAgent, timer: TurnTimer, questions: list[str], c: int) -> Row:
+    """Run every question with ``c`` runs in flight at once; a finished run starts the next."""
+    timer.latencies, timer.tokens = [], 0
+    todo = iter(questions)
+
+    async def worker() -> None:
+        for question in todo:
+            await agent.arun(question)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(c)))
+    wall = time.perf_counter() - start
+    return Row(c, len(questions), wall, timer.tokens, tuple(timer.latencies))
+
+
+def bench_agent(model_dir: Path, runs: int, levels: Sequence[int], rounds: int) -> None:
+    tools = [make_calculator_tool()]
+    if (model_dir / "world").is_dir():  # a bootstrapped model knows its world's tool schemas
+        tools = world_tools(model_dir / "world")
+    questions = [t.question for t in math_suite(runs, seed=EVAL_SEED)]
+    fmt = ChatFormat.from_pretrained(model_dir)
+    config = AgentConfig(max_tool_calls=2, max_new_tokens=64, seed=0)
+    backend = TransformersBackend.from_pretrained(model_dir, device="cpu", max_batch_size=64)
+    timer = TurnTimer(backend)
+    results: dict[int, list[Row]] = {c: [] for c in levels}
+    with tempfile.TemporaryDirectory() as tmp, TrajectoryStore(Path(tmp) / "b.db") as store:
+        agent = TepoAgent(timer, fmt, tools, config, store=store)
+
+        async def all_rounds() -> None:
+            await _closed_loop(agent, timer, questions[:8], 8)  # warm-up
+            for _ in range(rounds):  # levels alternate, so drift on the VM hits all alike
+                for c in levels:
+                    results[c].append(await _closed_loop(agent, timer, questions, c))
+
+        asyncio.run(all_rounds())
+    stats = backend.stats
+    backend.close()
+    base = statistics.median(r.runs_per_s for r in results[levels[0]])
+    print(f"\n### 1. Agent runs, in process ({rounds} rounds, median round by runs/s)\n")
+    print("| runs in flight | runs | runs/s | tokens/s | turn p50 ms | turn p99 ms | vs one |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for c in levels:
+        ordered = sorted(results[c], key=lambda r: r.runs_per_s)
+        r = ordered[len(ordered) // 2]
+        print(
+            f"| {c} | {r.runs} | {r.runs_per_s:.2f} | {r.tokens_per_s:,.0f} | "
+            f"{r.latency_ms(0.5):.0f} | {r.latency_ms(0.99):.0f} | "
+            f"**{r.runs_per_s / base:.2f}x** |"
+        )
+    share = stats.cached_prompt_tokens / max(1, stats.prompt_tokens)
+    print(
+        f"\nbackend: {stats.requests} turns in {stats.steps} decode steps, largest batch "
+        f"{stats.max_batch}; prefix cache served {share:.0%} of {stats.prompt_tokens:,} prompt "
+        "tokens"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", metavar="DIR", help="model directory (default: the default)")
+    parser.add_argument("--runs", type=int, default=64, help="agent runs per concurrent round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each setting")
+    args = parser.parse_args()
+    model_dir = resolve_model_dir(args.model)
+    print("## Continuous batching and prefix caching (issue 15)\n")
+    print(f"Command: `{' '.join(['python -m benchmarks.bench_continuous_batching', *sys.argv[1:]])}`")
+    print(f"Machine: {machine()}")
+    print(f"Model: {model_dir}")
+    bench_agent(model_dir, args.runs, (1, 8, 64), args.rounds)
+
+
+if __name__ == "__main__":
+    main()
