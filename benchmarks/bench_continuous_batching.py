@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import statistics
 import sys
@@ -154,18 +155,95 @@ def bench_agent(model_dir: Path, runs: int, levels: Sequence[int], rounds: int) 
     )
 
 
+# -- 2. tepo-agent serve with agent-shaped traffic ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Agent-shaped requests: one shared system prefix, then each request's own tokens."""
+
+    prefix: tuple[int, ...]
+    requests: tuple[tuple[tuple[int, ...], int], ...]  # (own tokens, new tokens)
+
+    @classmethod
+    def make(cls, n: int, vocab: int, seed: int = 0) -> Traffic:
+        rng = random.Random(seed)
+        top = min(vocab, 500)  # plain tokens, below the default model's special ids
+        prefix = tuple(rng.randrange(top) for _ in range(320))
+        own = tuple(
+            (tuple(rng.randrange(top) for _ in range(rng.randint(20, 80))), rng.randint(4, 48))
+            for _ in range(n)
+        )
+        return cls(prefix, own)
+
+
+async def _serve_rate(base_url: str, traffic: Traffic, clients: int) -> tuple[float, int]:
+    """Closed-loop clients each sending the next request when the last answered; tokens/s."""
+    todo = iter(enumerate(traffic.requests))
+    tokens = 0
+
+    async def client(http: httpx.AsyncClient) -> None:
+        nonlocal tokens
+        for i, (own, new) in todo:
+            body = {"model": "bench", "prompt": [*traffic.prefix, *own], "max_tokens": new,
+                    "temperature": 1.0, "seed": i, "logprobs": 0, "return_token_ids": True}  # fmt: skip
+            response = await http.post(f"{base_url}/v1/completions", json=body)
+            response.raise_for_status()
+            tokens += response.json()["usage"]["completion_tokens"]
+
+    async with httpx.AsyncClient(timeout=120) as http:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        return tokens / (time.perf_counter() - start), tokens
+
+
+def bench_serve(model_dir: Path, n: int, rounds: int) -> None:
+    vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
+    traffic = Traffic.make(n, vocab)
+    print(f"\n### 2. `tepo-agent serve`, agent-shaped traffic ({n} requests per setting, "
+          f"{rounds} rounds, median)\n")  # fmt: skip
+    print("| prefix cache | 1 client tokens/s | 8 clients tokens/s | 8 vs 1 |")
+    print("|---|---:|---:|---:|")
+    for cache_mb in (256, 0):
+        port = free_port()
+        proc = start_serve(model_dir, port, "--served-model-name", "bench", "--device", "cpu",
+                           "--prefix-cache-mb", str(cache_mb), "--log-level", "warning")  # fmt: skip
+        try:
+            url = f"http://127.0.0.1:{port}"
+            asyncio.run(_serve_rate(url, Traffic.make(8, vocab, seed=1), 8))  # warm-up
+            rates: dict[int, list[float]] = {1: [], 8: []}
+            for _ in range(rounds):
+                for clients in (1, 8):
+                    rates[clients].append(asyncio.run(_serve_rate(url, traffic, clients))[0])
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        one, eight = statistics.median(rates[1]), statistics.median(rates[8])
+        label = f"on ({cache_mb} MiB)" if cache_mb else "off"
+        print(f"| {label} | {one:,.0f} | {eight:,.0f} | **{eight / one:.2f}x** |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", metavar="DIR", help="model directory (default: the default)")
     parser.add_argument("--runs", type=int, default=64, help="agent runs per concurrent round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each setting")
+    parser.add_argument("--requests", type=int, default=48, help="serve requests per setting")
+    parser.add_argument(
+        "--sections", default="agent,serve,entropy", help="comma-separated sections to run"
+    )
     args = parser.parse_args()
     model_dir = resolve_model_dir(args.model)
     print("## Continuous batching and prefix caching (issue 15)\n")
-    print(f"Command: `{' '.join(['python -m benchmarks.bench_continuous_batching', *sys.argv[1:]])}`")
+    print(
+        f"Command: `{' '.join(['python -m benchmarks.bench_continuous_batching', *sys.argv[1:]])}`"
+    )
     print(f"Machine: {machine()}")
     print(f"Model: {model_dir}")
-    bench_agent(model_dir, args.runs, (1, 8, 64), args.rounds)
+    if "agent" in args.sections:
+        bench_agent(model_dir, args.runs, (1, 8, 64), args.rounds)
+    if "serve" in args.sections:
+        bench_serve(model_dir, args.requests, args.rounds)
 
 
 if __name__ == "__main__":

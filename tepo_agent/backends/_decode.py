@@ -123,7 +123,7 @@ class DecodeBatch:
         forward_params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         self.rows: list[_Row] = []
-        self._kv = BatchKV.from_rows([], model.config, self._device)
+        self._kv = BatchKV.from_rows([], self._device)
         self._last = torch.zeros(0, dtype=torch.long, device=self._device)  # (R,) to feed next
         self._pos = torch.zeros(0, dtype=torch.long, device=self._device)  # (R,) their positions
         self.prompt_tokens = 0  # prompt tokens admitted so far
@@ -136,7 +136,7 @@ class DecodeBatch:
         """Drop every running row (after an error) and return their requests."""
         dropped = [row.request for row in self.rows]
         self.rows = []
-        self._kv = BatchKV.from_rows([], self._model.config, self._device)
+        self._kv = BatchKV.from_rows([], self._device)
         self._last, self._pos = self._last[:0], self._pos[:0]
         return dropped
 
@@ -177,7 +177,7 @@ class DecodeBatch:
         rows' cache and their last-position logits (N, V)."""
         prompts = [row.request.prompt for row in rows]
         hits = [self._lookup(p) for p in prompts]
-        kv = BatchKV.from_rows([kv for _, kv in hits], self._model.config, self._device)
+        kv = BatchKV.from_rows([kv for _, kv in hits], self._device)
         todo = [p[n:] for p, (n, _) in zip(prompts, hits, strict=True)]
         width = max(len(t) for t in todo)
         ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
