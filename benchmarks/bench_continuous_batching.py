@@ -166,10 +166,11 @@ class Traffic:
     requests: tuple[tuple[tuple[int, ...], int], ...]  # (own tokens, new tokens)
 
     @classmethod
-    def make(cls, n: int, vocab: int, seed: int = 0) -> Traffic:
-        rng = random.Random(seed)
+    def make(cls, n: int, vocab: int, seed: int) -> Traffic:
+        """``n`` requests; the prefix is the same for every seed, the rest is the seed's own."""
         top = min(vocab, 500)  # plain tokens, below the default model's special ids
-        prefix = tuple(rng.randrange(top) for _ in range(320))
+        prefix = tuple(random.Random(0).randrange(top) for _ in range(320))
+        rng = random.Random(seed + 1)
         own = tuple(
             (tuple(rng.randrange(top) for _ in range(rng.randint(20, 80))), rng.randint(4, 48))
             for _ in range(n)
@@ -186,7 +187,7 @@ async def _serve_rate(base_url: str, traffic: Traffic, clients: int) -> tuple[fl
         nonlocal tokens
         for i, (own, new) in todo:
             body = {"model": "bench", "prompt": [*traffic.prefix, *own], "max_tokens": new,
-                    "temperature": 1.0, "seed": i, "logprobs": 0, "return_token_ids": True}  # fmt: skip
+                    "temperature": 1.0, "seed": i, "logprobs": 0}  # fmt: skip
             response = await http.post(f"{base_url}/v1/completions", json=body)
             response.raise_for_status()
             tokens += response.json()["usage"]["completion_tokens"]
@@ -199,21 +200,21 @@ async def _serve_rate(base_url: str, traffic: Traffic, clients: int) -> tuple[fl
 
 def bench_serve(model_dir: Path, n: int, rounds: int) -> None:
     vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
-    traffic = Traffic.make(n, vocab)
     print(f"\n### 2. `tepo-agent serve`, agent-shaped traffic ({n} requests per setting, "
           f"{rounds} rounds, median)\n")  # fmt: skip
     print("| prefix cache | 1 client tokens/s | 8 clients tokens/s | 8 vs 1 |")
     print("|---|---:|---:|---:|")
     for cache_mb in (256, 0):
         port = free_port()
-        proc = start_serve(model_dir, port, "--served-model-name", "bench", "--device", "cpu",
-                           "--prefix-cache-mb", str(cache_mb), "--log-level", "warning")  # fmt: skip
+        flags = ["--served-model-name", "bench", "--device", "cpu", "--log-level", "warning"]
+        proc = start_serve(model_dir, port, *flags, "--prefix-cache-mb", str(cache_mb))
         try:
             url = f"http://127.0.0.1:{port}"
-            asyncio.run(_serve_rate(url, Traffic.make(8, vocab, seed=1), 8))  # warm-up
+            asyncio.run(_serve_rate(url, Traffic.make(8, vocab, seed=-1), 8))  # warm-up
             rates: dict[int, list[float]] = {1: [], 8: []}
-            for _ in range(rounds):
-                for clients in (1, 8):
+            for round_ in range(rounds):
+                for clients in (1, 8):  # fresh requests: only the shared prefix is ever cached
+                    traffic = Traffic.make(n, vocab, seed=100 * round_ + clients)
                     rates[clients].append(asyncio.run(_serve_rate(url, traffic, clients))[0])
         finally:
             proc.terminate()
@@ -221,6 +222,38 @@ def bench_serve(model_dir: Path, n: int, rounds: int) -> None:
         one, eight = statistics.median(rates[1]), statistics.median(rates[8])
         label = f"on ({cache_mb} MiB)" if cache_mb else "off"
         print(f"| {label} | {one:,.0f} | {eight:,.0f} | **{eight / one:.2f}x** |")
+
+
+# -- 3. the cost of exact entropy -----------------------------------------------------------------
+
+
+async def _decode_rate(backend: TransformersBackend, prompts: list[list[int]]) -> float:
+    params = SamplingParams(max_tokens=128, temperature=0)
+    start = time.perf_counter()
+    gens = await asyncio.gather(*(backend.generate(p, params) for p in prompts))
+    return sum(len(g.token_ids) for g in gens) / (time.perf_counter() - start)
+
+
+def bench_entropy(model_dir: Path, rounds: int) -> None:
+    rng = random.Random(7)
+    prompts = [[rng.randrange(500) for _ in range(rng.randint(20, 80))] for _ in range(8)]
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):  # one backend alive at a time; the two alternate
+        for entropy in (True, False):
+            backend = TransformersBackend.from_pretrained(
+                model_dir, device="cpu", compute_entropy=entropy, prefix_cache_bytes=0
+            )
+            try:
+                asyncio.run(_decode_rate(backend, prompts))  # warm-up
+                rates[entropy].append(asyncio.run(_decode_rate(backend, prompts)))
+            finally:
+                backend.close()
+    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    print(f"\n### 3. Exact entropy under continuous batching (8 concurrent, 128 greedy tokens, "
+          f"median of {rounds})\n")  # fmt: skip
+    print("| tokens/s with entropy | tokens/s without | overhead |")
+    print("|---:|---:|---:|")
+    print(f"| {on:,.0f} | {off:,.0f} | **{off / on - 1:+.1%}** |")
 
 
 def main() -> None:
@@ -244,6 +277,8 @@ def main() -> None:
         bench_agent(model_dir, args.runs, (1, 8, 64), args.rounds)
     if "serve" in args.sections:
         bench_serve(model_dir, args.requests, args.rounds)
+    if "entropy" in args.sections:
+        bench_entropy(model_dir, max(3, args.rounds))
 
 
 if __name__ == "__main__":
