@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import statistics
 import sys
@@ -77,17 +78,30 @@ class TurnTimer:
         await self.inner.aclose()
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) a process has used so far: this one, or ``pid`` (Linux /proc)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass(frozen=True)
 class Row:
     concurrency: int
     runs: int
     wall_s: float
+    cpu_s: float
     tokens: int
     latencies: tuple[float, ...]
 
     @property
     def runs_per_s(self) -> float:
         return self.runs / self.wall_s
+
+    @property
+    def runs_per_cpu_s(self) -> float:
+        return self.runs / self.cpu_s
 
     @property
     def tokens_per_s(self) -> float:
@@ -107,10 +121,10 @@ async def _closed_loop(agent: TepoAgent, timer: TurnTimer, questions: list[str],
         for question in todo:
             await agent.arun(question)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     await asyncio.gather(*(worker() for _ in range(c)))
     wall = time.perf_counter() - start
-    return Row(c, len(questions), wall, timer.tokens, tuple(timer.latencies))
+    return Row(c, len(questions), wall, cpu_seconds() - cpu, timer.tokens, tuple(timer.latencies))
 
 
 def bench_agent(model_dir: Path, runs: int, levels: Sequence[int], rounds: int) -> None:
@@ -136,16 +150,21 @@ def bench_agent(model_dir: Path, runs: int, levels: Sequence[int], rounds: int) 
     stats = backend.stats
     backend.close()
     base = statistics.median(r.runs_per_s for r in results[levels[0]])
+    base_cpu = statistics.median(r.runs_per_cpu_s for r in results[levels[0]])
     print(f"\n### 1. Agent runs, in process ({rounds} rounds, median round by runs/s)\n")
-    print("| runs in flight | runs | runs/s | tokens/s | turn p50 ms | turn p99 ms | vs one |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| runs in flight | runs | runs/s | tokens/s | turn p50 ms | turn p99 ms | vs one "
+        "| runs per CPU-s | vs one (CPU) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for c in levels:
         ordered = sorted(results[c], key=lambda r: r.runs_per_s)
         r = ordered[len(ordered) // 2]
+        per_cpu = statistics.median(x.runs_per_cpu_s for x in results[c])
         print(
             f"| {c} | {r.runs} | {r.runs_per_s:.2f} | {r.tokens_per_s:,.0f} | "
             f"{r.latency_ms(0.5):.0f} | {r.latency_ms(0.99):.0f} | "
-            f"**{r.runs_per_s / base:.2f}x** |"
+            f"**{r.runs_per_s / base:.2f}x** | {per_cpu:.2f} | {per_cpu / base_cpu:.2f}x |"
         )
     share = stats.cached_prompt_tokens / max(1, stats.prompt_tokens)
     print(
@@ -178,8 +197,11 @@ class Traffic:
         return cls(prefix, own)
 
 
-async def _serve_rate(base_url: str, traffic: Traffic, clients: int) -> tuple[float, int]:
-    """Closed-loop clients each sending the next request when the last answered; tokens/s."""
+async def _serve_rate(
+    base_url: str, traffic: Traffic, clients: int, pid: int
+) -> tuple[float, float]:
+    """Closed-loop clients each sending the next request when the last answered: tokens per
+    second, and per CPU-second of the server process ``pid``."""
     todo = iter(enumerate(traffic.requests))
     tokens = 0
 
@@ -193,51 +215,65 @@ async def _serve_rate(base_url: str, traffic: Traffic, clients: int) -> tuple[fl
             tokens += response.json()["usage"]["completion_tokens"]
 
     async with httpx.AsyncClient(timeout=120) as http:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds(pid)
         await asyncio.gather(*(client(http) for _ in range(clients)))
-        return tokens / (time.perf_counter() - start), tokens
+        wall = time.perf_counter() - start
+        return tokens / wall, tokens / (cpu_seconds(pid) - cpu)
 
 
 def bench_serve(model_dir: Path, n: int, rounds: int) -> None:
     vocab = int(json.loads((model_dir / "config.json").read_text())["vocab_size"])
     print(f"\n### 2. `tepo-agent serve`, agent-shaped traffic ({n} requests per setting, "
           f"{rounds} rounds, median)\n")  # fmt: skip
-    print("| prefix cache | 1 client tokens/s | 8 clients tokens/s | 8 vs 1 |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| prefix cache | 1 client tokens/s | 8 clients tokens/s | 8 vs 1 "
+        "| 1 client tokens per server CPU-s | 8 clients | 8 vs 1 (CPU) |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for cache_mb in (256, 0):
         port = free_port()
         flags = ["--served-model-name", "bench", "--device", "cpu", "--log-level", "warning"]
         proc = start_serve(model_dir, port, *flags, "--prefix-cache-mb", str(cache_mb))
         try:
             url = f"http://127.0.0.1:{port}"
-            asyncio.run(_serve_rate(url, Traffic.make(8, vocab, seed=-1), 8))  # warm-up
-            rates: dict[int, list[float]] = {1: [], 8: []}
+            warm_up = Traffic.make(8, vocab, seed=-1)
+            asyncio.run(_serve_rate(url, warm_up, 8, proc.pid))
+            rates: dict[int, list[tuple[float, float]]] = {1: [], 8: []}
             for round_ in range(rounds):
                 for clients in (1, 8):  # fresh requests: only the shared prefix is ever cached
                     traffic = Traffic.make(n, vocab, seed=100 * round_ + clients)
-                    rates[clients].append(asyncio.run(_serve_rate(url, traffic, clients))[0])
+                    rate = asyncio.run(_serve_rate(url, traffic, clients, proc.pid))
+                    rates[clients].append(rate)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        one, eight = statistics.median(rates[1]), statistics.median(rates[8])
+        one, eight = (statistics.median(r for r, _ in rates[c]) for c in (1, 8))
+        one_cpu, eight_cpu = (statistics.median(r for _, r in rates[c]) for c in (1, 8))
         label = f"on ({cache_mb} MiB)" if cache_mb else "off"
-        print(f"| {label} | {one:,.0f} | {eight:,.0f} | **{eight / one:.2f}x** |")
+        print(
+            f"| {label} | {one:,.0f} | {eight:,.0f} | **{eight / one:.2f}x** | "
+            f"{one_cpu:,.0f} | {eight_cpu:,.0f} | {eight_cpu / one_cpu:.2f}x |"
+        )
 
 
 # -- 3. the cost of exact entropy -----------------------------------------------------------------
 
 
-async def _decode_rate(backend: TransformersBackend, prompts: list[list[int]]) -> float:
+async def _decode_rate(
+    backend: TransformersBackend, prompts: list[list[int]]
+) -> tuple[float, float]:
+    """Tokens per second and per CPU-second of this process (the worker thread's included)."""
     params = SamplingParams(max_tokens=128, temperature=0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), cpu_seconds()
     gens = await asyncio.gather(*(backend.generate(p, params) for p in prompts))
-    return sum(len(g.token_ids) for g in gens) / (time.perf_counter() - start)
+    tokens = sum(len(g.token_ids) for g in gens)
+    return tokens / (time.perf_counter() - start), tokens / (cpu_seconds() - cpu)
 
 
 def bench_entropy(model_dir: Path, rounds: int) -> None:
     rng = random.Random(7)
     prompts = [[rng.randrange(500) for _ in range(rng.randint(20, 80))] for _ in range(8)]
-    rates: dict[bool, list[float]] = {True: [], False: []}
+    rates: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
     for _ in range(rounds):  # one backend alive at a time; the two alternate
         for entropy in (True, False):
             backend = TransformersBackend.from_pretrained(
@@ -248,12 +284,16 @@ def bench_entropy(model_dir: Path, rounds: int) -> None:
                 rates[entropy].append(asyncio.run(_decode_rate(backend, prompts)))
             finally:
                 backend.close()
-    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    on, off = (statistics.median(r for r, _ in rates[flag]) for flag in (True, False))
+    on_cpu, off_cpu = (statistics.median(r for _, r in rates[flag]) for flag in (True, False))
     print(f"\n### 3. Exact entropy under continuous batching (8 concurrent, 128 greedy tokens, "
           f"median of {rounds})\n")  # fmt: skip
-    print("| tokens/s with entropy | tokens/s without | overhead |")
-    print("|---:|---:|---:|")
-    print(f"| {on:,.0f} | {off:,.0f} | **{off / on - 1:+.1%}** |")
+    print("| measure | with entropy | without | overhead |")
+    print("|---|---:|---:|---:|")
+    print(f"| tokens/s | {on:,.0f} | {off:,.0f} | **{off / on - 1:+.1%}** |")
+    print(
+        f"| tokens per CPU-s | {on_cpu:,.0f} | {off_cpu:,.0f} | **{off_cpu / on_cpu - 1:+.1%}** |"
+    )
 
 
 def main() -> None:
