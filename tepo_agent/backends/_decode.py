@@ -158,9 +158,9 @@ class DecodeBatch:
         ]
         kv, logits = self._prefill(rows)  # (N, V)
         done = self._sample(logits, rows)
-        if self._prefix is not None:
-            for i, row in enumerate(rows):
-                self._prefix.store(row.request.prompt, kv.row(i))
+        if self._prefix is not None:  # a row that goes on leaves its blocks when it finishes
+            for i in done:
+                self._prefix.store(rows[i].request.prompt, kv.row(i))
         keep = [i for i in range(len(rows)) if i not in done]
         finished = [(rows[i].request, rows[i].generation()) for i in done]
         if keep:

@@ -76,8 +76,9 @@ class GrowingLayer(DynamicLayer):
 
     def _grow(self, key_states: Tensor, value_states: Tensor, need: int) -> None:
         k, v = key_states, value_states
-        kbuf = k.new_zeros((k.shape[0], k.shape[1], need + SPARE_COLUMNS, k.shape[3]))
-        vbuf = v.new_zeros((v.shape[0], v.shape[1], need + SPARE_COLUMNS, v.shape[3]))
+        # columns past n are written by update() before any view shows them: no zeroing
+        kbuf = k.new_empty((k.shape[0], k.shape[1], need + SPARE_COLUMNS, k.shape[3]))
+        vbuf = v.new_empty((v.shape[0], v.shape[1], need + SPARE_COLUMNS, v.shape[3]))
         if self._n:
             kbuf[:, :, : self._n] = self.keys
             vbuf[:, :, : self._n] = self.values
@@ -128,13 +129,11 @@ class BatchKV:
         template = next(r for r in rows if r is not None)
         layers = []
         for layer, (k0, v0) in enumerate(template):
-            kbuf = k0.new_zeros((len(rows), k0.shape[0], width + SPARE_COLUMNS, k0.shape[2]))
-            vbuf = v0.new_zeros((len(rows), v0.shape[0], width + SPARE_COLUMNS, v0.shape[2]))
+            kbuf = k0.new_empty((len(rows), k0.shape[0], width + SPARE_COLUMNS, k0.shape[2]))
+            vbuf = v0.new_empty((len(rows), v0.shape[0], width + SPARE_COLUMNS, v0.shape[2]))
             for i, row in enumerate(rows):
-                if row is not None:
-                    n = row_length(row)
-                    kbuf[i, :, width - n : width] = row[layer][0]
-                    vbuf[i, :, width - n : width] = row[layer][1]
+                _place(kbuf[i : i + 1], None if row is None else row[layer][0][None], width)
+                _place(vbuf[i : i + 1], None if row is None else row[layer][1][None], width)
             layers.append(GrowingLayer.holding(kbuf, vbuf, width))
         for i, row in enumerate(rows):
             if row is not None:
@@ -183,16 +182,13 @@ class BatchKV:
         width = max(self.width, other.width)
         layers = []
         for (ka, va), (kb, vb) in zip(self._layers(), other._layers(), strict=True):
-            kbuf = ka.new_zeros(
-                (self.rows + other.rows, ka.shape[1], width + SPARE_COLUMNS, ka.shape[3])
-            )
-            vbuf = va.new_zeros(
-                (self.rows + other.rows, va.shape[1], width + SPARE_COLUMNS, va.shape[3])
-            )
-            kbuf[: self.rows, :, width - self.width : width] = ka
-            vbuf[: self.rows, :, width - self.width : width] = va
-            kbuf[self.rows :, :, width - other.width : width] = kb
-            vbuf[self.rows :, :, width - other.width : width] = vb
+            rows = self.rows + other.rows
+            kbuf = ka.new_empty((rows, ka.shape[1], width + SPARE_COLUMNS, ka.shape[3]))
+            vbuf = va.new_empty((rows, va.shape[1], width + SPARE_COLUMNS, va.shape[3]))
+            _place(kbuf[: self.rows], ka, width)
+            _place(vbuf[: self.rows], va, width)
+            _place(kbuf[self.rows :], kb, width)
+            _place(vbuf[self.rows :], vb, width)
             layers.append(GrowingLayer.holding(kbuf, vbuf, width))
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
         self.cache = GrowingCache(layers)
@@ -201,6 +197,16 @@ class BatchKV:
         """Row ``r``'s real keys and values, as one contiguous sequence (copies)."""
         real = self.mask[r].bool()
         return tuple((k[r][:, real], v[r][:, real]) for k, v in self._layers())
+
+
+def _place(buf: Tensor, kv: Tensor | None, width: int) -> None:
+    """Write ``kv`` (R, H, n, D) right-aligned at column ``width`` of ``buf`` (R, H, C, D) and
+    zero the columns before it: they are masked, but attention still multiplies them, and the
+    buffer is uninitialised memory (a NaN there would poison the row)."""
+    n = 0 if kv is None else kv.shape[2]
+    buf[:, :, : width - n].zero_()
+    if kv is not None:
+        buf[:, :, width - n : width] = kv
 
 
 def _left_pad(mask: Tensor, width: int) -> Tensor:
