@@ -164,7 +164,8 @@ class DecodeBatch:
         keep = [i for i in range(len(rows)) if i not in done]
         finished = [(rows[i].request, rows[i].generation()) for i in done]
         if keep:
-            kv.select(keep)
+            if len(keep) < len(rows):
+                kv.select(keep)
             self._kv.extend(kv)
             new = [rows[i] for i in keep]
             pos = torch.tensor([len(r.request.prompt) for r in new], device=self._device)
