@@ -2,8 +2,9 @@
 
 One thread owns the model. Between any two decode steps it moves the requests queued meanwhile
 into the running batch (:class:`~tepo_agent.backends._decode.DecodeBatch`), up to
-``max_batch_size`` rows, so a request joins at the next step and leaves the step it finishes.
-When the batch is idle, the first request waits ``batch_wait_s`` for company before its prefill.
+``max_batch_size`` rows, so a request joins within ``join_delay_steps`` steps (at once when the
+backend is idle) and leaves the step it finishes. When the batch is idle, the first request waits
+``batch_wait_s`` for company before its prefill.
 
 Controls (weight swaps) keep their place in the queue. Once the worker reads one, it admits no
 request queued after it; it lets the rows in flight and the requests queued before the control
@@ -75,6 +76,7 @@ class Scheduler:
         *,
         max_batch_size: int,
         batch_wait_s: float,
+        join_delay_steps: int,
         version: Callable[[], int],
     ) -> None:
         self._batch = batch
@@ -84,6 +86,9 @@ class Scheduler:
         self._queue: queue.Queue[object] = queue.Queue()
         self._waiting: deque[Request] = deque()  # read from the queue, not admitted yet
         self._held: object | None = None  # a Control or SHUTDOWN waiting for the batch to empty
+        self._join_delay = join_delay_steps
+        self._steps = 0  # decode steps run
+        self._waiting_since: int | None = None  # the step the oldest waiting request was seen
         self._stats = BackendStats()
         self._stats_lock = threading.Lock()
         self._closed = False
@@ -117,7 +122,7 @@ class Scheduler:
         while True:
             running = len(self._batch)
             self._pull(block=running == 0 and not self._waiting and self._held is None)
-            if self._waiting and len(self._batch) < self._max_batch:
+            if self._waiting and len(self._batch) < self._max_batch and self._join_due():
                 self._admit()
             if len(self._batch):
                 self._step()
@@ -130,6 +135,17 @@ class Scheduler:
                 return
             if isinstance(held, Control):
                 self._run_control(held)
+
+    def _join_due(self) -> bool:
+        """Whether the waiting requests join now. Each join costs a prefill forward pass and a
+        copy of the batch's cache, so, as TGI's router does (``max_waiting_tokens``), requests
+        that arrive while a batch runs wait up to ``join_delay_steps`` decode steps for others
+        to join with them; an idle backend, or one that can fill its batch, admits at once."""
+        if not len(self._batch) or len(self._batch) + len(self._waiting) >= self._max_batch:
+            return True
+        if self._waiting_since is None:
+            self._waiting_since = self._steps
+        return self._steps - self._waiting_since >= self._join_delay
 
     def _pull(self, *, block: bool) -> None:
         """Move queued requests into ``_waiting`` while there is room, stopping at a control.
@@ -155,6 +171,7 @@ class Scheduler:
                     self._fail_waiting()
 
     def _admit(self) -> None:
+        self._waiting_since = None
         room = self._max_batch - len(self._batch)
         taken = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
         live = [r for r in taken if r.future.set_running_or_notify_cancel()]
@@ -184,6 +201,7 @@ class Scheduler:
         except Exception as exc:  # the whole step failed: so did every row in it
             self._fail(self._batch.clear(), exc)
             return
+        self._steps += 1
         with self._stats_lock:
             self._stats = replace(self._stats, steps=self._stats.steps + 1)
         self._deliver(finished)

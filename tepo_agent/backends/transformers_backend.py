@@ -66,6 +66,9 @@ class TransformersBackend:
             estimated; logprobs are computed either way.
         prefix_cache_bytes: memory for the KV of cached prefixes (least recently used evicted
             beyond it); 0 turns prefix caching off. Emptied on every weight swap.
+        join_delay_steps: how many decode steps a request arriving while a batch runs may wait
+            for others to join with it (one prefill pass for all of them; TGI's
+            ``max_waiting_tokens``); 0 joins at the next step. An idle backend admits at once.
     """
 
     def __init__(
@@ -79,11 +82,14 @@ class TransformersBackend:
         policy_version: int = 0,
         compute_entropy: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
+        join_delay_steps: int = 4,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not (batch_wait_s >= 0 and math.isfinite(batch_wait_s)):
             raise ConfigError(f"batch_wait_s must be a finite number >= 0, got {batch_wait_s}")
+        if join_delay_steps < 0:
+            raise ConfigError(f"join_delay_steps must be >= 0, got {join_delay_steps}")
         if prefix_cache_bytes < 0:
             raise ConfigError(f"prefix_cache_bytes must be >= 0, got {prefix_cache_bytes}")
         _check_full_attention(model)
@@ -108,6 +114,7 @@ class TransformersBackend:
             batch,
             max_batch_size=int(max_batch_size),
             batch_wait_s=float(batch_wait_s),
+            join_delay_steps=int(join_delay_steps),
             version=lambda: self._version,
         )
 
