@@ -182,3 +182,26 @@ def test_a_swap_under_continuous_load_waits_only_for_the_requests_ahead(
         torch.testing.assert_close(
             torch.tensor(gen.entropies).double(), entropies, atol=1e-4, rtol=0
         )
+
+
+def test_requests_arriving_while_a_batch_runs_join_together_within_the_delay(
+    model_dir: Path,
+) -> None:
+    with TransformersBackend.from_pretrained(
+        model_dir, device="cpu", batch_wait_s=0, join_delay_steps=3
+    ) as backend:
+        long_ = started(backend, PROMPTS[1], SamplingParams(max_tokens=200, temperature=0))
+        first_step: list[int] = []
+
+        def note(*_: object) -> None:
+            if len(first_step) < 2:
+                first_step.append(backend.stats.steps)
+
+        submitted = backend.stats.steps
+        a = backend.submit(PROMPTS[0], SamplingParams(max_tokens=1, temperature=0), note)
+        b = backend.submit(PROMPTS[2], SamplingParams(max_tokens=1, temperature=0), note)
+        a.result(timeout=30)
+        b.result(timeout=30)
+        long_.result(timeout=60)
+    # both were prefilled in one pass (same step), no later than 3 steps after they arrived
+    assert first_step[0] == first_step[1] and first_step[0] - submitted <= 3 + 1
