@@ -68,7 +68,8 @@ class TransformersBackend:
             beyond it); 0 turns prefix caching off. Emptied on every weight swap.
         join_delay_steps: how many decode steps a request arriving while a batch runs may wait
             for others to join with it (one prefill pass for all of them; TGI's
-            ``max_waiting_tokens``); 0 joins at the next step. An idle backend admits at once.
+            ``max_waiting_tokens``); 0 (the default) joins at the next step, which measured
+            better on the default model (benchmarks/RESULTS.md). An idle backend admits at once.
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class TransformersBackend:
         policy_version: int = 0,
         compute_entropy: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
-        join_delay_steps: int = 4,
+        join_delay_steps: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
