@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from _tiny_lm import VOCAB, recompute, tiny_model
 from tokenizers import Tokenizer, models
-from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2ForCausalLM
 
 from tepo_agent.backends import Backend, Generation, SamplingParams, TransformersBackend
 from tepo_agent.errors import BackendError, ConfigError, ModelLoadError
 
-VOCAB = 512
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 PROMPTS = [
     [1, 2, 3, 4],
@@ -31,22 +31,6 @@ PROMPTS = [
     [11],
     [500, 1, 499, 2, 498],
 ]
-
-
-def tiny_model(seed: int) -> Qwen2ForCausalLM:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-        initializer_range=0.2,  # peakier than the default, so greedy picks are far from ties
-    )
-    return Qwen2ForCausalLM(config).eval()
 
 
 @pytest.fixture(scope="session")
@@ -69,17 +53,6 @@ def backend(model_dir: Path) -> Iterator[TransformersBackend]:
     b = TransformersBackend.from_pretrained(model_dir, device="cpu", batch_wait_s=0.05)
     yield b
     b.close()
-
-
-def recompute(model: torch.nn.Module, gen: Generation) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logprobs and entropies of the sampled tokens from one full-sequence forward pass."""
-    ids = torch.tensor([list(gen.prompt_token_ids) + list(gen.token_ids)])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0].float()  # (T, V)
-    n = len(gen.prompt_token_ids)
-    step_logits = logits[n - 1 : n - 1 + len(gen.token_ids)]  # row i predicts token i
-    dist = torch.distributions.Categorical(logits=step_logits.double())
-    return dist.log_prob(torch.tensor(gen.token_ids)), dist.entropy()
 
 
 def test_backend_satisfies_the_protocol(backend: TransformersBackend) -> None:

@@ -1,7 +1,7 @@
-"""The in-process backend's per-step tensor work: left padding, drawing tokens, their logprobs.
+"""The in-process backend's per-step tensor work: drawing tokens and their logprobs.
 
 Pure functions of tensors (no model, no state), used by the decode loop of
-:class:`~tepo_agent.backends.transformers_backend.TransformersBackend`.
+:class:`~tepo_agent.backends._decode.DecodeBatch`.
 """
 
 from __future__ import annotations
@@ -14,25 +14,6 @@ from torch import Tensor
 
 from tepo_agent.backends.base import SamplingParams
 from tepo_agent.entropy import token_logprobs_and_entropy
-
-
-def left_pad(
-    prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Prompts left-padded into one batch, so every prompt ends at the last column.
-
-    Returns ``ids`` (B, W), ``mask`` (B, W) with 1 on real tokens, and ``positions`` (B, W):
-    real tokens count from 0, padding sits at 0.
-    """
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt) :] = torch.tensor(prompt)
-        mask[i, width - len(prompt) :] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return ids, mask, positions
 
 
 def sample_tokens(
@@ -66,4 +47,4 @@ def sampled_logprobs(logits: Tensor, chosen: Tensor, *, entropy: bool) -> tuple[
     return lp, torch.full_like(lp, math.nan)
 
 
-__all__ = ["left_pad", "sample_tokens", "sampled_logprobs"]
+__all__ = ["sample_tokens", "sampled_logprobs"]

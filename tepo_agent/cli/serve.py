@@ -67,6 +67,12 @@ def register(subparsers: Any) -> None:
         "--served-model-name", help="name clients send as `model` (default: the directory name)"
     )
     parser.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together")
+    parser.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=256,
+        help="memory for the KV of shared prompt prefixes, reused across requests (0: off)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument(
         "--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto"
@@ -189,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_batch_size=args.max_batch_size,
         policy_version=(policy.version or 0) if policy is not None else 0,
+        prefix_cache_bytes=args.prefix_cache_mb * 2**20,
     )
     follower = recorder = None
     try:

@@ -17,8 +17,10 @@ Every choice also carries ``entropies``: the EXACT per-token entropy (see :mod:`
 Requests go to one shared :class:`~tepo_agent.backends.transformers_backend.TransformersBackend`,
 so concurrent HTTP requests are decoded in the same batches. Weight swaps wait for the requests
 in flight and hold new ones back until the new weights serve (docs/architecture.md, invariant 7).
-Streaming answers are sent once a choice has been decoded (the backend decodes whole batches), in
-vLLM's SSE chunk format ending with ``data: [DONE]``.
+A streamed completion with one choice and no top-k alternatives is sent token by token as the
+backend decodes it (:mod:`.streaming`); other streamed answers are sent once a choice has been
+decoded (top-k alternatives and tool calls are computed from the whole choice), all in vLLM's SSE
+chunk format ending with ``data: [DONE]``.
 
 Usage::
 
@@ -59,6 +61,7 @@ from tepo_agent.server.protocol import (
     error_body,
 )
 from tepo_agent.server.recording import Recorder
+from tepo_agent.server.streaming import live_completion
 from tepo_agent.server.swap_gate import SwapGate
 from tepo_agent.server.topk import TopK, topk_alternatives
 from tepo_agent.server.validation import (
@@ -279,6 +282,14 @@ async def completions(request: Request) -> Any:
         else [int(t) for t in prompt]  # type: ignore[union-attr]
     )
     state.check_prompt(ids)
+    if req.stream and req.n == 1 and not req.logprobs:  # sent token by token as decoded
+        head = {"id": r.new_id("cmpl"), "created": r.now(), "model": req.model or state.model_name}
+        decode = _decode_for(state, req.skip_special_tokens is not False)
+        try:
+            params = state.sampling(req, req.max_tokens or 16, 0)
+        except ValueError as exc:  # ConfigError from SamplingParams
+            raise OpenAIHTTPError(400, str(exc)) from exc
+        return live_completion(state.backend, state.gate, ids, params, req, head, decode)
     results = await state.run(ids, req, req.max_tokens or 16, req.logprobs or 0)
     choices = _completion_choices(state, req, ids, results)
     head = {"id": r.new_id("cmpl"), "created": r.now(), "model": req.model or state.model_name}
