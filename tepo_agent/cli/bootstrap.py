@@ -7,7 +7,7 @@ search indexes), generates demonstrations with scripted solvers that call the re
 search tools (with real agents' habits), fine-tunes the random default model on them, chooses the
 checkpoint by validation accuracy, evaluates it on a held-out world and writes
 ``bootstrap.json`` beside the weights. Without ``--out`` the result goes to the cache
-(``$TEPO_AGENT_HOME/models/default-sft-v2``), which ``generate``, ``run``, ``serve``, ``eval`` and
+(``$TEPO_AGENT_HOME/models/default-sft-v3``), which ``generate``, ``run``, ``serve``, ``eval`` and
 the demo then use instead of the shipped weights. The wall time on the machine it ran on is in
 ``bootstrap.json`` (``wall_seconds``).
 """

@@ -20,9 +20,12 @@ one suite with the tools to solve them::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
 from tepo_agent.errors import ConfigError
@@ -52,20 +55,9 @@ async def _acalculate(expression: str) -> str:  # inline: cheaper than an execut
     return _calculate(expression)
 
 
-def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
-    """The tools the default agent uses in a world: calculator and search over its index.
-
-    They are the real tools with one-line descriptions and minimal argument schemas: the tool
-    schemas are part of every prompt. Search returns the text of the best ``SEARCH_HITS`` documents,
-    one per line, best first.
-    """
-    index = SearchIndex(Path(world_dir) / "search.db")
-
-    def search(query: str) -> str:
-        hits = index.search(query, SEARCH_HITS)
-        if not hits:
-            return "No results."
-        return "\n".join(h.snippet.replace("[", "").replace("]", "") for h in hits)
+def _tools(search: Callable[[str], str]) -> list[BaseTool]:
+    """The calculator and a search tool answering with ``search``: the one definition of the
+    world's tools (names, descriptions, argument schemas)."""
 
     async def asearch(query: str) -> str:  # a read of a small local index: inline too
         return search(query)
@@ -88,6 +80,30 @@ def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
             handle_tool_error=True,
         ),
     ]
+
+
+def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
+    """The tools the default agent uses in a world: calculator and search over its index.
+
+    They are the real tools with one-line descriptions and minimal argument schemas: the tool
+    schemas are part of every prompt. Search returns the text of the best ``SEARCH_HITS`` documents,
+    one per line, best first.
+    """
+    index = SearchIndex(Path(world_dir) / "search.db")
+
+    def search(query: str) -> str:
+        hits = index.search(query, SEARCH_HITS)
+        if not hits:
+            return "No results."
+        return "\n".join(h.snippet.replace("[", "").replace("]", "") for h in hits)
+
+    return _tools(search)
+
+
+def tool_schemas() -> list[dict[str, Any]]:
+    """The OpenAI function schemas of the world's tools (no world needed): what a prompt
+    renders and the default tokenizer's corpus contains."""
+    return [convert_to_openai_tool(t) for t in _tools(lambda query: "")]
 
 
 def build_world(seed: int, world_dir: str | os.PathLike[str]) -> KnowledgeBase:
@@ -139,5 +155,6 @@ __all__ = [
     "build_world",
     "held_out",
     "suite_tasks",
+    "tool_schemas",
     "world_tools",
 ]
