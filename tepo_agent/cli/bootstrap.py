@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", metavar="DIR", help="write here (a new directory) instead of the cache"
     )
-    parser.add_argument("--steps", type=int, help="SFT steps (default: see SFTConfig)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="SFT steps in all (default: BootstrapConfig.sft; its first_turn_steps of them "
+        "train on first turns only)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weights and shuffling seed")
     parser.set_defaults(func=run)
 
