@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step_shortcuts.py [--groups 8] [--group 8] [--flat 0.5] [--repeats 3]
 
-Collects ``--groups`` GRPO groups of ``--group`` runs with the 1.05 M default model (random
+Collects ``--groups`` GRPO groups of ``--group`` runs with the ~1.1 M default model (random
 weights, in process, so the logged entropies are exact and on-policy for version 0); a share
 ``--flat`` of the groups is scored all-wrong (flat: no reward variance, as most groups of a weak
 policy are), the rest half right. Then times ``Trainer.step`` on the same trajectories, each on a

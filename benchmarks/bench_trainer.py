@@ -2,7 +2,7 @@
 
     python benchmarks/bench_trainer.py [--steps 4] [--group 4] [--prompts 2] [--max-new 16]
 
-Both sides get the same random-weight default model (1.05 M parameters), the same math
+Both sides get the same random-weight default model (~1.1 M parameters), the same math
 prompts, group size, batch (prompts × group) and completion length, on CPU float32. TRL
 generates inside its step; our trainer trains on trajectories the runtime already generated, so
 our column reports the update alone, the update with its crash-safe state checkpoint, and
@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tepo_agent.model.default import parameter_count
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests" / "trainer"))
@@ -189,7 +191,8 @@ def main() -> None:
     o, t = results["ours"], results["trl"]
     total = o["step_s"] + o["collect_s"]
     print(
-        f"default model (1.05 M parameters), batch {args.prompts}×{args.group}, "
+        f"default model ({parameter_count() / 1e6:.2f} M parameters), "
+        f"batch {args.prompts}×{args.group}, "
         f"{args.max_new} new tokens at most, CPU float32, median of {args.steps} steps "
         "(first dropped)\n"
     )

@@ -13,7 +13,7 @@ def default_home() -> Path:
     return Path(home).expanduser() if home else Path.home() / ".cache" / "tepo-agent"
 
 
-BOOTSTRAPPED_MODEL_NAME = "default-sft-v2"
+BOOTSTRAPPED_MODEL_NAME = "default-sft-v3"
 """Directory name, under ``default_home()/models``, of a rebuilt bootstrapped default model (v2:
 the recipe of the task world with common knowledge and held-out worlds; a v1 cache is ignored)."""
 

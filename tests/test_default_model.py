@@ -25,8 +25,10 @@ from tepo_agent.model.default import (
     ensure_default_model,
     init_model,
     parameter_count,
+    synthetic_corpus,
 )
 from tepo_agent.model.io import load_causal_lm, load_tokenizer
+from tepo_agent.tasks.world import tool_schemas
 
 
 def test_tokenizer_has_512_ids_with_qwen_style_special_tokens():
@@ -53,6 +55,14 @@ def test_merges_learned_the_synthetic_corpus():
     assert len(tokenizer.encode(text, add_special_tokens=False)) < len(text.encode()) / 2
 
 
+def test_the_corpus_holds_the_real_tools_schemas():
+    # one definition: the tokenizer's corpus takes the schemas from the world's tools
+    corpus = synthetic_corpus(n_dialogues=4)
+    for schema in tool_schemas():
+        assert json.dumps(schema) in corpus
+    assert any(s["function"]["name"] == "calculator" for s in tool_schemas())
+
+
 def test_init_model_writes_a_loadable_hugging_face_directory(default_model_dir):
     names = {p.name for p in default_model_dir.iterdir()}
     assert {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json"} <= names
@@ -60,7 +70,9 @@ def test_init_model_writes_a_loadable_hugging_face_directory(default_model_dir):
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == parameter_count() and 1_000_000 <= n_params <= 5_000_000
     assert model.config.model_type == "qwen2" and model.config.vocab_size == 512
-    assert model.config.tie_word_embeddings
+    # untied: a shared matrix collapses the digit embeddings (DefaultModelConfig)
+    assert not model.config.tie_word_embeddings
+    assert model.get_input_embeddings().weight.data_ptr() != model.lm_head.weight.data_ptr()
     tokenizer = load_tokenizer(default_model_dir)
     generation = json.loads((default_model_dir / "generation_config.json").read_text())
     assert generation["eos_token_id"] == tokenizer.convert_tokens_to_ids(

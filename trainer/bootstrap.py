@@ -70,10 +70,15 @@ class BootstrapConfig:
 
     Attributes:
         seed: Seed of the model's initial weights and of the SFT shuffling.
-        train_worlds: Demonstrations come from worlds ``0 .. train_worlds-1``: many worlds, so
-            the model learns to copy names it has never seen rather than memorise one world.
+        train_worlds: Demonstrations come from worlds ``0 .. train_worlds-1``: many small
+            samples of many worlds, so almost every demonstration is about names seen nowhere
+            else and copying them (from the question into a search, from a result into the next
+            search or the answer) is the only way to lower the loss; with few worlds the names
+            repeat dozens of times and the model memorises them instead (the 8-world recipe
+            copied the first piece of a name and made up the rest).
         math_items / knowledge_items / deep_search_items: Demonstrations per suite and world
-            (math items do not depend on the world; each world gives fresh ones).
+            (a multiple of 4 keeps exactly one in four items no-tool in every world; math items
+            do not depend on the world, each world seed gives fresh ones).
         habits: The scripted solver's habits (unneeded calls, repeated searches, guesses).
         validation_seed: The world checkpoints are chosen on: a training-side seed
             (< ``EVAL_SEED``) that no demonstration uses.
@@ -88,20 +93,20 @@ class BootstrapConfig:
     """
 
     seed: int = 0
-    train_worlds: int = 8
-    math_items: int = 300
-    knowledge_items: int = 300
-    deep_search_items: int = 200
+    train_worlds: int = 600
+    math_items: int = 16
+    knowledge_items: int = 8
+    deep_search_items: int = 8
     habits: Habits = field(default_factory=Habits)
     validation_seed: int = 999
     validation_items: int = 24
-    select_from: int = 300
-    select_every: int = 100
+    select_from: int = 2600
+    select_every: int = 200
     held_out_items: int = 60
     held_out_samples: int = 2
     check_items: int = 8
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
-    sft: SFTConfig = field(default_factory=SFTConfig)
+    sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=3600, first_turn_steps=2200))
 
     def __post_init__(self) -> None:
         if self.train_worlds < 1:

@@ -71,20 +71,26 @@ def tokenize_trace(
 
 @dataclass(frozen=True)
 class SFTConfig:
-    """Supervised fine-tuning settings (defaults: the default model's bootstrap recipe).
+    """Supervised fine-tuning settings (the default model's recipe sets ``steps`` and
+    ``first_turn_steps``: ``BootstrapConfig.sft``).
 
     Attributes:
         steps: Optimiser steps. Copying names and numbers into tool calls is an induction
             circuit that appears abruptly (Olsson et al. 2022) after enough tokens: the bootstrap
             measures checkpoints rather than trusting a step count.
-        batch_size: Demonstrations per step (right-padded into one batch). 32: at 16 the copying
-            circuit had not formed after 300 steps; at 32 it had by ~500.
+        batch_size: Demonstrations per step (right-padded into one batch).
         lr: Peak AdamW learning rate (a 1 M-parameter model tolerates a high one).
         warmup_steps: Linear warm-up, then cosine decay to 10% of ``lr``.
         weight_decay: AdamW weight decay.
         max_grad_norm: Gradient clipping.
         length_buckets: Batches are cut from groups of this many batches' worth of
             demonstrations sorted by length, so a batch pads little (1 = no bucketing).
+        first_turn_steps: The first this many of ``steps`` train on each demonstration's
+            first assistant turn only (its prompt and its first call or answer, see
+            :func:`first_turn`): short sequences whose loss is mostly the copy of the
+            question's name or expression into a call, so the copying circuit forms at a
+            fraction of the cost of full demonstrations (0 = none; all steps when ``steps`` is
+            smaller).
         seed: Shuffling seed.
     """
 
@@ -95,13 +101,25 @@ class SFTConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     length_buckets: int = 16
+    first_turn_steps: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.length_buckets < 1:
             raise ConfigError("steps, batch_size and length_buckets must be >= 1")
+        if self.first_turn_steps < 0:
+            raise ConfigError(f"first_turn_steps must be >= 0, got {self.first_turn_steps}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+
+def first_turn(trace: TokenizedTrace) -> TokenizedTrace:
+    """``trace`` cut after its first assistant turn (the prompt and the first sampled turn)."""
+    start = trace.loss_mask.index(1)
+    end = start
+    while end < len(trace.loss_mask) and trace.loss_mask[end]:
+        end += 1
+    return TokenizedTrace(trace.input_ids[:end], trace.loss_mask[:end])
 
 
 def _lr_at(step: int, cfg: SFTConfig) -> float:
@@ -159,11 +177,16 @@ def sft(
     batches: list[list[int]] = []
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     losses = []
-    norm = cfg.batch_size * max(1.0, sum(sum(t.loss_mask) for t in traces) / len(traces))
+    pool: Sequence[TokenizedTrace] = (
+        [first_turn(t) for t in traces] if cfg.first_turn_steps else traces
+    )
     for step in range(cfg.steps):
+        if step == cfg.first_turn_steps and pool is not traces:
+            pool, batches = traces, []
         if not batches:
-            batches = _epoch(traces, cfg, rng)
-        batch = [traces[i] for i in batches.pop()]
+            batches = _epoch(pool, cfg, rng)
+            norm = cfg.batch_size * max(1.0, sum(sum(t.loss_mask) for t in pool) / len(pool))
+        batch = [pool[i] for i in batches.pop()]
         model.train()
         ids, mask, attn = _collate(batch, pad_token_id, device)
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # (B, T-1, V)

@@ -7,7 +7,7 @@ search indexes), generates demonstrations with scripted solvers that call the re
 search tools (with real agents' habits), fine-tunes the random default model on them, chooses the
 checkpoint by validation accuracy, evaluates it on a held-out world and writes
 ``bootstrap.json`` beside the weights. Without ``--out`` the result goes to the cache
-(``$TEPO_AGENT_HOME/models/default-sft-v2``), which ``generate``, ``run``, ``serve``, ``eval`` and
+(``$TEPO_AGENT_HOME/models/default-sft-v3``), which ``generate``, ``run``, ``serve``, ``eval`` and
 the demo then use instead of the shipped weights. The wall time on the machine it ran on is in
 ``bootstrap.json`` (``wall_seconds``).
 """
@@ -33,7 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", metavar="DIR", help="write here (a new directory) instead of the cache"
     )
-    parser.add_argument("--steps", type=int, help="SFT steps (default: see SFTConfig)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        help="SFT steps in all (default: BootstrapConfig.sft; its first_turn_steps of them "
+        "train on first turns only)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="weights and shuffling seed")
     parser.set_defaults(func=run)
 

@@ -20,9 +20,12 @@ one suite with the tools to solve them::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from langchain_core.tools import BaseTool, StructuredTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel
 
 from tepo_agent.errors import ConfigError
@@ -38,6 +41,26 @@ SEARCH_HITS = 1
 
 class _SearchArgs(BaseModel):
     query: str
+
+
+def _tools(search: Callable[[str], str]) -> list[BaseTool]:
+    """The calculator and a search tool answering with ``search``: the one definition of the
+    world's tools (names, descriptions, argument schemas)."""
+
+    async def asearch(query: str) -> str:  # a read of a small local index: inline too
+        return search(query)
+
+    return [
+        make_calculator_tool(brief=True),
+        StructuredTool.from_function(
+            func=search,
+            coroutine=asearch,
+            name="search",
+            description="Search the knowledge base.",
+            args_schema=_SearchArgs,
+            handle_tool_error=True,
+        ),
+    ]
 
 
 def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
@@ -56,20 +79,13 @@ def world_tools(world_dir: str | os.PathLike[str]) -> list[BaseTool]:
             return "No results."
         return "\n".join(h.snippet.replace("[", "").replace("]", "") for h in hits)
 
-    async def asearch(query: str) -> str:  # a read of a small local index: inline too
-        return search(query)
+    return _tools(search)
 
-    return [
-        make_calculator_tool(brief=True),
-        StructuredTool.from_function(
-            func=search,
-            coroutine=asearch,
-            name="search",
-            description="Search the knowledge base.",
-            args_schema=_SearchArgs,
-            handle_tool_error=True,
-        ),
-    ]
+
+def tool_schemas() -> list[dict[str, Any]]:
+    """The OpenAI function schemas of the world's tools (no world needed): what a prompt
+    renders and the default tokenizer's corpus contains."""
+    return [convert_to_openai_tool(t) for t in _tools(lambda query: "")]
 
 
 def build_world(seed: int, world_dir: str | os.PathLike[str]) -> KnowledgeBase:
@@ -121,5 +137,6 @@ __all__ = [
     "build_world",
     "held_out",
     "suite_tasks",
+    "tool_schemas",
     "world_tools",
 ]

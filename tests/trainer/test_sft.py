@@ -15,7 +15,7 @@ from tepo_agent.tasks import KnowledgeBase, deep_search_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
 from tepo_agent.tasks.world import build_world, world_tools
 from tepo_agent.trainer.bootstrap import BootstrapConfig, bootstrap_model
-from tepo_agent.trainer.sft import SFTConfig, sft, tokenize_trace
+from tepo_agent.trainer.sft import SFTConfig, TokenizedTrace, first_turn, sft, tokenize_trace
 
 TINY = DefaultModelConfig(
     hidden_size=32,
@@ -75,6 +75,42 @@ def test_sft_lowers_the_loss_on_demonstrations(world):
     losses = sft(model, traces, SFTConfig(steps=30, batch_size=4, lr=1e-2, warmup_steps=2))
     assert losses[-1] < 0.5 * losses[0]
     assert not model.training
+
+
+def test_first_turn_keeps_the_prompt_and_the_first_assistant_turn_only(world):
+    fmt, kb = world["fmt"], world["kb"]
+    task = deep_search_suite(kb, 1, seed=2)[0]
+    messages = solve_with_tools(task, world["by_name"], kb)
+    trace = tokenize_trace(fmt, messages, world["schemas"])
+    cut = first_turn(trace)
+    first_call = fmt.render(messages[:2], world["schemas"], add_generation_prompt=False)
+    assert cut.input_ids + fmt.encode("\n") == first_call  # up to the first turn's end of turn
+    assert cut.input_ids == trace.input_ids[: len(cut.input_ids)]
+    assert cut.loss_mask[-1] == 1 and len(cut.loss_mask) < len(trace.loss_mask)
+    assert first_turn(TokenizedTrace([5, 6, 7, 8], [0, 1, 1, 0])) == TokenizedTrace(
+        [5, 6, 7], [0, 1, 1]
+    )
+
+
+def test_first_turn_steps_train_on_first_turns_then_on_whole_demonstrations(world):
+    fmt = world["fmt"]
+    traces = [
+        tokenize_trace(fmt, solve_with_tools(t, world["by_name"], world["kb"]), world["schemas"])
+        for t in deep_search_suite(world["kb"], 4, seed=3)
+    ]
+    seen: list[int] = []
+    model = load_causal_lm(world["model_dir"])
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        seen.append(kwargs["input_ids"].shape[1])
+        return real_forward(*args, **kwargs)
+
+    model.forward = forward
+    cfg = SFTConfig(steps=4, batch_size=4, first_turn_steps=2, length_buckets=1)
+    sft(model, traces, cfg)
+    short = max(len(first_turn(t).input_ids) for t in traces)
+    assert seen == [short, short, *[max(len(t.input_ids) for t in traces)] * 2]
 
 
 def test_bootstrap_writes_a_loadable_model_with_its_world_and_record(tmp_path):
