@@ -18,15 +18,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: the benchmarks package lives at the root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._timed import TimedBackend
 from tepo_agent.agent import AgentConfig, AgentResult, TepoAgent
 from tepo_agent.agent.chat_model import TepoChatModel
-from tepo_agent.backends.base import Backend, Generation, SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.paths import resolve_model_dir
@@ -34,37 +37,6 @@ from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks.math_tasks import math_suite
 from tepo_agent.tasks.world import EVAL_SEED, world_tools
 from tepo_agent.tools import make_calculator_tool
-
-
-class TimedBackend:
-    """Delegates to a backend and adds up the wall time spent inside ``generate``."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.seconds = 0.0
-        self.calls = 0
-        self.tokens = 0
-
-    @property
-    def policy_version(self) -> int:
-        return self.inner.policy_version
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> Generation:
-        start = time.perf_counter()
-        try:
-            generation = await self.inner.generate(prompt_token_ids, params)
-        finally:
-            self.seconds += time.perf_counter() - start
-            self.calls += 1
-        self.tokens += len(generation.token_ids)
-        return generation
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class ChatFormatTimer:
@@ -136,7 +108,7 @@ def _round(
     store: TimedStore,
     questions: list[str],
 ) -> Round:
-    backend.seconds, backend.calls, backend.tokens = 0.0, 0, 0
+    backend.reset()
     store.seconds = 0.0
     ChatFormatTimer.seconds = 0.0
     if api == "run":

@@ -39,8 +39,9 @@ from pathlib import Path
 import httpx
 
 from benchmarks._common import machine, start_serve
+from benchmarks._timed import TimedBackend
 from tepo_agent.agent import AgentConfig, TepoAgent
-from tepo_agent.backends.base import Backend, Generation, SamplingParams
+from tepo_agent.backends.base import SamplingParams
 from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.net import free_port
@@ -49,33 +50,6 @@ from tepo_agent.store import TrajectoryStore
 from tepo_agent.tasks.math_tasks import math_suite
 from tepo_agent.tasks.world import EVAL_SEED, world_tools
 from tepo_agent.tools import make_calculator_tool
-
-
-class TurnTimer:
-    """Delegates to a backend and keeps each ``generate`` call's latency and token count."""
-
-    def __init__(self, inner: Backend) -> None:
-        self.inner = inner
-        self.latencies: list[float] = []
-        self.tokens = 0
-
-    @property
-    def policy_version(self) -> int:
-        return self.inner.policy_version
-
-    @property
-    def vocab_size(self) -> int:
-        return self.inner.vocab_size
-
-    async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> Generation:
-        start = time.perf_counter()
-        generation = await self.inner.generate(prompt_token_ids, params)
-        self.latencies.append(time.perf_counter() - start)
-        self.tokens += len(generation.token_ids)
-        return generation
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def cpu_seconds(pid: int | None = None) -> float:
@@ -112,9 +86,9 @@ class Row:
         return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def _closed_loop(agent: TepoAgent, timer: TurnTimer, questions: list[str], c: int) -> Row:
+async def _closed_loop(agent: TepoAgent, timer: TimedBackend, questions: list[str], c: int) -> Row:
     """Run every question with ``c`` runs in flight at once; a finished run starts the next."""
-    timer.latencies, timer.tokens = [], 0
+    timer.reset()
     todo = iter(questions)
 
     async def worker() -> None:
@@ -135,7 +109,7 @@ def bench_agent(model_dir: Path, runs: int, levels: Sequence[int], rounds: int) 
     fmt = ChatFormat.from_pretrained(model_dir)
     config = AgentConfig(max_tool_calls=2, max_new_tokens=64, seed=0)
     backend = TransformersBackend.from_pretrained(model_dir, device="cpu", max_batch_size=64)
-    timer = TurnTimer(backend)
+    timer = TimedBackend(backend)
     results: dict[int, list[Row]] = {c: [] for c in levels}
     with tempfile.TemporaryDirectory() as tmp, TrajectoryStore(Path(tmp) / "b.db") as store:
         agent = TepoAgent(timer, fmt, tools, config, store=store)

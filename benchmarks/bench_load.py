@@ -35,12 +35,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the benchmarks package lives at the root
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks._timed import TimedBackend  # noqa: E402
+
 _TURNS: contextvars.ContextVar[list[tuple[int, float]]] = contextvars.ContextVar("turns")
 
 
@@ -88,29 +92,12 @@ class LoadReport:
 # -- the application process ---------------------------------------------------------------
 
 
-class _TimedBackend:
-    """Wraps a backend; appends (policy version, seconds) of each generation to the session's
-    list (a context variable, so concurrent sessions keep theirs apart)."""
+class _TimedBackend(TimedBackend):
+    """Appends (policy version, seconds) of each generation to the session's list (a context
+    variable, so concurrent sessions keep theirs apart)."""
 
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    @property
-    def policy_version(self) -> int:
-        return int(self.inner.policy_version)
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self.inner.vocab_size)
-
-    async def generate(self, prompt_token_ids: Sequence[int], params: Any) -> Any:
-        started = time.perf_counter()
-        generation = await self.inner.generate(prompt_token_ids, params)
-        _TURNS.get().append((generation.policy_version, time.perf_counter() - started))
-        return generation
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+    def record(self, generation: Any, seconds: float) -> None:
+        _TURNS.get().append((generation.policy_version, seconds))
 
 
 async def _session(agent: Any, store: Any, name: str, stop: asyncio.Event, out: dict) -> None:
