@@ -265,12 +265,15 @@ def test_each_request_is_logged_on_one_line(
 ) -> None:
     caplog.set_level(logging.INFO, logger="tepo_agent.serve")
     body = {"model": NAME, "messages": MESSAGES, "max_tokens": 3, "temperature": 0}
-    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    answer = client.post("/v1/chat/completions", json=body)
+    assert answer.status_code == 200
+    usage = answer.json()["usage"]
     assert client.get("/v1/nothing").status_code == 404
     lines = [r.getMessage() for r in caplog.records if r.name == "tepo_agent.serve"]
     assert len(lines) == 2, lines
+    tokens = f"{usage['prompt_tokens']}\\+{usage['completion_tokens']}"
     assert re.fullmatch(
-        r'127\.0\.0\.1 "POST /v1/chat/completions" 200 tokens=\d+\+3 \d+\.\d{3}s v0', lines[0]
+        rf'127\.0\.0\.1 "POST /v1/chat/completions" 200 tokens={tokens} \d+\.\d{{3}}s v0', lines[0]
     ), lines[0]
     assert '"GET /v1/nothing" 404 tokens=-' in lines[1]
 

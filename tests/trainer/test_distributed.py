@@ -91,7 +91,7 @@ def test_two_ranks_update_the_weights_as_one_process_does(
     one, two = _published(runs["single"])[0], _published(runs["chain"])[0]
     assert _max_diff(one, base) > 5e-4  # the step moved the weights
     assert _max_diff(two, one) < 1e-5  # fp32: 2 ranks = 1 rank up to summation order
-    assert "lm_head.weight" not in two  # tied to the embedding: written once
+    assert set(two) == set(base)  # the base model's tensors, no more (a tied output layer once)
 
 
 @pytest.mark.slow
