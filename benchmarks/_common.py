@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 
 def machine() -> str:
+    import torch
+
     cpu = platform.processor() or platform.machine()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
@@ -36,7 +36,6 @@ def median_time(fn: Callable[[], object], repeats: int) -> float:
 
 def start_serve(model_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     """``tepo-agent serve`` in a subprocess; returns once ``/health`` answers."""
-    import httpx
 
     argv = [sys.executable, "-m", "tepo_agent", "serve", "--model", str(model_dir)]
     proc = subprocess.Popen(
@@ -44,15 +43,28 @@ def start_serve(model_dir: Path, port: int, *extra: str) -> subprocess.Popen[byt
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
-    deadline = time.monotonic() + 180
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc)
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 180) -> None:
+    """Block until ``url``/health answers 200; RuntimeError if ``proc`` exits first (with the end
+    of its stderr when piped) or nothing answers within ``timeout_s``."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"serve exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            said = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"tepo-agent serve exited with {proc.returncode}: {said}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("serve did not become healthy in 180 s")
+    raise RuntimeError(f"tepo-agent serve did not come up at {url} within {timeout_s:g} s")

@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the benchmarks package lives at the root
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import wait_healthy  # noqa: E402
 from benchmarks._timed import TimedBackend  # noqa: E402
 
 _TURNS: contextvars.ContextVar[list[tuple[int, float]]] = contextvars.ContextVar("turns")
@@ -162,22 +163,6 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "tepo_agent", *args]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"tepo-agent serve exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"tepo-agent serve did not come up at {url}")
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -213,7 +198,7 @@ def run_load(config: LoadConfig, workdir: Path) -> LoadReport:
     )  # fmt: skip
     trainer = apps = None
     try:
-        _wait_healthy(url, serve)
+        wait_healthy(url, serve, timeout_s=300)
         trainer = subprocess.Popen(
             _cli("train", "--db", str(db), "--watch", "--every-n", str(config.every_n),
                  "--poll-s", "1", "--batch", "8", "--lr", "1e-3", "--no-gate", "--device",
