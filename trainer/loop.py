@@ -7,7 +7,11 @@ One optimisation step, reading top to bottom in :meth:`Trainer.step`:
    (``recompute.recompute``). Live estimates (top-k or surprisal over HTTP) are never used:
    H(t_k) and ΔH_k are re-derived from exact entropies. The pass is skipped when the logged
    values already are exact and on-policy (sampled in process by the weights held now), since
-   it would only reproduce them (``TrainConfig.reuse_logged_exact``);
+   it would only reproduce them (``TrainConfig.reuse_logged_exact``). Where the first update's
+   training forward computes the same numbers (one process, no dropout; the outcome reward, or
+   rows that fit one micro-batch) it *is* the recompute: its detached outputs are the proximal
+   logprobs and entropies, one forward instead of two (``trainer.fusion``,
+   ``TrainConfig.fuse_recompute``);
 2. TEPO rewards from the score and the exact ΔH_k (``rewards.trajectory_rewards``);
 3. group-relative per-token advantages (``advantages.compute_advantages``);
 4. the token-level PPO-clip loss (``loss.policy_loss``) over micro-batches with gradient
