@@ -10,7 +10,9 @@ fresh trainer, in three configurations:
 
 - ``baseline``: every group trains, exact recompute pass, training forward, backward;
 - ``+ skip flat groups``: flat groups skip the recompute and the backward (DAPO dynamic sampling);
-- ``+ reuse exact logs``: on-policy exact logged values replace the recompute pass too.
+- ``+ fuse recompute``: the first update's training forward is the recompute (``trainer.fusion``;
+  what a step on weights other than the sampler's gets);
+- ``+ reuse exact logs``: on-policy exact logged values replace the recompute pass altogether.
 
 Prints a markdown table (median of ``--repeats``). CPU float32.
 """
@@ -56,8 +58,21 @@ def main() -> None:
     tokens = sum(len(t.full_token_ids()) for t in trajs)
 
     configs = {
-        "baseline": {"skip_zero_variance": False, "reuse_logged_exact": False},
-        "+ skip flat groups": {"skip_zero_variance": True, "reuse_logged_exact": False},
+        "baseline": {
+            "skip_zero_variance": False,
+            "reuse_logged_exact": False,
+            "fuse_recompute": False,
+        },
+        "+ skip flat groups": {
+            "skip_zero_variance": True,
+            "reuse_logged_exact": False,
+            "fuse_recompute": False,
+        },
+        "+ fuse recompute": {
+            "skip_zero_variance": True,
+            "reuse_logged_exact": False,
+            "fuse_recompute": True,
+        },
         "+ reuse exact logs": {"skip_zero_variance": True, "reuse_logged_exact": True},
     }
     print(f"{len(trajs)} trajectories ({flat}/{args.groups} groups flat), {tokens} tokens\n")

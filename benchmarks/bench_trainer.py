@@ -1,6 +1,7 @@
 """Benchmark the TEPO trainer against TRL's GRPOTrainer on the same tiny model and data shape.
 
     python benchmarks/bench_trainer.py [--steps 4] [--group 4] [--prompts 2] [--max-new 16]
+    python benchmarks/bench_trainer.py --fusion [--steps 8] [--group 4] [--prompts 2]
 
 Both sides get the same random-weight default model (~1.1 M parameters), the same math
 prompts, group size, batch (prompts × group) and completion length, on CPU float32. TRL
@@ -11,6 +12,14 @@ collection + update (the comparable total). TRL's update alone is its step minus
 in its own subprocess so that peak RSS (memory) is its own. Also measured: the time from
 ``publish`` (registry promotion) to the first request served by the new weights through an
 in-process ``PolicyFollower``. Prints a markdown table.
+
+``--fusion``: our step with the exact recompute fused into the first update's training forward
+(``TrainConfig.fuse_recompute``, ``trainer.fusion``) against the same step with its separate
+no-grad recompute pass, in one process: two trainers from the same weights, stepping alternately
+(fused, unfused, fused, ...) on the same batch, after a first step each (dropped) so that the
+weights are no registered version, as in a run. Two shapes: the sparse reward with the batch in
+one micro-batch ("graph") and the outcome reward in micro-batches of 2 ("stream"). Reports the
+median seconds per step and trained tokens per second.
 """
 
 from __future__ import annotations
@@ -162,6 +171,62 @@ def _trl(args: argparse.Namespace, root: Path) -> dict[str, float]:
     return {"step_s": step_s, "update_s": update_s}
 
 
+def _fusion(args: argparse.Namespace, root: Path) -> None:
+    import statistics
+
+    from _tepo_data import collect
+
+    from tepo_agent.model.default import init_model
+    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.trainer.config import RewardConfig
+    from tepo_agent.trainer.loop import TrainConfig, Trainer, build_policy
+
+    model = init_model(root / "model", seed=0)
+    collect(model, root / "t.db", groups=args.prompts, n=args.group, scores=[1.0, 0.0])
+    with TrajectoryStore(root / "t.db") as store:
+        trajs = [t for g in store.scored_since(0) for t in g.members]
+    tokens = sum(len(t.full_token_ids()) for t in trajs)
+    print(
+        f"default model ({parameter_count() / 1e6:.2f} M parameters), {len(trajs)} trajectories "
+        f"({args.prompts}×{args.group}), {tokens} tokens, CPU float32; "
+        f"fused and unfused steps alternated, median of {args.steps} steps each (first dropped)\n"
+    )
+    print("| shape | path | s/step | trained tokens/s | fused | unfused/fused |")
+    print("|---|---|---|---|---|---|")
+    shapes = {
+        "sparse, one micro-batch (graph)": ("sparse", len(trajs)),
+        "outcome, micro-batches of 2 (stream)": ("outcome", 2),
+    }
+    for shape, (kind, mb) in shapes.items():
+        trainers = {}
+        for path, fuse in (("fused", True), ("unfused", False)):
+            cfg = TrainConfig(
+                reward=RewardConfig(kind=kind), micro_batch_size=mb, batch_trajectories=len(trajs),
+                device="cpu", learning_rate=1e-4, fuse_recompute=fuse, skip_zero_variance=False,
+            )  # fmt: skip
+            trainers[path] = Trainer(
+                build_policy(cfg, str(model)), cfg, weights_version=None, pad_token_id=0,
+                base_model=str(model),
+            )  # fmt: skip
+        seconds: dict[str, list[float]] = {p: [] for p in trainers}
+        rates: dict[str, list[float]] = {p: [] for p in trainers}
+        flags: dict[str, float] = {}
+        for i in range(args.steps + 1):
+            for path, trainer in trainers.items():
+                m = trainer.step(trajs).metrics
+                flags[path] = m["fused"]
+                if i:  # the first step of each warms up
+                    seconds[path].append(m["seconds"])
+                    rates[path].append(m["seq_tokens"] / m["seconds"])
+        med = {p: statistics.median(v) for p, v in seconds.items()}
+        for path in trainers:
+            ratio = f"{med['unfused'] / med['fused']:.2f}" if path == "fused" else "–"
+            print(
+                f"| {shape} | {path} | {med[path]:.3f} | {statistics.median(rates[path]):.0f} "
+                f"| {flags[path]:.0f} | {ratio} |"
+            )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--steps", type=int, default=4)
@@ -170,7 +235,12 @@ def main() -> None:
     # 12: what the shared collection helper (tests/trainer/_tepo_data.agent_for) samples per turn
     p.add_argument("--max-new", type=int, default=12)
     p.add_argument("--side", choices=("ours", "trl"))
+    p.add_argument("--fusion", action="store_true", help="fused vs unfused recompute (docstring)")
     args = p.parse_args()
+    if args.fusion:
+        with tempfile.TemporaryDirectory() as tmp:
+            _fusion(args, Path(tmp))
+        return
     if args.side:
         with tempfile.TemporaryDirectory() as tmp:
             result = (_ours if args.side == "ours" else _trl)(args, Path(tmp))

@@ -7,7 +7,11 @@ One optimisation step, reading top to bottom in :meth:`Trainer.step`:
    (``recompute.recompute``). Live estimates (top-k or surprisal over HTTP) are never used:
    H(t_k) and ΔH_k are re-derived from exact entropies. The pass is skipped when the logged
    values already are exact and on-policy (sampled in process by the weights held now), since
-   it would only reproduce them (``TrainConfig.reuse_logged_exact``);
+   it would only reproduce them (``TrainConfig.reuse_logged_exact``). Where the first update's
+   training forward computes the same numbers (one process, no dropout; the outcome reward, or
+   rows that fit one micro-batch) it *is* the recompute: its detached outputs are the proximal
+   logprobs and entropies, one forward instead of two (``trainer.fusion``,
+   ``TrainConfig.fuse_recompute``);
 2. TEPO rewards from the score and the exact ΔH_k (``rewards.trajectory_rewards``);
 3. group-relative per-token advantages (``advantages.compute_advantages``);
 4. the token-level PPO-clip loss (``loss.policy_loss``) over micro-batches with gradient
@@ -45,14 +49,14 @@ import contextlib
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from tepo_agent.errors import TrainerError
 from tepo_agent.model.io import load_causal_lm
-from tepo_agent.trainer.advantages import compute_advantages
+from tepo_agent.trainer.advantages import BatchAdvantages
 from tepo_agent.trainer.batch import TrainBatch, pack_batch
 from tepo_agent.trainer.distributed import (
     Dist,
@@ -62,14 +66,23 @@ from tepo_agent.trainer.distributed import (
     shard,
 )
 from tepo_agent.trainer.dynamic_sampling import informative
+from tepo_agent.trainer.fusion import (
+    RowsForward,
+    assemble_rows,
+    deterministic_forward,
+    fusion_mode,
+    graph_pays,
+    graph_rows,
+)
 from tepo_agent.trainer.recompute import (
-    exact_turn_entropies,
+    compare_logprobs,
+    forward_logprobs,
     idle_forward,
     logged_entropies,
     logged_exact,
     recompute,
 )
-from tepo_agent.trainer.rewards import trajectory_rewards
+from tepo_agent.trainer.signals import signal_metrics, step_signals
 from tepo_agent.trainer.token_stats import TokenStats, decoder_layers
 from tepo_agent.trainer.train_config import Finetune, Precision, TrainConfig, build_policy
 from tepo_agent.trainer.update import StepRows, accumulate, clip_and_step
@@ -81,6 +94,17 @@ _Pair = tuple[torch.Tensor, torch.Tensor]
 _NO_UPDATE: dict[str, float] = {
     "loss": 0.0, "pg_loss": 0.0, "ratio_min": 1.0, "ratio_max": 1.0, "trained_tokens": 0.0,
 }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Trained:
+    """What the update of a step's training rows gave (``Trainer._train``)."""
+
+    loss_metrics: list[dict[str, float]]
+    grad_norm: float
+    values: _Pair | None  # the trained rows' proximal (logprobs, entropy), (B', T')
+    graph_used: bool  # the first update backpropagated through the recompute's forward
+    tokens: int
 
 
 @dataclass(frozen=True)
@@ -123,6 +147,8 @@ class Trainer:
         self.device = next(model.parameters()).device
         # the module every forward goes through: chunked logprobs and entropies, the FSDP root
         self.stats = TokenStats(model, cfg.logit_chunk_tokens)
+        # a forward with grad gives the recompute's numbers only without dropout (``fusion``)
+        self._deterministic = deterministic_forward(model)
         self._ref: torch.nn.Module | None = None
         if cfg.loss.kl_coef > 0 and cfg.finetune == "full":
             ref = load_causal_lm(base_model, device=str(self.device), dtype="float32")
@@ -197,71 +223,104 @@ class Trainer:
         trajs = [trajectories[i] for i in kept]
         plain = pack_batch(trajs, pad_token_id=self.pad_token_id)
         reuse = self.cfg.reuse_logged_exact and logged_exact(trajs, self.weights_version)
+        mode = fusion_mode(
+            self.cfg, rows=len(trajs), distributed=self.dist.active,
+            deterministic=self._deterministic, reuse=reuse,
+        )  # fmt: skip
+        graph: _Pair | None = None
+        values: _Pair | None = None  # "stream": the first update's forward gives them
         if reuse:  # on-policy and exact: the logged values are the recompute's
-            proximal, entropy = plain.behaviour_logprobs, logged_entropies(plain, trajs)
-        else:
-            proximal, entropy = self._recompute(self.stats, plain)  # (B, T)
+            values = plain.behaviour_logprobs, logged_entropies(plain, trajs)
+        elif mode == "graph":  # one forward with grad: the recompute and the update's graph
+            graph = self._grad_forward(plain)
+            values = graph[0].detach().float().cpu(), graph[1].detach().float().cpu()
+        elif mode is None:
+            values = self._recompute(self.stats, plain)  # (B, T) logprobs, entropy
 
-        # 1-2. exact ΔH and TEPO rewards (every rank, the whole batch)
-        deltas, rewards = [], []
-        for b, traj in enumerate(trajs):
-            turn_h = exact_turn_entropies(traj, entropy[b], self.cfg.reward.entropy_window)
-            deltas.append(turn_h.delta_entropies)
-            rewards.append(
-                trajectory_rewards(traj, self.cfg.reward, delta_entropies=turn_h.delta_entropies)
-            )
-        # 3. advantages, group baselines over the whole batch; rows with no signal leave the
-        # backward pass
-        adv = compute_advantages(trajs, rewards, self.cfg.advantage)
+        # 1-3. exact ΔH, TEPO rewards, advantages with group baselines over the whole batch
+        # (every rank); rows with no signal leave the backward pass
+        deltas, rewards, adv = step_signals(trajs, None if values is None else values[1], self.cfg)
         rows = [b for b, a in enumerate(adv.per_trajectory) if not (skip and a.zero_signal)]
-        loss_metrics: list[dict[str, float]] = []
-        grad_norm = 0.0
-        tokens = 0
+        rest = [b for b in range(len(trajs)) if b not in set(rows)]
+        rest_values = None
+        if mode == "stream" and rest:  # no forward of the update sees these: recompute them now
+            rest_values = self._recompute(self.stats, plain.select(rest))
+        trained = _Trained([], 0.0, None, False, 0)
         if rows:
-            batch = pack_batch(
-                [trajs[b] for b in rows],
-                [adv.per_trajectory[b] for b in rows],
-                pad_token_id=self.pad_token_id,
-            )
-            width = batch.input_ids.shape[1]
-            picked = torch.tensor(rows, dtype=torch.long)
-            proximal, entropy = proximal[picked, :width], entropy[picked, :width]  # (B', T')
-            loss_metrics, grad_norm = self._update(batch, proximal, entropy)
-            tokens = int(batch.attention_mask.sum())
+            trained = self._train(plain, trajs, adv, rows, values, graph)
             self.weights_version = None  # the weights now match no registered version
+        if mode == "stream":  # the exact values of every row, for the ΔH figures
+            values = assemble_rows(plain, (rows, trained.values), (rest, rest_values))
+            deltas, rewards, _ = step_signals(trajs, values[1], self.cfg)
+        assert values is not None
         elapsed = time.perf_counter() - started
 
         # 6. metrics
-        metrics = dict(loss_metrics[-1]) if loss_metrics else _NO_UPDATE.copy()
-        values = [r.reward for r in rewards]
-        known = [d for ds in deltas for d in ds if d is not None]
-        calls = sum(r.n for r in rewards)
+        metrics = dict(trained.loss_metrics[-1]) if rows else _NO_UPDATE.copy()
+        check = compare_logprobs(plain, values[0])
         metrics.update(
-            reward_mean=statistics.fmean(values),
-            reward_std=statistics.pstdev(values),
-            score_mean=statistics.fmean(float(t.score or 0.0) for t in trajectories),
-            tool_calls_per_trajectory=calls / len(trajs),
-            entropy_reducing_share=(sum(r.m for r in rewards) / calls) if calls else 0.0,
-            delta_entropy_mean=statistics.fmean(known) if known else 0.0,
-            clip_frac=metrics.get("clip_frac_low", 0.0) + metrics.get("clip_frac_high", 0.0),
-            grad_norm=grad_norm,
+            signal_metrics(trajectories, trajs, rewards, deltas),
+            grad_norm=trained.grad_norm,
             zero_variance_groups=float(adv.zero_variance_groups + flat_groups),
             groups=float(adv.groups + flat_groups),
             trajectories=float(len(trajectories)),
             trained_trajectories=float(len(rows)),
             recomputed=0.0 if reuse else 1.0,
-            seq_tokens=float(tokens),
-            tokens_per_s=tokens * (1 + self.cfg.updates_per_batch) / max(elapsed, 1e-9),
+            fused=1.0 if (mode == "stream" and rows) or trained.graph_used else 0.0,
+            logprob_diff_max=check.max_abs_diff,
+            logprob_diff_mean=check.mean_abs_diff,
+            seq_tokens=float(trained.tokens),
+            tokens_per_s=trained.tokens * (1 + self.cfg.updates_per_batch) / max(elapsed, 1e-9),
             seconds=elapsed,
+        )
+        metrics["clip_frac"] = metrics.get("clip_frac_low", 0.0) + metrics.get(
+            "clip_frac_high", 0.0
         )
         return StepResult(metrics=metrics, trajectories=len(trajectories))
 
+    def _train(
+        self,
+        plain: TrainBatch,
+        trajs: Sequence[Trajectory],
+        adv: BatchAdvantages,
+        rows: list[int],
+        values: _Pair | None,
+        graph: _Pair | None,
+    ) -> _Trained:
+        """4-5 on the ``rows`` of ``plain`` that train, with their advantages. ``values``: the
+        kept rows' proximal (logprobs, entropy), None when the first update's forward gives them
+        ("stream"); ``graph``: a forward with grad over the kept rows ("graph"), used by the first
+        update when that costs less than a fresh forward (``fusion.graph_pays``)."""
+        batch = pack_batch(
+            [trajs[b] for b in rows],
+            [adv.per_trajectory[b] for b in rows],
+            pad_token_id=self.pad_token_id,
+        )
+        width = batch.input_ids.shape[1]
+        picked = torch.tensor(rows, dtype=torch.long)
+        part = None if values is None else (values[0][picked, :width], values[1][picked, :width])
+        tokens = int(batch.attention_mask.sum())
+        if graph is not None and not graph_pays(int(plain.attention_mask.sum()), tokens):
+            graph = None  # a fresh forward over the trained rows is cheaper than its backward
+        first = None if graph is None else graph_rows(graph, picked)
+        loss_metrics, grad_norm, part = self._update(batch, part, first)
+        return _Trained(loss_metrics, grad_norm, part, first is not None, tokens)
+
+    def _grad_forward(self, batch: TrainBatch) -> _Pair:
+        """(logprobs, entropy), (B, T) on the device, of every row in one forward with grad."""
+        with self._autocast():
+            return forward_logprobs(
+                self.stats, batch.input_ids.to(self.device), batch.attention_mask.to(self.device)
+            )
+
     def _update(
-        self, batch: TrainBatch, proximal: torch.Tensor, entropy: torch.Tensor
-    ) -> tuple[list[dict[str, float]], float]:
+        self, batch: TrainBatch, values: _Pair | None, first: RowsForward | None = None
+    ) -> tuple[list[dict[str, float]], float, _Pair]:
         """4-5. the loss over micro-batches, gradient clipping and ``updates_per_batch`` AdamW
-        steps (``trainer.update``); returns each update's loss metrics and the last gradient
-        norm. With several ranks each trains its share of the rows, balanced by tokens."""
+        steps (``trainer.update``); returns each update's loss metrics, the last gradient norm
+        and the proximal (logprobs, entropy), (B, T). With several ranks each trains its share
+        of the rows, balanced by tokens. ``values`` None: fused, the first update's forward
+        (``first``: rows of a forward already run) is the proximal policy (``trainer.fusion``)."""
         off = (
             batch.sampled_mask
             if self.weights_version is None
@@ -275,19 +334,24 @@ class Trainer:
         assignment = balance_by_tokens(batch.lengths.tolist(), self.dist.world)
         mine = assignment[self.dist.rank]
         local = batch.select(mine) if mine else None
+        index = torch.tensor(mine, dtype=torch.long)
 
         def part(t: torch.Tensor | None) -> torch.Tensor | None:
             if t is None or local is None:
                 return None
-            return t[torch.tensor(mine, dtype=torch.long), : local.input_ids.shape[1]]
+            return t[index, : local.input_ids.shape[1]]
 
         rows = StepRows(
-            batch=local, proximal=part(proximal), entropy=part(entropy), off=part(off),
-            ref=part(ref),
+            batch=local, proximal=part(values[0] if values else None),
+            entropy=part(values[1] if values else None), off=part(off), ref=part(ref),
             total_tokens=float(mask.sum().clamp(min=1.0)),
             total_rows=float((mask.sum(dim=1) > 0).sum().clamp(min=1)),
             passes=passes_needed(assignment, self.cfg.micro_batch_size),
         )  # fmt: skip
+        record = None
+        if values is None and local is not None:  # fused (one process): filled by the update
+            record = (torch.zeros(local.input_ids.shape), torch.zeros(local.input_ids.shape))
+        forward = None if first is None else (lambda sel, w: first(index[sel], w))
         loss_metrics: list[dict[str, float]] = []
         grad_norm = 0.0
         for _ in range(self.cfg.updates_per_batch):
@@ -295,12 +359,18 @@ class Trainer:
             metrics = accumulate(
                 self.stats, rows, loss_cfg=self.cfg.loss,
                 micro_batch_size=self.cfg.micro_batch_size, device=self.device,
-                autocast=self._autocast, d=self.dist,
+                autocast=self._autocast, d=self.dist, forward=forward, record=record,
             )  # fmt: skip
             metrics["trained_tokens"] = float(mask.sum())
             loss_metrics.append(metrics)
             grad_norm = clip_and_step(self.optimizer, self.cfg.max_grad_norm)
-        return loss_metrics, grad_norm
+            if record is not None:  # later updates: after an optimizer step, the first's values
+                rows = replace(rows, proximal=record[0], entropy=record[1])
+            forward, record = None, None
+        if values is None:
+            assert rows.proximal is not None and rows.entropy is not None
+            values = assemble_rows(batch, (mine, (rows.proximal, rows.entropy)))
+        return loss_metrics, grad_norm, values
 
     def _idle_step(
         self, trajectories: Sequence[Trajectory], flat_groups: int, started: float

@@ -53,6 +53,12 @@ class TrainConfig:
             sampled by the weights the trainer holds and logged exact entropies and logprobs
             (in-process collection, one step per publish; ``recompute.logged_exact``): the
             training forward is then the step's only forward pass, as in TRL (default True).
+        fuse_recompute: Where the recompute would give the same numbers as the first update's
+            training forward (one process, no active dropout, first update; the outcome reward
+            at any batch size, sparse and dense when the step's rows fit one micro-batch), take
+            the proximal logprobs and entropies from that forward instead of a separate no-grad
+            pass (``trainer.fusion``; default True). False always runs the recompute (for
+            comparisons; the results agree within float32 noise).
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
         precision: ``auto`` is bf16 autocast on CUDA and float32 on CPU. ``bf16`` forces
             autocast (on CPU too); weights, gradients and AdamW state stay float32 either way.
@@ -82,6 +88,7 @@ class TrainConfig:
     updates_per_batch: int = 1
     skip_zero_variance: bool = True
     reuse_logged_exact: bool = True
+    fuse_recompute: bool = True
     device: str = "auto"
     precision: Precision = "auto"
     logit_chunk_tokens: int = 1024

@@ -8,6 +8,11 @@ share is of the global batch, the loss is multiplied by the world size because t
 reduce-scatter averages over ranks, and a rank with fewer micro-batches runs idle passes so
 that every rank runs ``passes`` forward/backward pairs. ``clip_and_step`` clips the global
 gradient norm (a DTensor norm under FSDP, reduced over ranks) and steps AdamW.
+
+Fused with the recompute (``trainer.fusion``): with no proximal logprobs given, the update's own
+forward is the proximal policy (the weights have not moved since the step began): each
+micro-batch takes its detached logprobs and entropies, and writes them into ``record``; a
+``forward`` may hand over micro-batches of a forward pass that already ran with grad.
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from tepo_agent.trainer.distributed import Dist
 from tepo_agent.trainer.loss import policy_loss
 from tepo_agent.trainer.recompute import forward_logprobs, idle_forward
 
+MicroForward = Callable[[slice, int], tuple[torch.Tensor, torch.Tensor]]
+"""(rows, width) of this rank's batch → that micro-batch's (logprobs, entropy), with grad."""
+
 # metrics combined by min/max (or set) rather than as share-weighted means
 _NOT_MEANS = ("ratio_min", "ratio_max", "tokens")
 
@@ -37,7 +45,8 @@ class StepRows:
     Attributes:
         batch: This rank's rows (``pack_batch`` with advantages), None when it has none.
         proximal, entropy, off, ref: (B, T) tensors aligned with ``batch`` (``ref`` None
-            without a KL term).
+            without a KL term; ``proximal`` and ``entropy`` None: fused, the update's forward
+            gives them, module docstring).
         total_tokens: Loss-mask tokens of the step's batch over all ranks.
         total_rows: Rows with at least one loss token over all ranks.
         passes: Micro-batch passes every rank runs.
@@ -62,8 +71,14 @@ def accumulate(
     device: torch.device,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     d: Dist,
+    forward: MicroForward | None = None,
+    record: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Backward over micro-batches (module docstring); returns the step's loss metrics."""
+    """Backward over micro-batches (module docstring); returns the step's loss metrics.
+
+    ``forward``: the micro-batches' forward (default: a pass of ``stats``). ``record``: (B, T)
+    tensors that receive the proximal logprobs and entropies a fused update computed.
+    """
     sums: dict[str, float] = {}
     weights: dict[str, float] = {}
     ratio = [math.inf, -math.inf]
@@ -72,8 +87,7 @@ def accumulate(
     B = 0 if batch is None else batch.input_ids.shape[0]
     scale = float(d.world) if d.active else 1.0
     for start in range(0, B, micro_batch_size):
-        assert batch is not None and rows.proximal is not None and rows.entropy is not None
-        assert rows.off is not None
+        assert batch is not None and rows.off is not None
         sel = slice(start, start + micro_batch_size)
         width = int(batch.lengths[sel].max())
         cut = (sel, slice(0, width))
@@ -82,22 +96,33 @@ def accumulate(
             share = float(mask.sum()) / rows.total_tokens
         else:
             share = float((mask.sum(dim=1) > 0).sum()) / rows.total_rows
-        if share == 0.0:
-            continue
-        with autocast():
-            logp, _ = forward_logprobs(
-                stats, batch.input_ids[cut].to(device), batch.attention_mask[cut].to(device)
-            )
+        if share == 0.0 and rows.proximal is not None:
+            continue  # (a fused update still needs the rows' proximal values)
+        if forward is None:
+            with autocast():
+                logp, ent = forward_logprobs(
+                    stats, batch.input_ids[cut].to(device), batch.attention_mask[cut].to(device)
+                )
+        else:
+            logp, ent = forward(sel, width)
+        if rows.proximal is None or rows.entropy is None:  # fused: this forward is the proximal
+            proximal, entropy = logp.detach().float(), ent.detach().float()
+            if record is not None:
+                record[0][cut], record[1][cut] = proximal.cpu(), entropy.cpu()
+            if share == 0.0:
+                continue
+        else:
+            proximal, entropy = rows.proximal[cut].to(device), rows.entropy[cut].to(device)
         out = policy_loss(
             logp.float(),
             batch.behaviour_logprobs[cut].to(device),
             batch.advantages[cut].to(device),
             mask,
             loss_cfg,
-            proximal_logprobs=rows.proximal[cut].to(device),
+            proximal_logprobs=proximal,
             off_policy=rows.off[cut].to(device),
             ref_logprobs=None if rows.ref is None else rows.ref[cut].to(device),
-            entropy=rows.entropy[cut].to(device),
+            entropy=entropy,
         )
         (out.loss * (share * scale)).backward()
         done += 1
@@ -146,4 +171,4 @@ def clip_and_step(optimizer: torch.optim.Optimizer, max_grad_norm: float) -> flo
     return grad_norm
 
 
-__all__ = ["StepRows", "accumulate", "clip_and_step"]
+__all__ = ["MicroForward", "StepRows", "accumulate", "clip_and_step"]
