@@ -1,0 +1,454 @@
+"""``PostgresStore``: the trajectory store in PostgreSQL, shared by many hosts (psycopg 3).
+
+The same operations and rules as the SQLite store (:mod:`tepo_agent.store._store`), for a fleet:
+many application servers on many hosts write trajectories at once, a trainer elsewhere follows
+the cursor. Concurrency is PostgreSQL's own: every operation is one transaction on a pooled
+connection (:mod:`tepo_agent.store._pg_pool`), so one store is safe to share between threads and
+every process opens its own. At most one live policy is enforced by a partial unique index;
+token arrays are ``BYTEA`` holding the same bytes as SQLite's BLOBs; migrations are
+:mod:`tepo_agent.store.pg_schema`.
+
+The cursor, and why it never skips a row
+----------------------------------------
+``seq`` (write order) and ``score_seq`` (the order trajectories became scored, which the
+trainer's cursor follows) come from PostgreSQL sequences. Sequence values are handed out outside
+transactions, so they commit out of order: writer A takes ``score_seq`` 7 and is still inserting
+when writer B takes 8 and commits. A reader that then returned 8 and moved its cursor to 8 would
+never see 7. SQLite avoids this by numbering under its single write lock; here writers number
+concurrently, and the reader waits for the numbers it is about to pass:
+
+1. A writer takes ``pg_advisory_xact_lock_shared(NUMBERING_LOCK)`` just before it takes its
+   numbers (``nextval``), at the end of its transaction, and holds it until it commits or rolls
+   back (transaction-level advisory locks cannot be released early). Writers never block each
+   other: the lock is shared.
+2. The reader (``scored_since``, ``list(since_seq=...)``) first reads the sequence's
+   ``last_value`` H (non-transactional: it counts every number handed out so far), then takes
+   and at once releases the lock in EXCLUSIVE mode. That waits exactly for the transactions
+   that held the shared lock, which includes every writer that took a number <= H. Then it reads
+   the committed rows with ``cursor < score_seq <= H``.
+3. After the barrier every number <= H is committed (visible) or rolled back (a hole that will
+   never fill), so returning rows up to H and moving the cursor to their maximum skips nothing.
+   Numbers above H are left for the next poll.
+
+The exclusive request queues writers that arrive while it waits (PostgreSQL grants locks in
+order), so a poll delays new numbering by at most the tail of the transactions already
+numbering: writers take numbers last, just before their inserts commit. A writer that holds its
+transaction open for longer than ``busy_timeout_s`` makes the reader fail with a
+:class:`StoreError` naming the cause rather than wait forever.
+tests/test_store_postgres_cursor.py holds a writer's transaction open after it numbered while
+another commits a higher number, and checks the reader returns both exactly once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import IO, Any, TypeVar
+
+from tepo_agent.errors import ConfigError, StoreError
+from tepo_agent.store._codec import dump_json, load_json
+from tepo_agent.store._pg_pool import ConnectionPool, redact
+from tepo_agent.store._records import (
+    SUMMARY_COLUMNS,
+    TrainStep,
+    TrajectoryGroup,
+    TrajectorySummary,
+    summary_from_row,
+    trajectory_from_rows,
+    trajectory_row,
+    turn_row,
+)
+from tepo_agent.store.pg_schema import SCHEMA_VERSION, apply_migrations, schema_version
+from tepo_agent.trajectory import Trajectory
+
+T = TypeVar("T")
+
+NUMBERING_LOCK = 7_405_611_002
+"""Advisory lock key: shared while a writer holds unconfirmed numbers, exclusive in readers."""
+
+# SQLSTATEs retried from the start of the transaction: serialization failure, deadlock.
+_RETRY_STATES = {"40001", "40P01"}
+
+
+def take_numbers(conn: Any, sequence: str, count: int) -> list[int]:
+    """``count`` increasing values of ``sequence``, taken under the shared numbering lock (step 1
+    of the module docstring); call it inside the writing transaction, as late as possible."""
+    if count == 0:
+        return []
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", [NUMBERING_LOCK])
+    rows = conn.execute(
+        "SELECT nextval(%s) AS n FROM generate_series(1, %s)", [sequence, count]
+    ).fetchall()
+    return sorted(int(r["n"]) for r in rows)
+
+
+def insert_trajectories(conn: Any, trajectories: Sequence[Trajectory], now: float) -> None:
+    """Insert trajectories and their turns in the caller's open transaction, numbering them."""
+    rows = [trajectory_row(t, seq=0, score_seq=None, now=now) for t in trajectories]
+    turns = [turn_row(t.id, i, turn) for t in trajectories for i, turn in enumerate(t.turns)]
+    ids = [r["id"] for r in rows]
+    taken = conn.execute("SELECT id FROM trajectories WHERE id = ANY(%s)", [ids]).fetchone()
+    if taken:
+        raise StoreError(
+            f"trajectory {taken['id']} is already stored; ids are unique, so give each "
+            "run a new Trajectory (tepo_agent.trajectory.new_id())"
+        )
+    seqs = take_numbers(conn, "seq_numbers", len(rows))
+    scored = [r for r in rows if r["score"] is not None]
+    score_seqs = take_numbers(conn, "score_seq_numbers", len(scored))
+    for row, seq in zip(rows, seqs, strict=True):
+        row["seq"] = seq
+    for row, score_seq in zip(scored, score_seqs, strict=True):
+        row["score_seq"] = score_seq
+    with conn.cursor() as cur:
+        cur.executemany(_insert_sql("trajectories", rows[0]), [tuple(r.values()) for r in rows])
+        if turns:
+            cur.executemany(_insert_sql("turns", turns[0]), [tuple(r.values()) for r in turns])
+
+
+class PostgresStore:
+    """The PostgreSQL trajectory store (see the module docstring for the cursor's design).
+
+    Args:
+        url: ``postgresql://user:password@host:port/database`` (libpq's URL form, so
+            ``?host=/run/postgresql`` reaches a unix socket); the schema is created or migrated
+            on open.
+        busy_timeout_s: How long an operation waits for locks held by other transactions.
+        max_connections: Connections this store opens at most (one per concurrent thread).
+    """
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0, max_connections: int = 8) -> None:
+        if not busy_timeout_s > 0:
+            raise ConfigError(f"busy_timeout_s must be > 0 seconds, got {busy_timeout_s}")
+        self.url = url
+        self.busy_timeout_s = float(busy_timeout_s)
+        self._pool = ConnectionPool(
+            url, max_size=max_connections, connect_timeout_s=min(busy_timeout_s, 30.0)
+        )
+        try:
+            if self.schema_version != SCHEMA_VERSION:
+                self._transaction(lambda conn: apply_migrations(conn))
+        except BaseException:
+            self._pool.close()
+            raise
+
+    # -- transactions --------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[Any]:
+        with self._pool.connection() as conn:
+            yield conn
+
+    def _transaction(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(conn)`` in one transaction, retried from the start on a serialization
+        failure or deadlock; database errors become :class:`StoreError`."""
+        psycopg = self._pool._psycopg
+        deadline = time.monotonic() + self.busy_timeout_s
+        delay = 0.002
+        while True:
+            try:
+                with self._connection() as conn, conn.transaction():
+                    timeout_ms = int(self.busy_timeout_s * 1000)
+                    conn.execute(f"SET LOCAL lock_timeout = {timeout_ms:d}")
+                    return fn(conn)
+            except psycopg.Error as exc:
+                state = getattr(exc, "sqlstate", None)
+                if state in _RETRY_STATES and time.monotonic() < deadline:
+                    time.sleep(delay * random.uniform(0.5, 1.5))
+                    delay = min(delay * 2, 0.1)
+                    continue
+                raise self._error(exc) from exc
+
+    def _error(self, exc: Exception) -> StoreError:
+        state = getattr(exc, "sqlstate", None) or ""
+        where = redact(self.url)
+        if state == "55P03":
+            return StoreError(
+                f"{where}: waited more than {self.busy_timeout_s:g} s for a lock held by another "
+                f"transaction ({exc}); find the session holding a long transaction "
+                "(pg_stat_activity), or raise busy_timeout_s"
+            )
+        if state.startswith("23"):
+            return StoreError(f"write rejected by the schema of {where}: {exc}")
+        return StoreError(f"PostgreSQL error on {where}: {exc}")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[dict[str, Any]]:
+        return self._transaction(lambda conn: conn.execute(sql, params).fetchall())
+
+    def _horizon(self, conn: Any, sequence: str) -> int:
+        """Steps 2-3 of the module docstring: the highest number handed out so far, once every
+        transaction that may hold a number up to it has ended."""
+        row = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
+        horizon = int(row["last_value"]) if row["is_called"] else int(row["last_value"]) - 1
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", [NUMBERING_LOCK])
+        return horizon
+
+    def _settled(self, sequence: str) -> int:
+        """:meth:`_horizon` in its own short transaction (the exclusive lock is released at
+        once); rows read afterwards by a new statement see every number up to it settled."""
+        return self._transaction(lambda conn: self._horizon(conn, sequence))
+
+    @property
+    def schema_version(self) -> int:
+        with self._connection() as conn:
+            try:
+                return schema_version(conn)
+            except self._pool._psycopg.Error as exc:
+                raise self._error(exc) from exc
+
+    # -- trajectories --------------------------------------------------------------------------
+
+    def add(self, trajectory: Trajectory) -> str:
+        """Store a trajectory and all its turns atomically; returns its id."""
+        return self.add_many([trajectory])[0]
+
+    def add_many(self, trajectories: Sequence[Trajectory]) -> builtins.list[str]:
+        """Store several trajectories (a GRPO group) in ONE transaction."""
+        if not trajectories:
+            return []
+        ids = [t.id for t in trajectories]
+        if len(set(ids)) != len(ids):
+            raise StoreError("add_many got the same trajectory id twice; every run needs new_id()")
+        now = time.time()
+        self._transaction(lambda conn: insert_trajectories(conn, trajectories, now))
+        return ids
+
+    def get(self, trajectory_id: str) -> Trajectory:
+        """The stored trajectory, every field as written (float arrays at float32 precision)."""
+
+        def read(conn: Any) -> Trajectory:
+            row = conn.execute(
+                "SELECT * FROM trajectories WHERE id = %s", [trajectory_id]
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no trajectory with id {trajectory_id!r} in {redact(self.url)}")
+            turns = conn.execute(
+                "SELECT * FROM turns WHERE trajectory_id = %s ORDER BY idx", [trajectory_id]
+            ).fetchall()
+            return trajectory_from_rows(_blobs(row), [_blobs(t) for t in turns])
+
+        return self._transaction(read)
+
+    def resolve_id(self, prefix: str) -> str:
+        """The full id of the one trajectory whose id starts with ``prefix``."""
+        prefix = prefix.strip().lower()
+        if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
+            raise StoreError(f"{prefix!r} is not a trajectory id (32 hex characters, or a prefix)")
+        rows = self._read(
+            "SELECT id FROM trajectories WHERE id >= %s AND id < %s ORDER BY id LIMIT 6",
+            [prefix, prefix + "g"],
+        )
+        if len(rows) == 1:
+            return str(rows[0]["id"])
+        where = redact(self.url)
+        if not rows:
+            raise StoreError(f"no trajectory with id {prefix!r} (or an id starting so) in {where}")
+        shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise StoreError(f"id prefix {prefix!r} is ambiguous in {where}: {shown}; give more of it")
+
+    def list(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        group_id: str | None = None,
+        app_tag: str | None = None,
+        since_seq: int | None = None,
+        newest_first: bool = False,
+    ) -> builtins.list[TrajectorySummary]:
+        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``).
+
+        With ``since_seq`` it is a cursor like ``scored_since``: it never returns a row while a
+        lower ``seq`` may still commit."""
+        if limit < 0 or offset < 0:
+            raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
+        where, params = [], []
+        for clause, value in (("group_id = %s", group_id), ("app_tag = %s", app_tag)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if since_seq is not None:
+            where.append("seq > %s AND seq <= %s")
+            params += [since_seq, self._settled("seq_numbers")]
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT %s OFFSET %s"
+        return [summary_from_row(r) for r in self._read(sql, [*params, limit, offset])]
+
+    def count(self) -> int:
+        return int(self._read("SELECT count(*) AS n FROM trajectories")[0]["n"])
+
+    # -- scores --------------------------------------------------------------------------------
+
+    def record_feedback(self, trajectory_id: str, value: float, source: str = "app") -> None:
+        """Keep a feedback row and set the trajectory's score to ``value`` (latest wins); the
+        first feedback queues it for the trainer (takes a ``score_seq``)."""
+        value = float(value)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(
+                f"feedback value must be a score in [0, 1], got {value}; map your application's "
+                "signal (thumbs up/down, stars) onto [0, 1] first"
+            )
+
+        def apply(conn: Any) -> None:
+            # FOR UPDATE: two first feedbacks at once must not both number the trajectory.
+            row = conn.execute(
+                "SELECT score_seq FROM trajectories WHERE id = %s FOR UPDATE", [trajectory_id]
+            ).fetchone()
+            if row is None:
+                raise StoreError(
+                    f"no trajectory with id {trajectory_id!r} in {redact(self.url)}; feedback "
+                    "must name a stored trajectory (the id the agent returned)"
+                )
+            conn.execute(
+                "INSERT INTO feedback (trajectory_id, source, value, created_at) "
+                "VALUES (%s, %s, %s, %s)",
+                [trajectory_id, source, value, time.time()],
+            )
+            score_seq = row["score_seq"]
+            if score_seq is None:
+                score_seq = take_numbers(conn, "score_seq_numbers", 1)[0]
+            conn.execute(
+                "UPDATE trajectories SET score = %s, score_seq = %s WHERE id = %s",
+                [value, score_seq, trajectory_id],
+            )
+
+        self._transaction(apply)
+
+    def feedback(self, trajectory_id: str) -> builtins.list[dict[str, Any]]:
+        """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
+        return self._read(
+            "SELECT source, value, created_at FROM feedback WHERE trajectory_id = %s ORDER BY id",
+            [trajectory_id],
+        )
+
+    def record_reward(self, trajectory_id: str, reward: float) -> None:
+        """Store the reward the trainer computed for a trajectory (for inspection)."""
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise ConfigError(f"reward must be finite, got {reward}")
+
+        def apply(conn: Any) -> None:
+            cur = conn.execute(
+                "UPDATE trajectories SET reward = %s WHERE id = %s", [reward, trajectory_id]
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"no trajectory with id {trajectory_id!r} in {redact(self.url)}")
+
+        self._transaction(apply)
+
+    def scored_since(self, seq: int, *, limit: int | None = None) -> builtins.list[TrajectoryGroup]:
+        """Scored trajectories with ``score_seq > seq``, grouped by ``group_id``: the same
+        contract as the SQLite store's, and never past a number that may still commit."""
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit must be >= 1 or None, got {limit}")
+        horizon = self._settled("score_seq_numbers")
+        base = (
+            "SELECT id, group_id, score_seq FROM trajectories "
+            "WHERE score_seq > %s AND score_seq <= %s ORDER BY score_seq"
+        )
+        if limit is None:
+            keys = self._read(base, [seq, horizon])
+        else:
+            keys = self._read(base + " LIMIT %s", [seq, horizon, limit])
+            if len(keys) == limit and keys[-1]["group_id"] is not None:
+                for row in self._read(base, [keys[-1]["score_seq"], horizon]):
+                    if row["group_id"] != keys[-1]["group_id"]:
+                        break
+                    keys.append(row)
+        groups: dict[str, builtins.list[dict[str, Any]]] = {}
+        for row in keys:
+            key = row["group_id"] if row["group_id"] is not None else "\0" + row["id"]
+            groups.setdefault(key, []).append(row)
+        return [
+            TrajectoryGroup(
+                group_id=rows[0]["group_id"],
+                members=[self.get(r["id"]) for r in rows],
+                seq=max(int(r["score_seq"]) for r in rows),
+            )
+            for rows in groups.values()
+        ]
+
+    # -- trainer steps -------------------------------------------------------------------------
+
+    def record_train_step(
+        self,
+        step: int,
+        metrics: dict[str, Any],
+        *,
+        cursor_seq: int,
+        policy_version: int | None,
+        published_version: int | None = None,
+    ) -> None:
+        """Record a trainer step: the ``score_seq`` cursor it consumed up to, and its metrics."""
+        row = [int(step), policy_version, published_version, int(cursor_seq),
+               dump_json(metrics), time.time()]  # fmt: skip
+
+        def insert(conn: Any) -> None:
+            cur = conn.execute(
+                "INSERT INTO train_steps (step, policy_version, published_version, cursor_seq, "
+                "metrics, created_at) VALUES (%s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (step) DO NOTHING",
+                row,
+            )
+            if cur.rowcount == 0:
+                raise StoreError(f"train step {step} is already recorded; steps are unique")
+
+        self._transaction(insert)
+
+    def train_steps(self) -> builtins.list[TrainStep]:
+        rows = self._read("SELECT * FROM train_steps ORDER BY step")
+        return [TrainStep(**{**r, "metrics": load_json(r["metrics"]) or {}}) for r in rows]
+
+    # -- export / lifecycle --------------------------------------------------------------------
+
+    def export_jsonl(self, path_or_file: str | os.PathLike[str] | IO[str]) -> int:
+        """Write every trajectory (with turns and token arrays) as one JSON line; returns count."""
+        if isinstance(path_or_file, (str, os.PathLike)):
+            with open(path_or_file, "w", encoding="utf-8") as fh:
+                return self.export_jsonl(fh)
+        count, after = 0, 0
+        while True:
+            batch = self._read(
+                "SELECT id, seq, score_seq, reward FROM trajectories WHERE seq > %s "
+                "ORDER BY seq LIMIT 256",
+                [after],
+            )
+            if not batch:
+                return count
+            for row in batch:
+                record = asdict(self.get(row["id"]))
+                record.update(seq=row["seq"], score_seq=row["score_seq"], reward=row["reward"])
+                path_or_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+            after = batch[-1]["seq"]
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> PostgresStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r})"
+
+
+def _blobs(row: dict[str, Any]) -> dict[str, Any]:
+    """psycopg returns BYTEA as ``bytes`` already; memoryviews (binary cursors) become bytes."""
+    return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
+
+
+def _insert_sql(table: str, row: dict[str, Any]) -> str:
+    """``INSERT`` for rows shaped like ``row`` (all rows built by one function: same key order)."""
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})"
