@@ -111,7 +111,7 @@ def test_late_feedback_takes_a_number_under_the_same_rule(
     # A gives the first feedback by hand (the store's own statements) and stays open.
     from tepo_agent.store.postgres import take_numbers
 
-    number = take_numbers(slow_writer, "score_seq_numbers", 1)[0]
+    number = take_numbers(slow_writer, seqs=0, score_seqs=1)[1][0]
     slow_writer.execute(
         "UPDATE trajectories SET score = 1.0, score_seq = %s WHERE id = %s", [number, unscored.id]
     )

@@ -47,14 +47,17 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import IO, Any, TypeVar
 
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.store._codec import dump_json, load_json
+from tepo_agent.store._pg_numbering import insert_trajectories, settled_horizon, take_numbers
 from tepo_agent.store._pg_pool import ConnectionPool, redact
+from tepo_agent.store._pg_registry import PgPolicyOps
+from tepo_agent.store._pg_side import PgSideOps
 from tepo_agent.store._records import (
     SUMMARY_COLUMNS,
     TrainStep,
@@ -62,58 +65,18 @@ from tepo_agent.store._records import (
     TrajectorySummary,
     summary_from_row,
     trajectory_from_rows,
-    trajectory_row,
-    turn_row,
 )
+from tepo_agent.store._side_records import FeedbackRow, TrajectoryFilter
 from tepo_agent.store.pg_schema import SCHEMA_VERSION, apply_migrations, schema_version
 from tepo_agent.trajectory import Trajectory
 
 T = TypeVar("T")
 
-NUMBERING_LOCK = 7_405_611_002
-"""Advisory lock key: shared while a writer holds unconfirmed numbers, exclusive in readers."""
-
 # SQLSTATEs retried from the start of the transaction: serialization failure, deadlock.
 _RETRY_STATES = {"40001", "40P01"}
 
 
-def take_numbers(conn: Any, sequence: str, count: int) -> list[int]:
-    """``count`` increasing values of ``sequence``, taken under the shared numbering lock (step 1
-    of the module docstring); call it inside the writing transaction, as late as possible."""
-    if count == 0:
-        return []
-    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", [NUMBERING_LOCK])
-    rows = conn.execute(
-        "SELECT nextval(%s) AS n FROM generate_series(1, %s)", [sequence, count]
-    ).fetchall()
-    return sorted(int(r["n"]) for r in rows)
-
-
-def insert_trajectories(conn: Any, trajectories: Sequence[Trajectory], now: float) -> None:
-    """Insert trajectories and their turns in the caller's open transaction, numbering them."""
-    rows = [trajectory_row(t, seq=0, score_seq=None, now=now) for t in trajectories]
-    turns = [turn_row(t.id, i, turn) for t in trajectories for i, turn in enumerate(t.turns)]
-    ids = [r["id"] for r in rows]
-    taken = conn.execute("SELECT id FROM trajectories WHERE id = ANY(%s)", [ids]).fetchone()
-    if taken:
-        raise StoreError(
-            f"trajectory {taken['id']} is already stored; ids are unique, so give each "
-            "run a new Trajectory (tepo_agent.trajectory.new_id())"
-        )
-    seqs = take_numbers(conn, "seq_numbers", len(rows))
-    scored = [r for r in rows if r["score"] is not None]
-    score_seqs = take_numbers(conn, "score_seq_numbers", len(scored))
-    for row, seq in zip(rows, seqs, strict=True):
-        row["seq"] = seq
-    for row, score_seq in zip(scored, score_seqs, strict=True):
-        row["score_seq"] = score_seq
-    with conn.cursor() as cur:
-        cur.executemany(_insert_sql("trajectories", rows[0]), [tuple(r.values()) for r in rows])
-        if turns:
-            cur.executemany(_insert_sql("turns", turns[0]), [tuple(r.values()) for r in turns])
-
-
-class PostgresStore:
+class PostgresStore(PgPolicyOps, PgSideOps):
     """The PostgreSQL trajectory store (see the module docstring for the cursor's design).
 
     Args:
@@ -121,23 +84,53 @@ class PostgresStore:
             ``?host=/run/postgresql`` reaches a unix socket); the schema is created or migrated
             on open.
         busy_timeout_s: How long an operation waits for locks held by other transactions.
+        create: Whether a database without the store's tables may be given them (False: such
+            a database is a :class:`StoreError`, as a missing file is for SQLite).
+        read_only: Open without migrating and refuse every write (the report, the dashboard).
         max_connections: Connections this store opens at most (one per concurrent thread).
     """
 
-    def __init__(self, url: str, *, busy_timeout_s: float = 30.0, max_connections: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        busy_timeout_s: float = 30.0,
+        create: bool = True,
+        read_only: bool = False,
+        max_connections: int = 8,
+    ) -> None:
         if not busy_timeout_s > 0:
             raise ConfigError(f"busy_timeout_s must be > 0 seconds, got {busy_timeout_s}")
         self.url = url
         self.busy_timeout_s = float(busy_timeout_s)
+        self.read_only = read_only
         self._pool = ConnectionPool(
             url, max_size=max_connections, connect_timeout_s=min(busy_timeout_s, 30.0)
         )
         try:
-            if self.schema_version != SCHEMA_VERSION:
-                self._transaction(lambda conn: apply_migrations(conn))
+            self._open(create=create)
         except BaseException:
             self._pool.close()
             raise
+
+    def _open(self, *, create: bool) -> None:
+        version = self.schema_version
+        if version == SCHEMA_VERSION:
+            return
+        if version == 0 and (self.read_only or not create):
+            raise StoreError(
+                f"no trajectory store in {self.location} (the database has none of its "
+                "tables); pass the right URL (--db or $TEPO_AGENT_DB) or create one by running "
+                "the agent with it"
+            )
+        if version > SCHEMA_VERSION or not self.read_only:
+            # A newer schema is refused by apply_migrations with the words to upgrade.
+            self._transaction(lambda conn: apply_migrations(conn))
+
+    @property
+    def location(self) -> str:
+        """The URL without its password."""
+        return redact(self.url)
 
     # -- transactions --------------------------------------------------------------------------
 
@@ -148,13 +141,16 @@ class PostgresStore:
 
     def _transaction(self, fn: Callable[[Any], T]) -> T:
         """Run ``fn(conn)`` in one transaction, retried from the start on a serialization
-        failure or deadlock; database errors become :class:`StoreError`."""
+        failure or deadlock; database errors become :class:`StoreError`. A read-only store
+        runs every transaction READ ONLY, so PostgreSQL itself refuses a write."""
         psycopg = self._pool._psycopg
         deadline = time.monotonic() + self.busy_timeout_s
         delay = 0.002
         while True:
             try:
                 with self._connection() as conn, conn.transaction():
+                    if self.read_only:
+                        conn.execute("SET TRANSACTION READ ONLY")
                     timeout_ms = int(self.busy_timeout_s * 1000)
                     conn.execute(f"SET LOCAL lock_timeout = {timeout_ms:d}")
                     return fn(conn)
@@ -175,6 +171,8 @@ class PostgresStore:
                 f"transaction ({exc}); find the session holding a long transaction "
                 "(pg_stat_activity), or raise busy_timeout_s"
             )
+        if state == "25006":
+            return StoreError(f"{where} was opened read-only; open it writable to change it")
         if state.startswith("23"):
             return StoreError(f"write rejected by the schema of {where}: {exc}")
         return StoreError(f"PostgreSQL error on {where}: {exc}")
@@ -182,18 +180,10 @@ class PostgresStore:
     def _read(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[dict[str, Any]]:
         return self._transaction(lambda conn: conn.execute(sql, params).fetchall())
 
-    def _horizon(self, conn: Any, sequence: str) -> int:
-        """Steps 2-3 of the module docstring: the highest number handed out so far, once every
-        transaction that may hold a number up to it has ended."""
-        row = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
-        horizon = int(row["last_value"]) if row["is_called"] else int(row["last_value"]) - 1
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", [NUMBERING_LOCK])
-        return horizon
-
     def _settled(self, sequence: str) -> int:
         """:meth:`_horizon` in its own short transaction (the exclusive lock is released at
         once); rows read afterwards by a new statement see every number up to it settled."""
-        return self._transaction(lambda conn: self._horizon(conn, sequence))
+        return self._transaction(lambda conn: settled_horizon(conn, sequence))
 
     @property
     def schema_version(self) -> int:
@@ -253,38 +243,86 @@ class PostgresStore:
         shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
         raise StoreError(f"id prefix {prefix!r} is ambiguous in {where}: {shown}; give more of it")
 
+    def existing_ids(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` that are stored."""
+        wanted = builtins.list(dict.fromkeys(ids))
+        if not wanted:
+            return set()
+        rows = self._read("SELECT id FROM trajectories WHERE id = ANY(%s)", [wanted])
+        return {r["id"] for r in rows}
+
+    def _where(self, filters: TrajectoryFilter) -> tuple[str, builtins.list[Any]]:
+        """The WHERE clause of ``filters``; ``since_seq`` is a cursor like ``scored_since``'s:
+        it never selects a row while a lower ``seq`` may still commit."""
+        where, params = [], []
+        for clause, value in (
+            ("group_id = %s", filters.group_id),
+            ("app_tag = %s", filters.app_tag),
+            ("policy_version = %s", filters.policy_version),
+            ("score >= %s", filters.min_score),
+            ("score <= %s", filters.max_score),
+            ("id IN (SELECT trajectory_id FROM turns WHERE role = 'tool' AND tool_name = %s)",
+             filters.tool),
+        ):  # fmt: skip
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if filters.since_seq is not None:
+            where.append("seq > %s AND seq <= %s")
+            params += [filters.since_seq, self._settled("seq_numbers")]
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
     def list(
         self,
         *,
         limit: int = 100,
         offset: int = 0,
+        newest_first: bool = False,
         group_id: str | None = None,
         app_tag: str | None = None,
         since_seq: int | None = None,
-        newest_first: bool = False,
+        policy_version: int | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        tool: str | None = None,
     ) -> builtins.list[TrajectorySummary]:
-        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``).
-
-        With ``since_seq`` it is a cursor like ``scored_since``: it never returns a row while a
-        lower ``seq`` may still commit."""
+        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``), of
+        those every given filter selects."""
         if limit < 0 or offset < 0:
             raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
-        where, params = [], []
-        for clause, value in (("group_id = %s", group_id), ("app_tag = %s", app_tag)):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        if since_seq is not None:
-            where.append("seq > %s AND seq <= %s")
-            params += [since_seq, self._settled("seq_numbers")]
-        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = self._where(
+            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
+                             since_seq)
+        )  # fmt: skip
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT %s OFFSET %s"
         return [summary_from_row(r) for r in self._read(sql, [*params, limit, offset])]
 
-    def count(self) -> int:
-        return int(self._read("SELECT count(*) AS n FROM trajectories")[0]["n"])
+    def count(
+        self,
+        *,
+        group_id: str | None = None,
+        app_tag: str | None = None,
+        since_seq: int | None = None,
+        policy_version: int | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        tool: str | None = None,
+    ) -> int:
+        """How many trajectories the filters select (all of them without filters)."""
+        where, params = self._where(
+            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
+                             since_seq)
+        )  # fmt: skip
+        return int(self._read(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
+
+    def newest_sampled_version(self) -> int | None:
+        """The policy version of the newest trajectory that records one."""
+        rows = self._read(
+            "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        return int(rows[0]["v"]) if rows else None
 
     # -- scores --------------------------------------------------------------------------------
 
@@ -315,7 +353,7 @@ class PostgresStore:
             )
             score_seq = row["score_seq"]
             if score_seq is None:
-                score_seq = take_numbers(conn, "score_seq_numbers", 1)[0]
+                score_seq = take_numbers(conn, seqs=0, score_seqs=1)[1][0]
             conn.execute(
                 "UPDATE trajectories SET score = %s, score_seq = %s WHERE id = %s",
                 [value, score_seq, trajectory_id],
@@ -323,9 +361,9 @@ class PostgresStore:
 
         self._transaction(apply)
 
-    def feedback(self, trajectory_id: str) -> builtins.list[dict[str, Any]]:
+    def feedback(self, trajectory_id: str) -> builtins.list[FeedbackRow]:
         """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
-        return self._read(
+        return self._read(  # type: ignore[return-value]
             "SELECT source, value, created_at FROM feedback WHERE trajectory_id = %s ORDER BY id",
             [trajectory_id],
         )
@@ -376,6 +414,11 @@ class PostgresStore:
             )
             for rows in groups.values()
         ]
+
+    def count_scored_since(self, seq: int) -> int:
+        """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
+        rows = self._read("SELECT count(*) AS n FROM trajectories WHERE score_seq > %s", [seq])
+        return int(rows[0]["n"])
 
     # -- trainer steps -------------------------------------------------------------------------
 
@@ -447,8 +490,3 @@ class PostgresStore:
 def _blobs(row: dict[str, Any]) -> dict[str, Any]:
     """psycopg returns BYTEA as ``bytes`` already; memoryviews (binary cursors) become bytes."""
     return {k: bytes(v) if isinstance(v, memoryview) else v for k, v in row.items()}
-
-
-def _insert_sql(table: str, row: dict[str, Any]) -> str:
-    """``INSERT`` for rows shaped like ``row`` (all rows built by one function: same key order)."""
-    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(['%s'] * len(row))})"
