@@ -20,41 +20,38 @@ from tepo_agent.report.colour import scale_json, scale_max
 from tepo_agent.report.page import render_page
 from tepo_agent.report.queries import SampleFilter
 from tepo_agent.report.tokens import TokenDecoder, load_decoder
+from tepo_agent.store import redact
 
 
 def collect(
     db: str | os.PathLike[str], sample: SampleFilter, decoder: TokenDecoder
 ) -> dict[str, Any]:
     """The report's data for the store at ``db`` (read-only)."""
-    conn = queries.open_readonly(db)
-    try:
-        # One read transaction: every view reflects the same moment of the store.
-        conn.execute("BEGIN")
-        trajectories = queries.trajectory_sample(conn, sample, decoder)
+    with queries.open_readonly(db) as store:
+        # The stamp first: data read after it is at least as new, so a change in between makes
+        # the dashboard's next poll see a new stamp and collect again (never a stale page).
+        stamp = queries.stamp(store)
+        trajectories = queries.trajectory_sample(store, sample, decoder)
         entropies = [h for t in trajectories for u in t["turns"] for h in u.get("ent", ())]
-        data = {
+        return {
             "meta": {
                 "title": "tepo-agent report",
-                "db": str(db),
+                "db": redact(str(db)),  # a URL's password never reaches the page
                 "generated_at": time.time(),
-                "trajectories": queries.count_matching(conn, SampleFilter()),
-                "matching": queries.count_matching(conn, sample),
+                "trajectories": queries.count_matching(store, SampleFilter()),
+                "matching": queries.count_matching(store, sample),
                 "trajectory_id": sample.trajectory_id,
-                "stamp": queries.stamp(conn),
+                "stamp": stamp,
             },
-            "policies": queries.policies(conn),
-            "events": queries.policy_events(conn),
-            "versions": queries.version_stats(conn),
-            "train": queries.train_curves(conn),
-            "evaluations": queries.evaluations(conn),
-            "tools": queries.tool_stats(conn),
+            "policies": queries.policies(store),
+            "events": queries.policy_events(store),
+            "versions": queries.version_stats(store),
+            "train": queries.train_curves(store),
+            "evaluations": queries.evaluations(store),
+            "tools": queries.tool_stats(store),
             "trajectories": trajectories,
             "scale": scale_json(scale_max(entropies)),
         }
-        conn.execute("COMMIT")
-        return data
-    finally:
-        conn.close()
 
 
 def write_report(

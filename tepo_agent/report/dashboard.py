@@ -68,11 +68,8 @@ def create_dashboard_app(
         with lock:  # one collect at a time; viewers polling together share it
             if not decoder:  # the tokenizer is loaded on the first page, not at start
                 decoder.append(load_decoder(model, db))
-            conn = queries.open_readonly(db)
-            try:
-                now = queries.stamp(conn)
-            finally:
-                conn.close()
+            with queries.open_readonly(db) as store:
+                now = queries.stamp(store)
             if latest.get("stamp") != now:
                 data = collect(db, sample, decoder[0])
                 data["meta"]["title"] = "tepo-agent dashboard"

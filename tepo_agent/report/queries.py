@@ -1,24 +1,24 @@
 """Read-only queries that turn a trajectory store into the report's data (plain JSON values).
 
-Everything here runs on a read-only SQLite connection (:func:`open_readonly`), so the report and
-the dashboard can never write to a store that agents and the trainer are writing to. Tables that
-an older store or another component may lack (``policy_events``, ``evaluations``) read as empty.
+Everything here reads a store opened read-only (:func:`open_readonly`), so the report and the
+dashboard can never write to a store that agents and the trainer are writing to. What an older
+store lacks (``policy_events``, ``evaluations``) reads as empty.
 
-Bounded for large stores: aggregates (per policy version, per tool) are computed in SQL over every
-row; only ``sample`` trajectories are read with their tokens.
+Bounded for large stores: aggregates (per policy version, per tool) are computed by the store's
+database over every row (:class:`~tepo_agent.store.protocol.ReportOps`); only ``sample``
+trajectories are read with their tokens.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from dataclasses import dataclass
-from pathlib import Path
+import os
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.report.tokens import TokenDecoder
-from tepo_agent.store._codec import decode_floats, decode_ids
+from tepo_agent.store import Store, TrajectorySummary, open_store
+from tepo_agent.trajectory import Turn
 from tepo_agent.trajectory import error_kind_from_text as error_kind
 
 CURVE_METRICS: tuple[tuple[str, str], ...] = (
@@ -63,245 +63,155 @@ class SampleFilter:
             raise ConfigError(f"the trajectory sample needs limit >= 1, got {self.limit}")
 
 
-def open_readonly(path: str | Path) -> sqlite3.Connection:
-    """A read-only connection to the store at ``path`` (refused if it does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"no trajectory database at {path}; pass the right --db")
-    try:
-        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30.0)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open {path} read-only: {exc}") from exc
-    conn.row_factory = sqlite3.Row
-    conn.create_function("error_kind_of", 1, error_kind, deterministic=True)
-    return conn
+def open_readonly(target: str | os.PathLike[str]) -> Store:
+    """The store at ``target`` (a path or URL) opened read-only (refused if it does not exist)."""
+    return open_store(target, create=False, read_only=True)
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+def _filters(f: SampleFilter) -> dict[str, Any]:
+    """``f`` as the store's filter keywords."""
+    return {"policy_version": f.policy_version, "min_score": f.min_score,
+            "max_score": f.max_score, "tool": f.tool, "group_id": f.group_id}  # fmt: skip
 
 
-def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-
-
-def _rows(conn: sqlite3.Connection, sql: str, params: list[Any] | tuple = ()) -> list[dict]:
-    return [dict(r) for r in conn.execute(sql, params)]
-
-
-def stamp(conn: sqlite3.Connection) -> str:
+def stamp(store: Store) -> str:
     """Changes whenever anything the report shows changes (the dashboard polls it)."""
-    parts = [
-        "SELECT max(seq), count(*), max(score_seq), total(score), total(reward) FROM trajectories",
-        "SELECT max(id) FROM feedback",
-        "SELECT max(step) FROM train_steps",
-        "SELECT max(updated_at), count(*) FROM policies",
-    ]
-    tables = _tables(conn)
-    parts += [f"SELECT max(id) FROM {t}" for t in ("policy_events", "evaluations") if t in tables]
-    return json.dumps([list(conn.execute(sql).fetchone()) for sql in parts])
+    return store.report_stamp()
 
 
-def policies(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def policies(store: Store) -> list[dict[str, Any]]:
     """Every version with its status, reason and the gate's scalar numbers."""
     out = []
-    for row in _rows(conn, "SELECT * FROM policies ORDER BY version"):
-        metrics = json.loads(row.pop("metrics") or "{}")
+    for record in store.policies():
+        row = asdict(record)
+        metrics = row.pop("metrics") or {}
         gate = metrics.get("gate") if isinstance(metrics.get("gate"), dict) else {}
         row["gate"] = {k: v for k, v in gate.items() if isinstance(v, int | float | str)}
         out.append(row)
     return out
 
 
-def policy_events(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    if "policy_events" not in _tables(conn):
-        return []
-    rows = _rows(conn, "SELECT version, event, detail, created_at FROM policy_events ORDER BY id")
-    for row in rows:
-        detail = json.loads(row["detail"] or "{}")
+def policy_events(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    for e in store.policy_events():
+        detail = dict(e.detail)
         # the gate's per-item scores can be long; the page shows the scalars
         gate = detail.get("gate")
         if isinstance(gate, dict):
             detail["gate"] = {k: v for k, v in gate.items() if isinstance(v, int | float | str)}
         detail.pop("live_gate", None)
-        row["detail"] = detail
+        rows.append(
+            {"version": e.version, "event": e.event, "detail": detail, "created_at": e.created_at}
+        )
     return rows
 
 
-def version_stats(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def version_stats(store: Store) -> list[dict[str, Any]]:
     """Per policy version, over every stored trajectory: runs, mean score and reward, calls."""
-    return _rows(
-        conn,
-        "SELECT policy_version AS version, count(*) AS runs, avg(score) AS score, "
-        "count(score) AS scored, avg(reward) AS reward, avg(num_tool_calls) AS calls, "
-        "total(num_entropy_reducing_calls) / nullif(total(num_tool_calls), 0) AS reducing_share "
-        "FROM trajectories GROUP BY policy_version ORDER BY policy_version",
-    )
+    return [asdict(v) for v in store.version_stats()]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def train_curves(conn: sqlite3.Connection) -> dict[str, Any]:
+def train_curves(store: Store) -> dict[str, Any]:
     """Every train step with the :data:`CURVE_METRICS` it recorded."""
     rows = []
-    for r in conn.execute(
-        "SELECT step, policy_version, published_version, metrics, created_at FROM train_steps "
-        "ORDER BY step"
-    ):
-        row = dict(r)
-        metrics = json.loads(row.pop("metrics") or "{}")
-        values = {k: metrics[k] for k, _ in CURVE_METRICS if _is_number(metrics.get(k))}
-        rows.append({**row, "values": values})
+    for s in store.train_steps():
+        values = {k: s.metrics[k] for k, _ in CURVE_METRICS if _is_number(s.metrics.get(k))}
+        rows.append({"step": s.step, "policy_version": s.policy_version,
+                     "published_version": s.published_version, "created_at": s.created_at,
+                     "values": values})  # fmt: skip
     present = [[k, label] for k, label in CURVE_METRICS if any(k in r["values"] for r in rows)]
     return {"metrics": present, "steps": rows}
 
 
-def evaluations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def evaluations(store: Store) -> list[dict[str, Any]]:
     """Stored evaluations (``tepo-agent eval``, the gate, the demo), oldest first; [] if the store
     has no evaluations table."""
-    if "evaluations" not in _tables(conn):
-        return []
     out = []
-    for row in _rows(conn, "SELECT * FROM evaluations ORDER BY id"):
-        summary = json.loads(row.get("summary") or "{}")
-        acc = summary.get("accuracy")
+    for e in store.evaluations():
+        acc = e.summary.get("accuracy")
         acc = acc if isinstance(acc, dict) else {"estimate": acc}
         out.append(
             {
-                "id": row.get("id"),
-                "version": row.get("policy_version"),
-                "label": row.get("label"),
-                "suite": row.get("suite"),
-                "n": row.get("n"),
-                "seed": row.get("seed"),
+                "id": e.id,
+                "version": e.policy_version,
+                "label": e.label,
+                "suite": e.suite,
+                "n": e.n,
+                "seed": e.seed,
                 "accuracy": acc.get("estimate"),
                 "low": acc.get("low"),
                 "high": acc.get("high"),
-                "calls_per_run": summary.get("calls_per_run"),
-                "format_error_rate": summary.get("format_error_rate"),
-                "reducing_share": summary.get("entropy_reducing_share"),
-                "mean_delta_entropy": summary.get("mean_delta_entropy"),
-                "created_at": row.get("created_at"),
+                "calls_per_run": e.summary.get("calls_per_run"),
+                "format_error_rate": e.summary.get("format_error_rate"),
+                "reducing_share": e.summary.get("entropy_reducing_share"),
+                "mean_delta_entropy": e.summary.get("mean_delta_entropy"),
+                "created_at": e.created_at,
             }
         )
     return out
 
 
-def _error_kind_sql(conn: sqlite3.Connection) -> str:
-    if "error_kind" in _columns(conn, "turns"):
-        return "coalesce(error_kind, error_kind_of(tool_error))"
-    return "error_kind_of(tool_error)"
-
-
-def tool_stats(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+def tool_stats(store: Store) -> list[dict[str, Any]]:
     """Per tool: calls, errors by kind, mean ΔH, share of calls that reduced entropy, latency."""
-    stats = _rows(
-        conn,
-        "SELECT coalesce(tool_name, '(unparsed)') AS name, count(*) AS calls, "
-        "avg(delta_entropy) AS mean_delta_entropy, count(delta_entropy) AS known, "
-        "1.0 * sum(delta_entropy < 0) / nullif(count(delta_entropy), 0) AS reducing_share, "
-        "avg(tool_latency_s) AS mean_latency_s "
-        "FROM turns WHERE role = 'tool' GROUP BY 1 ORDER BY calls DESC",
-    )
-    errors: dict[str, dict[str, int]] = {}
-    for r in conn.execute(
-        f"SELECT coalesce(tool_name, '(unparsed)'), {_error_kind_sql(conn)}, count(*) "
-        "FROM turns WHERE role = 'tool' AND tool_error IS NOT NULL GROUP BY 1, 2"
-    ):
-        errors.setdefault(r[0], {})[r[1]] = r[2]
-    for s in stats:
-        s["errors"] = errors.get(s["name"], {})
-    return stats
+    return [asdict(t) for t in store.tool_stats()]
 
 
-def _where(f: SampleFilter) -> tuple[str, list[Any]]:
-    where, params = [], []
-    for clause, value in (
-        ("policy_version = ?", f.policy_version),
-        ("score >= ?", f.min_score),
-        ("score <= ?", f.max_score),
-        ("group_id = ?", f.group_id),
-        ("id IN (SELECT trajectory_id FROM turns WHERE role = 'tool' AND tool_name = ?)", f.tool),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
-
-
-def count_matching(conn: sqlite3.Connection, f: SampleFilter) -> int:
+def count_matching(store: Store, f: SampleFilter) -> int:
     """How many stored trajectories the filter matches (the sample shows at most ``limit``)."""
     if f.trajectory_id is not None:
         return 1
-    where, params = _where(f)
-    return int(conn.execute("SELECT count(*) FROM trajectories" + where, params).fetchone()[0])
+    return store.count(**_filters(f))
 
 
-def _sample_ids(conn: sqlite3.Connection, f: SampleFilter) -> list[str]:
+def _sample(store: Store, f: SampleFilter) -> list[TrajectorySummary]:
     if f.trajectory_id is not None:
-        row = conn.execute("SELECT id FROM trajectories WHERE id = ?", [f.trajectory_id]).fetchone()
-        if row is None:
-            raise StoreError(f"no trajectory with id {f.trajectory_id!r} in the store")
-        return [row[0]]
-    where, params = _where(f)
-    sql = f"SELECT id FROM trajectories{where} ORDER BY seq DESC LIMIT ?"
-    return [r[0] for r in conn.execute(sql, [*params, f.limit])]
+        one = store.list(trajectory_id=f.trajectory_id, limit=1)
+        if not one:
+            raise StoreError(f"no trajectory with id {f.trajectory_id!r} in {store.location}")
+        return one
+    return store.list(newest_first=True, limit=f.limit, **_filters(f))
 
 
-def _turn_json(t: sqlite3.Row, decoder: TokenDecoder, full: bool, kinds: bool) -> dict[str, Any]:
-    if t["role"] == "assistant":
-        ents = decode_floats(t["entropies"]) or []
+def _turn_json(t: Turn, decoder: TokenDecoder, full: bool) -> dict[str, Any]:
+    if t.role == "assistant":
         return {
             "role": "assistant",
-            "v": t["policy_version"],
-            "h": t["entropy_mean"],
-            "kind": t["entropy_kind"],
-            "finish": t["finish_reason"],
-            "pieces": decoder.pieces(decode_ids(t["token_ids"])),
-            "ent": [round(h, 4) for h in ents],
+            "v": t.policy_version,
+            "h": t.entropy_mean,
+            "kind": t.entropy_kind,
+            "finish": t.finish_reason,
+            "pieces": decoder.pieces(t.token_ids),
+            "ent": [round(h, 4) for h in t.entropies or []],
         }
-    result = t["tool_result"]
+    result = t.tool_result
     if result is not None and not full and len(result) > _RESULT_CHARS:
         result = result[:_RESULT_CHARS] + f"… ({len(result) - _RESULT_CHARS} more characters)"
-    error = t["tool_error"]
-    kind = t["error_kind"] if kinds and t["error_kind"] else error_kind(error)
     return {
         "role": "tool",
-        "name": t["tool_name"],
-        "args": json.loads(t["tool_args"]) if t["tool_args"] is not None else None,
+        "name": t.tool_name,
+        "args": t.tool_args,
         "result": result,
-        "error": error,
-        "error_kind": kind,
-        "latency": t["tool_latency_s"],
-        "dh": t["delta_entropy"],
+        "error": t.tool_error,
+        "error_kind": t.error_kind or error_kind(t.tool_error),
+        "latency": t.tool_latency_s,
+        "dh": t.delta_entropy,
     }
 
 
-def trajectory_sample(
-    conn: sqlite3.Connection, f: SampleFilter, decoder: TokenDecoder
-) -> list[dict[str, Any]]:
+_HEAD = ("id", "seq", "task", "group_id", "policy_version", "status", "score", "reward", "answer",
+         "num_tool_calls", "created_at")  # fmt: skip
+
+
+def trajectory_sample(store: Store, f: SampleFilter, decoder: TokenDecoder) -> list[dict[str, Any]]:
     """The chosen trajectories (newest first) with every turn and per-token entropy."""
-    ids = _sample_ids(conn, f)
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    heads = {
-        r["id"]: r
-        for r in _rows(
-            conn,
-            "SELECT id, seq, task, group_id, policy_version, status, score, reward, answer, "
-            f"num_tool_calls, created_at FROM trajectories WHERE id IN ({marks})",
-            ids,
-        )
-    }
-    kinds = "error_kind" in _columns(conn, "turns")
-    turns: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-    for t in conn.execute(
-        f"SELECT * FROM turns WHERE trajectory_id IN ({marks}) ORDER BY trajectory_id, idx", ids
-    ):
-        turns[t["trajectory_id"]].append(
-            _turn_json(t, decoder, full=f.trajectory_id is not None, kinds=kinds)
-        )
-    return [{**heads[i], "turns": turns[i]} for i in ids]
+    out = []
+    for summary in _sample(store, f):
+        head = {k: getattr(summary, k) for k in _HEAD}
+        turns = store.get(summary.id).turns
+        full = f.trajectory_id is not None
+        out.append({**head, "turns": [_turn_json(t, decoder, full) for t in turns]})
+    return out

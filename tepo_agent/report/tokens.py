@@ -11,13 +11,13 @@ version 0 (``policies.path``), else the default model directories if they were b
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tepo_agent.errors import ConfigError
+from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.paths import bootstrapped_model_dir, default_home
+from tepo_agent.store import is_store_url, open_store
 
 
 class TokenDecoder:
@@ -44,17 +44,14 @@ def _has_tokenizer(path: Path) -> bool:
 def candidate_dirs(db_path: str | os.PathLike[str] | None) -> list[Path]:
     """Where a tokenizer is looked for when no model is named, in order."""
     found: list[Path] = []
-    if db_path is not None and Path(db_path).is_file():
+    if db_path is not None and (is_store_url(db_path) or Path(db_path).is_file()):
         try:
-            conn = sqlite3.connect(f"file:{Path(db_path)}?mode=ro", uri=True)
-            try:
-                row = conn.execute("SELECT path FROM policies WHERE version = 0").fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error:
-            row = None
-        if row is not None:
-            found.append(Path(row[0]))
+            with open_store(db_path, create=False, read_only=True) as store:
+                base = store.policy(0)
+        except StoreError:
+            base = None
+        if base is not None:
+            found.append(Path(base.path))
     found += [bootstrapped_model_dir(), default_home() / "models" / "default-init"]
     return found
 

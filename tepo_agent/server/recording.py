@@ -32,7 +32,7 @@ from tepo_agent.errors import ConfigError
 from tepo_agent.server.keys import Principal
 from tepo_agent.server.sessions import LiveTrajectory, Plan, SessionTable
 from tepo_agent.server.transcript import to_trajectory
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import ServedResponse, Store
 
 LOG = logging.getLogger("tepo_agent.serve.record")
 
@@ -75,7 +75,7 @@ class Recorder:
 
     def __init__(
         self,
-        store: TrajectoryStore,
+        store: Store,
         chat_format: ChatFormat,
         config: RecordingConfig | None = None,
     ) -> None:
@@ -178,16 +178,12 @@ class Recorder:
         try:
             trajectory = to_trajectory(live, self.chat_format)
             self.store.add(trajectory)
-            rows = [
-                (rid, live.id, live.session_id, live.owner, time.time())
-                for rid in live.response_ids()
-            ]
-            self.store.write(
-                lambda db: db.conn.executemany(
-                    "INSERT OR REPLACE INTO served_responses (response_id, trajectory_id, "
-                    "session_id, owner, created_at) VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
+            now = time.time()
+            self.store.record_served(
+                [
+                    ServedResponse(rid, live.id, live.session_id, live.owner, now)
+                    for rid in live.response_ids()
+                ]
             )
             self.count(live.owner, "trajectories_recorded")
         except Exception:

@@ -18,7 +18,7 @@ an unknown one. The admin key sees and scores everything.
 from __future__ import annotations
 
 import asyncio
-import json
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import Request
@@ -82,24 +82,15 @@ def _live(recorder: Recorder, who: Principal, req: FeedbackRequest) -> list[Live
 
 def _stored(recorder: Recorder, who: Principal, req: FeedbackRequest) -> set[str]:
     """Ids of written trajectories ``req`` names that ``who`` may score."""
-    column, value = next(
-        (c, v)
-        for c, v in (
-            ("response_id", req.response_id),
-            ("trajectory_id", req.trajectory_id),
-            ("session_id", req.session_id),
-        )
-        if v is not None
+    store = recorder.store
+    ids = store.served_trajectory_ids(  # the request names exactly one of the three
+        response_id=req.response_id,
+        trajectory_id=req.trajectory_id,
+        session_id=req.session_id,
+        owner=None if who.admin else who.name,
     )
-    sql = f"SELECT DISTINCT trajectory_id AS id FROM served_responses WHERE {column} = ?"
-    params = [value]
-    if not who.admin:
-        sql += " AND owner = ?"
-        params.append(who.name)
-    ids = {r["id"] for r in recorder.store.read(sql, params)}
     if who.admin and req.trajectory_id is not None:  # any stored trajectory, recorded here or not
-        rows = recorder.store.read("SELECT id FROM trajectories WHERE id = ?", [req.trajectory_id])
-        ids |= {r["id"] for r in rows}
+        ids |= store.existing_ids([req.trajectory_id])
     return ids
 
 
@@ -110,11 +101,7 @@ def apply_feedback(recorder: Recorder, who: Principal, req: FeedbackRequest) -> 
     recorder.finish_now([t for t in live if t.open], "feedback arrived")
     ids = _stored(recorder, who, req)
     if live:
-        marks = ",".join("?" * len(live))
-        rows = recorder.store.read(
-            f"SELECT id FROM trajectories WHERE id IN ({marks})", [t.id for t in live]
-        )
-        ids |= {r["id"] for r in rows}
+        ids |= recorder.store.existing_ids(t.id for t in live)
     if not ids:
         raise NotFound("no recorded trajectory of this key has that id")
     for trajectory_id in sorted(ids):
@@ -155,18 +142,9 @@ def session_view(recorder: Recorder, who: Principal, session_id: str) -> dict[st
             }
             for t in recorder.table.in_session(owner, session_id)
         }
-    sql = (
-        "SELECT t.id, t.status, t.score, t.policy_version, t.num_turns, t.num_tool_calls, "
-        "json_extract(t.metadata, '$.started') AS started, "
-        "json_extract(t.metadata, '$.ended') AS ended, "
-        "json_extract(t.metadata, '$.response_ids') AS response_ids "
-        "FROM trajectories t WHERE t.id IN (SELECT trajectory_id FROM served_responses "
-        "WHERE session_id = ?" + ("" if owner is None else " AND owner = ?") + ") ORDER BY t.seq"
-    )
-    stored = recorder.store.read(sql, [session_id] if owner is None else [session_id, owner])
-    for row in stored:
-        row["response_ids"] = json.loads(row["response_ids"] or "[]")
-        live[row["id"]] = {**live.get(row["id"], {}), **row, "open": False}
+    for row in recorder.store.session_trajectories(session_id, owner):
+        stored = asdict(row)
+        live[row.id] = {**live.get(row.id, {}), **stored, "open": False}
     if not live:
         raise NotFound(f"no session {session_id!r} of this key")
     return {"object": "session", "session_id": session_id, "trajectories": list(live.values())}

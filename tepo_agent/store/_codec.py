@@ -102,6 +102,11 @@ def finite_or_none(value: float | None, what: str) -> float | None:
 
 def from_row(cls: type[_Record], row: Mapping[str, Any], **decoded: Any) -> _Record:
     """The dataclass ``cls`` from a table row whose columns are named as its fields; ``decoded``
-    gives the fields whose column holds an encoding (a BLOB, JSON text) already decoded."""
+    gives the fields whose column holds an encoding (a BLOB, JSON text) already decoded.
+
+    A column the row lacks leaves the field at its default (a file of an older schema, read
+    without migrating it); a field without a default must have its column."""
     fields: dict[str, Any] = getattr(cls, "__dataclass_fields__")  # noqa: B009
-    return cls(**{name: decoded[name] if name in decoded else row[name] for name in fields})
+    values = {name: decoded[name] if name in decoded else row[name] for name in fields
+              if name in decoded or name in row}  # fmt: skip
+    return cls(**values)

@@ -77,6 +77,10 @@ def not_registered(version: int) -> PublishError:
     return PublishError(f"policy version {version} is not registered")
 
 
+def unknown_parent(parent: int) -> PublishError:
+    return PublishError(f"parent version {parent} is not registered")
+
+
 def base_mismatch(stored: str, path: str) -> PublishError:
     return PublishError(
         f"version 0 is already the base model at {stored!r}, not {path!r}; use a new database "

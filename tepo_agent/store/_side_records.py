@@ -30,6 +30,7 @@ class TrajectoryFilter:
         min_score, max_score: Only scored ones within [min_score, max_score].
         tool: Only those with a tool turn calling this tool.
         since_seq: Only those written after this ``seq``.
+        trajectory_id: Only the trajectory with this id.
     """
 
     group_id: str | None = None
@@ -39,6 +40,7 @@ class TrajectoryFilter:
     max_score: float | None = None
     tool: str | None = None
     since_seq: int | None = None
+    trajectory_id: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,9 @@
-"""``TrajectoryStore``: trajectories, feedback and trainer steps in one SQLite file.
+"""``TrajectoryStore``: the SQLite implementation of :class:`~tepo_agent.store.protocol.Store`.
 
-Several application processes, the trainer and a user's ``sqlite3`` shell share the file (WAL
-mode, see :mod:`tepo_agent.store.schema`). Every write runs in a ``BEGIN IMMEDIATE``
-transaction, retried with exponential backoff while another process holds the write lock, so
-"database is locked" never reaches the caller unless the lock stays held for longer than
-``busy_timeout_s`` (then :class:`StoreError` says so).
+Trajectories, feedback, trainer steps, the policy registry, evaluations and served responses in
+one SQLite file. Several application processes, the trainer and a user's ``sqlite3`` shell share
+the file (WAL mode, see :mod:`tepo_agent.store.schema`); the connection and its retry rules are
+in :mod:`tepo_agent.store._sqlite_conn`, the other table groups in the ``_sqlite_*`` modules.
 
 Cursors. ``seq`` numbers trajectories in commit order. ``score_seq`` numbers them in the order
 they *became scored* (at ``add`` if they carry a score, else at their first feedback); the trainer
@@ -27,14 +26,11 @@ import builtins
 import json
 import math
 import os
-import random
-import sqlite3
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
 from tepo_agent._sqlite import sqlite_utils
 from tepo_agent.errors import ConfigError, StoreError
@@ -49,12 +45,14 @@ from tepo_agent.store._records import (
     trajectory_row,
     turn_row,
 )
-from tepo_agent.store.schema import SCHEMA_VERSION, apply_migrations, configure, schema_version
+from tepo_agent.store._side_records import FeedbackRow, TrajectoryFilter
+from tepo_agent.store._sqlite_base import placeholders
+from tepo_agent.store._sqlite_conn import SqliteConnection
+from tepo_agent.store._sqlite_evaluations import EvaluationTables
+from tepo_agent.store._sqlite_policies import PolicyTables
+from tepo_agent.store._sqlite_report import ReportQueries
+from tepo_agent.store._sqlite_served import ServedTables
 from tepo_agent.trajectory import Trajectory
-
-T = TypeVar("T")
-
-_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
 def default_db_path() -> Path:
@@ -62,133 +60,36 @@ def default_db_path() -> Path:
     return Path(os.environ.get("TEPO_AGENT_DB") or "tepo-agent.db")
 
 
-def _hint(exc: sqlite3.OperationalError) -> str:
-    """What to check for the errors a full or read-only disk gives."""
-    text = str(exc).lower()
-    causes = ("full", "disk i/o", "readonly", "read-only", "unable to open")
-    if any(cause in text for cause in causes):
-        return (
-            " (the filesystem holding the database may be full or read-only, or the file not "
-            "writable: free space or fix the mount or permissions, then retry; nothing of this "
-            "write was committed)"
-        )
-    return ""
+def _where(f: TrajectoryFilter) -> tuple[str, builtins.list[Any]]:
+    """The ``WHERE`` clause (with its leading space, or empty) selecting what ``f`` selects."""
+    where, params = [], []
+    for clause, value in (
+        ("group_id = ?", f.group_id),
+        ("app_tag = ?", f.app_tag),
+        ("seq > ?", f.since_seq),
+        ("id = ?", f.trajectory_id),
+        ("policy_version = ?", f.policy_version),
+        ("score >= ?", f.min_score),
+        ("score <= ?", f.max_score),
+        ("id IN (SELECT trajectory_id FROM turns WHERE role = 'tool' AND tool_name = ?)", f.tool),
+    ):
+        if value is not None:
+            where.append(clause)
+            params.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), params
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
-
-
-class TrajectoryStore:
+class TrajectoryStore(
+    SqliteConnection, PolicyTables, EvaluationTables, ServedTables, ReportQueries
+):
     """The SQLite trajectory store (see the module docstring for the concurrency rules).
 
     Args:
         path: The database file; created (and migrated) if missing unless ``create`` is False.
         busy_timeout_s: How long a write waits for other writers before giving up.
         create: Whether a missing file may be created (False for read-only tools like the CLI).
+        read_only: Never write to the file, not even to migrate it (the report, the dashboard).
     """
-
-    def __init__(
-        self, path: str | os.PathLike[str], *, busy_timeout_s: float = 30.0, create: bool = True
-    ) -> None:
-        if not busy_timeout_s > 0:
-            raise ConfigError(f"busy_timeout_s must be > 0 seconds, got {busy_timeout_s}")
-        self.path = Path(path)
-        self.busy_timeout_s = float(busy_timeout_s)
-        if not create and not self.path.exists():
-            raise StoreError(
-                f"no trajectory database at {self.path}; pass the right path (--db or "
-                "$TEPO_AGENT_DB) or create one by running the agent"
-            )
-        self._lock = threading.RLock()
-        try:
-            # isolation_level=None: no implicit transactions; every write below opens its own
-            # BEGIN IMMEDIATE, and sqlite-utils nests its helpers inside it as savepoints.
-            self._conn = sqlite3.connect(
-                str(self.path),
-                timeout=self.busy_timeout_s,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the trajectory database {self.path}: {exc}") from exc
-        self.db = sqlite_utils.Database(self._conn, execute_plugins=False)
-        try:
-            self._retry(lambda: configure(self._conn, busy_timeout_s=self.busy_timeout_s))
-            if schema_version(self._conn) != SCHEMA_VERSION:
-                self.write(lambda db: apply_migrations(db.conn))
-        except sqlite3.DatabaseError as exc:
-            self._conn.close()
-            raise StoreError(f"{self.path} is not a usable SQLite database: {exc}") from exc
-        except BaseException:
-            self._conn.close()
-            raise
-
-    # -- transactions --------------------------------------------------------------------------
-
-    def _retry(self, fn: Callable[[], T]) -> T:
-        """Run ``fn``, retrying with jittered exponential backoff while the file is busy."""
-        deadline = time.monotonic() + self.busy_timeout_s
-        delay = 0.002
-        while True:
-            try:
-                return fn()
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise StoreError(f"SQLite error on {self.path}: {exc}{_hint(exc)}") from exc
-                if time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"{self.path} stayed locked by another process for more than "
-                        f"{self.busy_timeout_s:g} s ({exc}); find the process holding a long "
-                        "write transaction, or raise busy_timeout_s"
-                    ) from exc
-                time.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 0.1)
-
-    def write(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
-        """Run ``fn(db)`` in one ``BEGIN IMMEDIATE`` transaction: all of it commits, or none.
-
-        Retried from the start while another process holds the write lock, so ``fn`` must only
-        touch the database (no other side effects). This is how other components sharing the
-        file (the policy registry, the trainer) make their own atomic writes.
-        """
-
-        def attempt() -> T:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(self.db)
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
-            return result
-
-        with self._lock:
-            self._check_open()
-            try:
-                return self._retry(attempt)
-            except sqlite3.IntegrityError as exc:
-                raise StoreError(f"write rejected by the schema of {self.path}: {exc}") from exc
-
-    def read(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[dict[str, Any]]:
-        """Rows of a read-only query as dicts (retried while busy)."""
-        with self._lock:
-            self._check_open()
-            return self._retry(lambda: list(self.db.query(sql, params)))
-
-    def _check_open(self) -> None:
-        if self._conn is None:
-            raise StoreError(f"the store for {self.path} is closed; open a new TrajectoryStore")
-
-    @property
-    def schema_version(self) -> int:
-        with self._lock:
-            return schema_version(self._conn)
 
     # -- trajectories --------------------------------------------------------------------------
 
@@ -275,36 +176,69 @@ class TrajectoryStore:
             f"id prefix {prefix!r} is ambiguous in {self.path}: {shown}; give more of it"
         )
 
+    def existing_ids(self, ids: Iterable[str]) -> set[str]:
+        """Those of ``ids`` that are stored."""
+        wanted = builtins.list(dict.fromkeys(ids))
+        found: set[str] = set()
+        for i in range(0, len(wanted), 500):  # under SQLite's bound-parameter limit
+            chunk = wanted[i : i + 500]
+            sql = f"SELECT id FROM trajectories WHERE id IN ({placeholders(chunk)})"
+            found |= {r["id"] for r in self.read(sql, chunk)}
+        return found
+
     def list(
         self,
         *,
         limit: int = 100,
         offset: int = 0,
+        newest_first: bool = False,
         group_id: str | None = None,
         app_tag: str | None = None,
         since_seq: int | None = None,
-        newest_first: bool = False,
-    ) -> list[TrajectorySummary]:
-        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``)."""
+        policy_version: int | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        tool: str | None = None,
+        trajectory_id: str | None = None,
+    ) -> builtins.list[TrajectorySummary]:
+        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``), those
+        every given filter selects (see :class:`~tepo_agent.store.TrajectoryFilter`)."""
         if limit < 0 or offset < 0:
             raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
-        where, params = [], []
-        for clause, value in (
-            ("group_id = ?", group_id),
-            ("app_tag = ?", app_tag),
-            ("seq > ?", since_seq),
-        ):
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+        where, params = _where(
+            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
+                             since_seq, trajectory_id)
+        )  # fmt: skip
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ? OFFSET ?"
         return [summary_from_row(r) for r in self.read(sql, [*params, limit, offset])]
 
-    def count(self) -> int:
-        return int(self.read("SELECT count(*) AS n FROM trajectories")[0]["n"])
+    def count(
+        self,
+        *,
+        group_id: str | None = None,
+        app_tag: str | None = None,
+        since_seq: int | None = None,
+        policy_version: int | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        tool: str | None = None,
+        trajectory_id: str | None = None,
+    ) -> int:
+        """How many trajectories the filters select (all of them without filters)."""
+        where, params = _where(
+            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
+                             since_seq, trajectory_id)
+        )  # fmt: skip
+        return int(self.read(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
+
+    def newest_sampled_version(self) -> int | None:
+        """The policy version of the newest trajectory that records one."""
+        rows = self.read(
+            "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        return int(rows[0]["v"]) if rows else None
 
     # -- scores --------------------------------------------------------------------------------
 
@@ -342,12 +276,14 @@ class TrajectoryStore:
 
         self.write(apply)
 
-    def feedback(self, trajectory_id: str) -> builtins.list[dict[str, Any]]:
+    def feedback(self, trajectory_id: str) -> builtins.list[FeedbackRow]:
         """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
-        return self.read(
+        rows = self.read(
             "SELECT source, value, created_at FROM feedback WHERE trajectory_id = ? ORDER BY id",
             [trajectory_id],
         )
+        return [FeedbackRow(source=r["source"], value=r["value"], created_at=r["created_at"])
+                for r in rows]  # fmt: skip
 
     def record_reward(self, trajectory_id: str, reward: float) -> None:
         """Store the reward the trainer computed for a trajectory (for inspection)."""
@@ -397,6 +333,11 @@ class TrajectoryStore:
             )
             for rows in groups.values()
         ]
+
+    def count_scored_since(self, seq: int) -> int:
+        """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
+        rows = self.read("SELECT count(*) AS n FROM trajectories WHERE score_seq > ?", [seq])
+        return int(rows[0]["n"])
 
     # -- trainer steps -------------------------------------------------------------------------
 
@@ -452,21 +393,6 @@ class TrajectoryStore:
                 path_or_file.write(json.dumps(record, ensure_ascii=False) + "\n")
                 count += 1
             after = batch[-1]["seq"]
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None  # type: ignore[assignment]
-
-    def __enter__(self) -> TrajectoryStore:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"TrajectoryStore({str(self.path)!r})"
 
 
 def _next(db: sqlite_utils.Database, column: str) -> int:

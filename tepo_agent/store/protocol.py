@@ -107,6 +107,7 @@ class TrajectoryOps(Protocol):
         min_score: float | None = None,
         max_score: float | None = None,
         tool: str | None = None,
+        trajectory_id: str | None = None,
     ) -> builtins.list[TrajectorySummary]:
         """Summaries (no turns) in ``seq`` order, filtered (see :class:`TrajectoryFilter`:
         every filter given must hold; ``tool`` keeps trajectories with a call to that tool)."""
@@ -122,6 +123,7 @@ class TrajectoryOps(Protocol):
         min_score: float | None = None,
         max_score: float | None = None,
         tool: str | None = None,
+        trajectory_id: str | None = None,
     ) -> int:
         """How many trajectories the filters select (all of them without filters)."""
         ...
