@@ -13,9 +13,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from tepo_agent.errors import ConfigError, StoreError
+from tepo_agent.store._open import redact
 
 
 def _psycopg() -> Any:
@@ -27,15 +27,6 @@ def _psycopg() -> Any:
             "`pip install 'tepo-agent[postgres]'` (or `pip install 'psycopg[binary]'`)"
         ) from exc
     return psycopg
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for messages and ``repr``."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class ConnectionPool:

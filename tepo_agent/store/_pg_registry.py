@@ -28,6 +28,7 @@ from tepo_agent.store._policy import (
     live_events,
     not_registered,
     registration_events,
+    unknown_parent,
 )
 
 REGISTRY_LOCK = 7_405_611_004
@@ -115,7 +116,7 @@ class PgPolicyOps:
                 and conn.execute("SELECT 1 FROM policies WHERE version = %s", [parent]).fetchone()
                 is None
             ):
-                raise not_registered(parent)
+                raise unknown_parent(parent)
             top = conn.execute("SELECT MAX(version) AS top FROM policies").fetchone()["top"]
             version = 1 if top is None else int(top) + 1
             now = time.time()

@@ -54,8 +54,9 @@ from typing import IO, Any, TypeVar
 
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.store._codec import dump_json, load_json
+from tepo_agent.store._open import redact
 from tepo_agent.store._pg_numbering import insert_trajectories, settled_horizon, take_numbers
-from tepo_agent.store._pg_pool import ConnectionPool, redact
+from tepo_agent.store._pg_pool import ConnectionPool
 from tepo_agent.store._pg_registry import PgPolicyOps
 from tepo_agent.store._pg_side import PgSideOps
 from tepo_agent.store._records import (
@@ -258,6 +259,7 @@ class PostgresStore(PgPolicyOps, PgSideOps):
         for clause, value in (
             ("group_id = %s", filters.group_id),
             ("app_tag = %s", filters.app_tag),
+            ("id = %s", filters.trajectory_id),
             ("policy_version = %s", filters.policy_version),
             ("score >= %s", filters.min_score),
             ("score <= %s", filters.max_score),
@@ -285,6 +287,7 @@ class PostgresStore(PgPolicyOps, PgSideOps):
         min_score: float | None = None,
         max_score: float | None = None,
         tool: str | None = None,
+        trajectory_id: str | None = None,
     ) -> builtins.list[TrajectorySummary]:
         """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``), of
         those every given filter selects."""
@@ -292,7 +295,7 @@ class PostgresStore(PgPolicyOps, PgSideOps):
             raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
         where, params = self._where(
             TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
-                             since_seq)
+                             since_seq, trajectory_id)
         )  # fmt: skip
         sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT %s OFFSET %s"
@@ -308,11 +311,12 @@ class PostgresStore(PgPolicyOps, PgSideOps):
         min_score: float | None = None,
         max_score: float | None = None,
         tool: str | None = None,
+        trajectory_id: str | None = None,
     ) -> int:
         """How many trajectories the filters select (all of them without filters)."""
         where, params = self._where(
             TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
-                             since_seq)
+                             since_seq, trajectory_id)
         )  # fmt: skip
         return int(self._read(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
 
