@@ -13,7 +13,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tepo_agent.store.postgres import PostgresStore, insert_trajectories
+from tepo_agent.store._pg_numbering import apply_feedback, insert_trajectories
+from tepo_agent.store.postgres import PostgresStore
 from tepo_agent.trajectory import Trajectory, Turn
 
 
@@ -108,13 +109,8 @@ def test_late_feedback_takes_a_number_under_the_same_rule(
 ) -> None:
     unscored = Trajectory(task="feedback later", prompt_token_ids=[1], turns=[])
     store.add(unscored)
-    # A gives the first feedback by hand (the store's own statements) and stays open.
-    from tepo_agent.store.postgres import take_numbers
-
-    number = take_numbers(slow_writer, seqs=0, score_seqs=1)[1][0]
-    slow_writer.execute(
-        "UPDATE trajectories SET score = 1.0, score_seq = %s WHERE id = %s", [number, unscored.id]
-    )
+    # A gives the first feedback (the store's own statements) and stays open.
+    apply_feedback(slow_writer, unscored.id, 1.0, "app", time.time())
     fast = scored("scored at add")
     store.add(fast)
     reader = Reader(store, 0)

@@ -1,8 +1,8 @@
 """How the PostgreSQL store numbers rows and how its readers wait for those numbers to settle.
 
 The design, and why a cursor built this way never skips a row, is in the docstring of
-:mod:`tepo_agent.store.postgres`; these are its three pieces: :func:`take_numbers` (writers),
-:func:`settled_horizon` (readers) and :func:`insert_trajectories` (the write that uses them).
+:mod:`tepo_agent.store.postgres`; these are its pieces: the two writes that take numbers,
+:func:`insert_trajectories` and :func:`apply_feedback`, and the readers' :func:`settled_horizon`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tepo_agent.errors import StoreError
 from tepo_agent.store._records import trajectory_row, turn_row
 from tepo_agent.trajectory import Trajectory
 
@@ -21,52 +20,52 @@ BATCH_LOCK = 7_405_611_003
 """Advisory lock key held for the instant a batch takes its consecutive numbers."""
 
 
-def take_numbers(conn: Any, *, seqs: int, score_seqs: int) -> tuple[list[int], list[int]]:
-    """``seqs`` new ``seq`` and ``score_seqs`` new ``score_seq`` values, each run consecutive,
-    taken under the shared numbering lock (step 1 of the module docstring); call it inside the
-    writing transaction, as late as possible."""
-    if seqs + score_seqs == 0:
-        return [], []
-    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", [NUMBERING_LOCK])
-    batch = seqs > 1 or score_seqs > 1
-    if batch:
-        # A batch's numbers are consecutive (a GRPO group reads as one run): no other writer
-        # takes a number between them. A session lock, released as soon as they are taken.
-        conn.execute("SELECT pg_advisory_lock(%s)", [BATCH_LOCK])
-    try:
-        taken = conn.execute(
-            "SELECT nextval('seq_numbers') AS n FROM generate_series(1, %s) "
-            "UNION ALL SELECT -nextval('score_seq_numbers') FROM generate_series(1, %s)",
-            [seqs, score_seqs],
-        ).fetchall()
-    finally:
-        if batch:
-            conn.execute("SELECT pg_advisory_unlock(%s)", [BATCH_LOCK])
-    values = [int(r["n"]) for r in taken]
-    return sorted(v for v in values if v > 0), sorted(-v for v in values if v < 0)
-
-
 def insert_trajectories(conn: Any, trajectories: Sequence[Trajectory], now: float) -> None:
-    """Insert trajectories and their turns in the caller's open transaction, numbering them."""
+    """Insert trajectories and their turns in the caller's open transaction, numbering them
+    (step 1 of the design). No statement needs another's result, so in pipeline mode the
+    whole write is one round trip to the server.
+
+    The numbers come from ``nextval`` inside the INSERT, taken while holding the shared
+    numbering lock (until commit) and, for the instant of the INSERT, the session-level batch
+    lock: every writer takes its numbers under it, so a batch's numbers are consecutive (a GRPO
+    group reads as one run). A duplicate id is the primary key's violation (the caller names it).
+    """
     rows = [trajectory_row(t, seq=0, score_seq=None, now=now) for t in trajectories]
     turns = [turn_row(t.id, i, turn) for t in trajectories for i, turn in enumerate(t.turns)]
-    ids = [r["id"] for r in rows]
-    taken = conn.execute("SELECT id FROM trajectories WHERE id = ANY(%s)", [ids]).fetchone()
-    if taken:
-        raise StoreError(
-            f"trajectory {taken['id']} is already stored; ids are unique, so give each "
-            "run a new Trajectory (tepo_agent.trajectory.new_id())"
-        )
-    scored = [r for r in rows if r["score"] is not None]
-    seqs, score_seqs = take_numbers(conn, seqs=len(rows), score_seqs=len(scored))
-    for row, seq in zip(rows, seqs, strict=True):
-        row["seq"] = seq
-    for row, score_seq in zip(scored, score_seqs, strict=True):
-        row["score_seq"] = score_seq
+    columns = [c for c in rows[0] if c not in ("seq", "score_seq")]
+    sql = (
+        f"INSERT INTO trajectories (seq, score_seq, {', '.join(columns)}) VALUES "
+        "(nextval('seq_numbers'), CASE WHEN %s THEN nextval('score_seq_numbers') END, "
+        f"{', '.join(['%s'] * len(columns))})"
+    )
+    params = [[r["score"] is not None, *(r[c] for c in columns)] for r in rows]
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", [NUMBERING_LOCK])
+    conn.execute("SELECT pg_advisory_lock(%s)", [BATCH_LOCK])
     with conn.cursor() as cur:
-        cur.executemany(_insert_sql("trajectories", rows[0]), [tuple(r.values()) for r in rows])
+        cur.executemany(sql, params)
+        conn.execute("SELECT pg_advisory_unlock(%s)", [BATCH_LOCK])
         if turns:
             cur.executemany(_insert_sql("turns", turns[0]), [tuple(r.values()) for r in turns])
+
+
+def apply_feedback(conn: Any, trajectory_id: str, value: float, source: str, now: float) -> None:
+    """Set the score (latest wins) and keep the feedback row, in the caller's transaction; the
+    first score takes a ``score_seq`` under the same locks as :func:`insert_trajectories`
+    (``COALESCE`` evaluates ``nextval`` only when the trajectory has none yet; a second first
+    feedback waits on the row lock, then sees the number). An unknown id is the feedback row's
+    foreign-key violation (the caller names it). One round trip in pipeline mode."""
+    conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", [NUMBERING_LOCK])
+    conn.execute("SELECT pg_advisory_lock(%s)", [BATCH_LOCK])
+    conn.execute(
+        "UPDATE trajectories SET score = %s, "
+        "score_seq = COALESCE(score_seq, nextval('score_seq_numbers')) WHERE id = %s",
+        [value, trajectory_id],
+    )
+    conn.execute("SELECT pg_advisory_unlock(%s)", [BATCH_LOCK])
+    conn.execute(
+        "INSERT INTO feedback (trajectory_id, source, value, created_at) VALUES (%s, %s, %s, %s)",
+        [trajectory_id, source, value, now],
+    )
 
 
 def settled_horizon(conn: Any, sequence: str) -> int:

@@ -1,4 +1,4 @@
-"""A small thread-safe pool of psycopg 3 connections for :class:`PostgresStore`.
+"""A small thread-safe pool of psycopg 3 connections for ``PostgresStore``.
 
 Each store operation borrows one connection, runs one transaction on it and gives it back, so
 threads sharing a store never share a connection. Connections are opened lazily (at most
@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from tepo_agent.errors import ConfigError, StoreError
+from tepo_agent.errors import ConfigError, StoreError, TepoError
 from tepo_agent.store._open import redact
 
 
@@ -32,12 +32,20 @@ def _psycopg() -> Any:
 class ConnectionPool:
     """Up to ``max_size`` autocommit connections to ``url``; see the module docstring."""
 
-    def __init__(self, url: str, *, max_size: int, connect_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_size: int,
+        connect_timeout_s: float,
+        settings: dict[str, str] | None = None,
+    ) -> None:
         if max_size < 1:
             raise ConfigError(f"max_size must be >= 1, got {max_size}")
         self.url = url
         self.max_size = max_size
         self.connect_timeout_s = connect_timeout_s
+        self.settings = dict(settings or {})
         self._psycopg = _psycopg()
         self._idle: list[Any] = []
         self._open = 0
@@ -47,6 +55,8 @@ class ConnectionPool:
     def _connect(self) -> Any:
         from psycopg.rows import dict_row
 
+        # Session settings ride on the startup packet: no extra round trip per transaction.
+        options = " ".join(f"-c {name}={value}" for name, value in self.settings.items())
         try:
             return self._psycopg.connect(
                 self.url,
@@ -54,6 +64,7 @@ class ConnectionPool:
                 row_factory=dict_row,
                 connect_timeout=max(1, round(self.connect_timeout_s)),
                 application_name="tepo-agent",
+                options=options,
             )
         except self._psycopg.Error as exc:
             raise StoreError(
@@ -63,10 +74,15 @@ class ConnectionPool:
 
     @contextmanager
     def connection(self) -> Iterator[Any]:
-        """Borrow a connection for one operation."""
+        """Borrow a connection for one operation. One that saw an error is closed, not reused:
+        it may hold a session-level advisory lock its failed transaction did not release."""
         conn = self._acquire()
         try:
             yield conn
+        except BaseException as exc:
+            if not isinstance(exc, TepoError):  # the store's own refusals leave it clean
+                conn.close()
+            raise
         finally:
             self._release(conn)
 

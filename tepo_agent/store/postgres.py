@@ -17,10 +17,11 @@ when writer B takes 8 and commits. A reader that then returned 8 and moved its c
 never see 7. SQLite avoids this by numbering under its single write lock; here writers number
 concurrently, and the reader waits for the numbers it is about to pass:
 
-1. A writer takes ``pg_advisory_xact_lock_shared(NUMBERING_LOCK)`` just before it takes its
-   numbers (``nextval``), at the end of its transaction, and holds it until it commits or rolls
-   back (transaction-level advisory locks cannot be released early). Writers never block each
-   other: the lock is shared.
+1. A writer takes ``pg_advisory_xact_lock_shared(NUMBERING_LOCK)`` before it takes numbers
+   (``nextval`` inside its INSERT or feedback UPDATE) and holds it until it commits or rolls back
+   (transaction-level advisory locks cannot be released early). Writers never block each other
+   on it: the lock is shared. (For the instant of the numbering statement a writer also holds
+   a session-level batch lock, so the members of one ``add_many`` get consecutive numbers.)
 2. The reader (``scored_since``, ``list(since_seq=...)``) first reads the sequence's
    ``last_value`` H (non-transactional: it counts every number handed out so far), then takes
    and at once releases the lock in EXCLUSIVE mode. That waits exactly for the transactions
@@ -31,10 +32,10 @@ concurrently, and the reader waits for the numbers it is about to pass:
    Numbers above H are left for the next poll.
 
 The exclusive request queues writers that arrive while it waits (PostgreSQL grants locks in
-order), so a poll delays new numbering by at most the tail of the transactions already
-numbering: writers take numbers last, just before their inserts commit. A writer that holds its
-transaction open for longer than ``busy_timeout_s`` makes the reader fail with a
-:class:`StoreError` naming the cause rather than wait forever.
+order), so a poll delays new writers by at most the rest of the transactions already numbering:
+a trajectory's write is one pipelined round trip (its numbers, its turns, the commit). A
+writer that holds its transaction open for longer than ``busy_timeout_s`` makes the reader fail
+with a :class:`StoreError` naming the cause rather than wait forever.
 tests/test_store_postgres_cursor.py holds a writer's transaction open after it numbered while
 another commits a higher number, and checks the reader returns both exactly once.
 """
@@ -46,6 +47,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,7 +57,7 @@ from typing import IO, Any, TypeVar
 from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.store._codec import dump_json, load_json
 from tepo_agent.store._open import redact
-from tepo_agent.store._pg_numbering import insert_trajectories, settled_horizon, take_numbers
+from tepo_agent.store._pg_numbering import apply_feedback, insert_trajectories, settled_horizon
 from tepo_agent.store._pg_pool import ConnectionPool
 from tepo_agent.store._pg_registry import PgPolicyOps
 from tepo_agent.store._pg_side import PgSideOps
@@ -106,7 +108,13 @@ class PostgresStore(PgPolicyOps, PgSideOps):
         self.busy_timeout_s = float(busy_timeout_s)
         self.read_only = read_only
         self._pool = ConnectionPool(
-            url, max_size=max_connections, connect_timeout_s=min(busy_timeout_s, 30.0)
+            url,
+            max_size=max_connections,
+            connect_timeout_s=min(busy_timeout_s, 30.0),
+            settings={
+                "lock_timeout": f"{int(self.busy_timeout_s * 1000):d}",
+                "default_transaction_read_only": "on" if read_only else "off",
+            },
         )
         try:
             self._open(create=create)
@@ -140,21 +148,22 @@ class PostgresStore(PgPolicyOps, PgSideOps):
         with self._pool.connection() as conn:
             yield conn
 
-    def _transaction(self, fn: Callable[[Any], T]) -> T:
+    def _transaction(self, fn: Callable[[Any], T], *, pipeline: bool = False) -> T:
         """Run ``fn(conn)`` in one transaction, retried from the start on a serialization
-        failure or deadlock; database errors become :class:`StoreError`. A read-only store
-        runs every transaction READ ONLY, so PostgreSQL itself refuses a write."""
+        failure or deadlock; database errors become :class:`StoreError`. ``pipeline``: send
+        the statements without waiting for each answer (for writes whose statements need no
+        result). A read-only store's connections are READ ONLY: PostgreSQL refuses a write."""
         psycopg = self._pool._psycopg
         deadline = time.monotonic() + self.busy_timeout_s
         delay = 0.002
         while True:
             try:
-                with self._connection() as conn, conn.transaction():
-                    if self.read_only:
-                        conn.execute("SET TRANSACTION READ ONLY")
-                    timeout_ms = int(self.busy_timeout_s * 1000)
-                    conn.execute(f"SET LOCAL lock_timeout = {timeout_ms:d}")
-                    return fn(conn)
+                with self._connection() as conn:
+                    if pipeline:
+                        with conn.pipeline(), conn.transaction():
+                            return fn(conn)
+                    with conn.transaction():
+                        return fn(conn)
             except psycopg.Error as exc:
                 state = getattr(exc, "sqlstate", None)
                 if state in _RETRY_STATES and time.monotonic() < deadline:
@@ -174,6 +183,23 @@ class PostgresStore(PgPolicyOps, PgSideOps):
             )
         if state == "25006":
             return StoreError(f"{where} was opened read-only; open it writable to change it")
+        diag = getattr(exc, "diag", None)
+        constraint = getattr(diag, "constraint_name", None)
+        # "Key (id)=(abc) already exists." / "Key (trajectory_id)=(abc) is not present ..."
+        key = re.search(
+            r"\)=\((.*)\) (?:already|is not)", getattr(diag, "message_detail", "") or ""
+        )
+        named = key.group(1) if key else "?"
+        if constraint == "trajectories_pkey":
+            return StoreError(
+                f"trajectory {named} is already stored; ids are unique, so give each run a new "
+                "Trajectory (tepo_agent.trajectory.new_id())"
+            )
+        if constraint == "feedback_trajectory_id_fkey":
+            return StoreError(
+                f"no trajectory with id {named!r} in {where}; feedback must name a stored "
+                "trajectory (the id the agent returned)"
+            )
         if state.startswith("23"):
             return StoreError(f"write rejected by the schema of {where}: {exc}")
         return StoreError(f"PostgreSQL error on {where}: {exc}")
@@ -208,7 +234,7 @@ class PostgresStore(PgPolicyOps, PgSideOps):
         if len(set(ids)) != len(ids):
             raise StoreError("add_many got the same trajectory id twice; every run needs new_id()")
         now = time.time()
-        self._transaction(lambda conn: insert_trajectories(conn, trajectories, now))
+        self._transaction(lambda conn: insert_trajectories(conn, trajectories, now), pipeline=True)
         return ids
 
     def get(self, trajectory_id: str) -> Trajectory:
@@ -340,30 +366,10 @@ class PostgresStore(PgPolicyOps, PgSideOps):
                 "signal (thumbs up/down, stars) onto [0, 1] first"
             )
 
-        def apply(conn: Any) -> None:
-            # FOR UPDATE: two first feedbacks at once must not both number the trajectory.
-            row = conn.execute(
-                "SELECT score_seq FROM trajectories WHERE id = %s FOR UPDATE", [trajectory_id]
-            ).fetchone()
-            if row is None:
-                raise StoreError(
-                    f"no trajectory with id {trajectory_id!r} in {redact(self.url)}; feedback "
-                    "must name a stored trajectory (the id the agent returned)"
-                )
-            conn.execute(
-                "INSERT INTO feedback (trajectory_id, source, value, created_at) "
-                "VALUES (%s, %s, %s, %s)",
-                [trajectory_id, source, value, time.time()],
-            )
-            score_seq = row["score_seq"]
-            if score_seq is None:
-                score_seq = take_numbers(conn, seqs=0, score_seqs=1)[1][0]
-            conn.execute(
-                "UPDATE trajectories SET score = %s, score_seq = %s WHERE id = %s",
-                [value, score_seq, trajectory_id],
-            )
-
-        self._transaction(apply)
+        now = time.time()
+        self._transaction(
+            lambda conn: apply_feedback(conn, trajectory_id, value, source, now), pipeline=True
+        )
 
     def feedback(self, trajectory_id: str) -> builtins.list[FeedbackRow]:
         """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
