@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     )
     from tepo_agent.model.default import ensure_default_model, init_model
     from tepo_agent.policy.registry import PolicyRecord, PolicyRegistry
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import Store, TrajectoryStore, open_store
     from tepo_agent.trajectory import Trajectory, Turn
 
 __version__ = "0.1.0"
@@ -64,7 +64,7 @@ __getattr__, __dir__ = lazy_exports(
         "ModelLoadError PublishError SandboxError StoreError TepoError ToolError TrainerError",
         "tepo_agent.model.default": "ensure_default_model init_model",
         "tepo_agent.policy.registry": "PolicyRecord PolicyRegistry",
-        "tepo_agent.store": "TrajectoryStore",
+        "tepo_agent.store": "Store TrajectoryStore open_store",
         "tepo_agent.trajectory": "Trajectory Turn",
     },
 )
@@ -89,6 +89,7 @@ __all__ = [
     "PublishError",
     "SamplingParams",
     "SandboxError",
+    "Store",
     "StoreError",
     "TepoAgent",
     "TepoChatModel",
@@ -104,4 +105,5 @@ __all__ = [
     "__version__",
     "ensure_default_model",
     "init_model",
+    "open_store",
 ]

@@ -37,7 +37,7 @@ from tepo_agent.errors import ConfigError
 from tepo_agent.evaluation import EvalConfig, EvalMeta, ItemResult, evaluate_items, save_evaluation
 from tepo_agent.policy.hotswap import InProcessTarget
 from tepo_agent.policy.registry import PolicyRegistry
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import Store, TrajectoryStore
 from tepo_agent.tasks import (
     KnowledgeBase,
     SuiteName,
@@ -189,7 +189,7 @@ def _rounds(
     seed: int,
     budget: Budget,
     backend: TransformersBackend,
-    store: TrajectoryStore,
+    store: Store,
     out: TextIO,
     progress: bool,
 ) -> tuple[dict[str, float], list[dict[str, float]]]:
@@ -204,7 +204,7 @@ def _rounds(
     run_cfg = RunConfig(train=train_cfg, gate=GateConfig(enabled=False), run_dir=run_dir)
     phases = {"collect_s": 0.0, "train_s": 0.0}
     steps: list[dict[str, float]] = []
-    with TrainingRun(store.path, run_cfg, base_model=model, out=out) as training:
+    with TrainingRun(store.location, run_cfg, base_model=model, out=out) as training:
         for r in range(budget.rounds):
             tasks, tools = training_items(model, budget.suites, budget.tasks, 100 * seed + r)
             agent_cfg = AgentConfig(

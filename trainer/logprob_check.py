@@ -19,7 +19,7 @@ import torch
 from tepo_agent.errors import TrainerError
 from tepo_agent.model.io import load_causal_lm, load_tokenizer
 from tepo_agent.policy.registry import PolicyRegistry
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import Store, open_store
 from tepo_agent.trainer.batch import pack_batch
 from tepo_agent.trainer.recompute import compare_logprobs, recompute
 from tepo_agent.trajectory import Trajectory
@@ -73,17 +73,14 @@ def _version_model(
     return model, base
 
 
-def _latest_sampled_version(store: TrajectoryStore) -> int:
-    rows = store.read(
-        "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
-        "ORDER BY seq DESC LIMIT 1"
-    )
-    if not rows:
+def _latest_sampled_version(store: Store) -> int:
+    version = store.newest_sampled_version()
+    if version is None:
         raise TrainerError(
-            f"no trajectory of a registered policy version in {store.path}; run the agent "
+            f"no trajectory of a registered policy version in {store.location}; run the agent "
             "with --db first (`tepo-agent run QUESTION --db ...`)"
         )
-    return int(rows[0]["v"])
+    return version
 
 
 def check_logprobs(
@@ -106,15 +103,12 @@ def check_logprobs(
     """
     if limit < 1:
         raise TrainerError(f"limit must be >= 1, got {limit}")
-    with TrajectoryStore(db, create=False) as store:
+    with open_store(db, create=False) as store:
         registry = PolicyRegistry(store)
         if version is None:
             version = _latest_sampled_version(store)
-        rows = store.read(
-            "SELECT id FROM trajectories WHERE policy_version = ? ORDER BY seq DESC LIMIT ?",
-            [version, limit],
-        )
-        trajectories: list[Trajectory] = [store.get(r["id"]) for r in rows]
+        recent = store.list(policy_version=version, newest_first=True, limit=limit)
+        trajectories: list[Trajectory] = [store.get(r.id) for r in recent]
         trajectories = [
             t
             for t in trajectories

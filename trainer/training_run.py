@@ -7,7 +7,7 @@
     run.close()
 
 Per step: take up to ``batch_trajectories`` newly scored trajectories after the cursor
-(``TrajectoryStore.scored_since``; groups are never cut), train on them, publish when due, save
+(``Store.scored_since``; groups are never cut), train on them, publish when due, save
 the trainer state (weights, optimizer, step, cursor) into a new directory, then record the step's
 metrics in ``train_steps``. Killed at any point, the next run starts from the last complete state:
 at worst one step is redone on the same trajectories (the cursor is saved with the weights).
@@ -31,7 +31,7 @@ from tqdm import tqdm
 from tepo_agent.errors import ConfigError
 from tepo_agent.model.io import load_tokenizer
 from tepo_agent.policy.registry import PolicyRegistry
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import is_store_url, open_store
 from tepo_agent.trainer.checkpoint import (
     SavedState,
     TrainerState,
@@ -105,6 +105,16 @@ class _Start:
     note: str
 
 
+def _default_run_dir(location: str) -> str:
+    """Beside a SQLite file (``DB.trainer``); a database URL has no folder, so it needs one."""
+    if is_store_url(location):
+        raise ConfigError(
+            f"the store {location} is a database URL: name the trainer's checkpoint folder "
+            "with --run-dir (RunConfig.run_dir), a directory on this host"
+        )
+    return f"{location}.trainer"
+
+
 class TrainingRun:
     """A resumable training run over one trajectory database (see the module docstring).
 
@@ -132,7 +142,7 @@ class TrainingRun:
         self.dist = dist if dist is not None else Dist()
         self.out = out if out is not None else sys.stdout
         if self.dist.is_main:
-            self.store = TrajectoryStore(db)
+            self.store = open_store(db)
             self.registry = PolicyRegistry(self.store)
         start = self.dist.broadcast(self._start(base_model) if self.dist.is_main else None)
         assert start is not None
@@ -157,7 +167,7 @@ class TrainingRun:
     def _start(self, base_model: str | os.PathLike[str] | None) -> _Start:
         """Rank 0: resume the saved state, or start from the live policy (module docstring)."""
         cfg = self.cfg
-        run_dir = Path(cfg.run_dir or f"{self.store.path}.trainer")
+        run_dir = Path(cfg.run_dir or _default_run_dir(self.store.location))
         saved = load_latest_state(run_dir)
         if saved is not None and saved.state.finetune != cfg.train.finetune:
             raise ConfigError(
@@ -200,9 +210,9 @@ class TrainingRun:
             return self.registry.get(0).path
         except Exception as exc:
             raise ConfigError(
-                f"{self.store.path} has no base model (policy version 0) yet: pass --model DIR, "
-                "the model its trajectories were sampled with (`tepo-agent run --db` registers "
-                "it by itself)"
+                f"{self.store.location} has no base model (policy version 0) yet: pass --model "
+                "DIR, the model its trajectories were sampled with (`tepo-agent run --db` "
+                "registers it by itself)"
             ) from exc
 
     # -- pieces -------------------------------------------------------------------------------
@@ -228,11 +238,7 @@ class TrainingRun:
         """Scored trajectories not trained on yet (counted by rank 0, the same on every rank)."""
         n = 0
         if self.dist.is_main:
-            rows = self.store.read(
-                "SELECT count(*) AS n FROM trajectories WHERE score_seq > ?",
-                [self.state.cursor_seq],
-            )
-            n = int(rows[0]["n"])
+            n = self.store.count_scored_since(self.state.cursor_seq)
         return self.dist.broadcast(n)
 
     def publish(self, train_metrics: dict[str, float] | None = None) -> PublishResult:

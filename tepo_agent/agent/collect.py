@@ -21,7 +21,7 @@ from tqdm import tqdm
 from tepo_agent.agent.graph import AgentResult, TepoAgent, check_keywords
 from tepo_agent.agent.sync import run_sync
 from tepo_agent.errors import ConfigError
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import Store
 from tepo_agent.tasks import Task
 
 
@@ -50,7 +50,7 @@ class CollectOptions(TypedDict, total=False):
 
 async def acollect(
     agent: TepoAgent,
-    store: TrajectoryStore,
+    store: Store,
     tasks: Sequence[Task],
     group: int,
     **options: Unpack[CollectOptions],
@@ -91,7 +91,7 @@ async def acollect(
 
 def collect(
     agent: TepoAgent,
-    store: TrajectoryStore,
+    store: Store,
     tasks: Sequence[Task],
     group: int,
     **options: Unpack[CollectOptions],

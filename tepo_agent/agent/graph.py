@@ -60,7 +60,7 @@ from tepo_agent.errors import ConfigError, argument_errors
 from tepo_agent.trajectory import Trajectory, TrajectoryStatus, new_id
 
 if TYPE_CHECKING:
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import Store
 
 
 class RunLabels(TypedDict, total=False):
@@ -116,7 +116,7 @@ class TepoAgent:
         chat_format: ChatFormat,
         tools: Sequence[BaseTool],
         config: AgentConfig | None = None,
-        store: TrajectoryStore | None = None,
+        store: Store | None = None,
     ) -> None:
         self.config = config or AgentConfig()
         self.store = store

@@ -35,7 +35,7 @@ from tepo_agent.chat.format import ChatFormat
 from tepo_agent.trajectory import TrajectoryStatus
 
 if TYPE_CHECKING:
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import Store
 
 
 @dataclass
@@ -82,7 +82,7 @@ class TrajectoryRecorder(BaseCallbackHandler):
 
     def __init__(
         self,
-        store: TrajectoryStore,
+        store: Store,
         chat_format: ChatFormat,
         *,
         app_tag: str | None = None,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from tepo_agent.cli._db import DB_HELP, db_target
 from tepo_agent.errors import ConfigError
 
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", help="database file (default: $TEPO_AGENT_DB or ./tepo-agent.db)")
+    parser.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8765, help="port (default 8765)")
     parser.add_argument("--api-key", help="require this key (default: $TEPO_AGENT_API_KEY)")
@@ -39,12 +40,11 @@ def run(args: argparse.Namespace) -> int:
 
     from tepo_agent.report import SampleFilter
     from tepo_agent.report.dashboard import create_dashboard_app
-    from tepo_agent.store import default_db_path
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be in 0..65535, got {args.port}")
     api_key = args.api_key or os.environ.get("TEPO_AGENT_API_KEY") or None
-    db = args.db or default_db_path()
+    db = db_target(args.db)
     app = create_dashboard_app(
         db,
         api_key=api_key,

@@ -38,7 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=50, help="held-out items per suite (default 50)")
     p.add_argument("--seed", type=int, default=None, help="held-out seed (default: 1000)")
     p.add_argument("--model", metavar="DIR", help="model directory (default: the default model)")
-    p.add_argument("--db", metavar="DB", help="evaluate a policy of this registry")
+    p.add_argument(
+        "--db",
+        metavar="PATH|URL",
+        help="evaluate a policy of this registry (a SQLite file or a postgresql:// URL)",
+    )
     p.add_argument("--policy", type=int, metavar="V", help="with --db: version (default: live)")
     p.add_argument("--base-url", metavar="URL", help="evaluate a server (vLLM, tepo-agent serve)")
     p.add_argument("--served-model", metavar="NAME", help="with --base-url: the served model")
@@ -52,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=64, help="per turn (default 64)")
     p.add_argument("--sampling-seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--workdir", metavar="DIR", help="held-out worlds (default ~/.cache/...)")
-    p.add_argument("--store", metavar="DB", help="store the results here (default: --db)")
+    p.add_argument("--store", metavar="PATH|URL", help="store the results here (default: --db)")
     p.add_argument("--label", default="eval", help="label of the stored evaluation")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--json", action="store_true", help="print one JSON object, no table")
@@ -72,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from tepo_agent.evaluation.policy import open_policy
     from tepo_agent.evaluation.table import summary_table
     from tepo_agent.paths import resolve_model_dir
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import open_store
 
     if args.n < 1 or args.samples < 1:
         raise ConfigError("--n and --samples must be >= 1")
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=cfg.temperature, policy_version=policy.policy_version, label=args.label,
             config={"policy": policy.describe, "entropy": policy.entropy, "agent": asdict(cfg)},
         )  # fmt: skip
-        with TrajectoryStore(target) as store:
+        with open_store(target) as store:
             eval_id = save_evaluation(store, items, meta)
     if args.json:
         payload = {

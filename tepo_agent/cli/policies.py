@@ -32,12 +32,7 @@ def policy_rows(db: str | None) -> list[dict[str, Any]]:
     from tepo_agent.policy.registry import PolicyRegistry
 
     with open_store(db) as store:
-        counts = {
-            r["v"]: r["n"]
-            for r in store.read(
-                "SELECT policy_version AS v, count(*) AS n FROM trajectories GROUP BY v"
-            )
-        }
+        counts = {v.version: v.runs for v in store.version_stats()}
         records = PolicyRegistry(store).list()
     rows = []
     for r in records:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 
+from tepo_agent.cli._db import DB_HELP, db_target
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--db", help="database file (default: $TEPO_AGENT_DB or ./tepo-agent.db)")
+    parser.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     parser.add_argument("--out", default="report.html", help="output file (default report.html)")
     parser.add_argument("--limit", type=int, default=100, help="trajectories shown (default 100)")
     parser.add_argument("--version", type=int, help="only trajectories of this policy version")
@@ -40,7 +42,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tepo_agent.report import SampleFilter, write_report
-    from tepo_agent.store import default_db_path
 
     sample = SampleFilter(
         limit=args.limit,
@@ -51,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
         group_id=args.group,
         trajectory_id=args.trajectory,
     )
-    out = write_report(args.db or default_db_path(), args.out, sample, model=args.model)
+    out = write_report(db_target(args.db), args.out, sample, model=args.model)
     print(f"report: {out.resolve()}")
     return 0

@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tepo_agent.cli._db import db_path
+from tepo_agent.cli._db import DB_HELP, creates_store, db_target
 from tepo_agent.cli._show import error_text, malformed_texts
 from tepo_agent.errors import ConfigError
 
@@ -82,9 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--db",
-        metavar="PATH",
-        help="trajectory database, created if missing (default: $TEPO_AGENT_DB, else "
-        "./tepo-agent.db)",
+        metavar="PATH|URL",
+        help=DB_HELP + "; a missing SQLite file is created",
     )
     parser.add_argument("--samples", type=int, default=1, metavar="G", help="group size")
     parser.add_argument("--max-tool-calls", type=int, default=8, metavar="N", help="per run")
@@ -201,16 +200,16 @@ def run(args: argparse.Namespace) -> int:
     from tepo_agent.cli._policy import choose_policy, load_policy
     from tepo_agent.paths import resolve_model_dir
     from tepo_agent.policy.registry import PolicyRegistry
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import open_store
 
     if args.samples < 1:
         raise ConfigError(f"--samples must be >= 1, got {args.samples}")
     seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
-    path = db_path(args.db)
-    created = not path.exists()
+    path = db_target(args.db)
+    created = creates_store(path)
     if created:
         resolve_model_dir(args.model)  # a missing default model fails before a file is made
-    with TrajectoryStore(path) as store:
+    with open_store(path) as store:
         if created:
             print(f"tepo-agent run: created trajectory database {path}", file=sys.stderr)
         policy: RunPolicy | None = None

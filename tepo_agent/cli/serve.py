@@ -82,8 +82,9 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--db",
-        metavar="PATH",
-        help="follow the policy registry in this trajectory database (created if missing)",
+        metavar="PATH|URL",
+        help="follow the policy registry in this trajectory store: a SQLite file (created if "
+        "missing; or sqlite:///PATH) or a PostgreSQL URL postgresql://USER@HOST/DB",
     )
     parser.add_argument("--poll-s", type=float, default=1.0, help="registry poll interval (--db)")
     parser.add_argument(
@@ -244,22 +245,22 @@ def _keys(args: argparse.Namespace, api_key: str | None) -> Any:
 
 def _recorder(args: argparse.Namespace, chat_format: Any) -> Any:
     from tepo_agent.server.recording import Recorder, RecordingConfig
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import open_store
 
     config = RecordingConfig(idle_s=args.session_idle_s, max_live=args.record_max_live)
-    return Recorder(TrajectoryStore(args.db), chat_format, config)
+    return Recorder(open_store(args.db), chat_format, config)
 
 
 def _registry_policy(args: argparse.Namespace) -> Any:
-    from tepo_agent.cli._db import db_path
+    from tepo_agent.cli._db import creates_store, db_target
     from tepo_agent.cli._policy import choose_policy
     from tepo_agent.policy.registry import PolicyRegistry
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import open_store
 
-    path = db_path(args.db)
-    if not path.exists():
+    path = db_target(args.db)
+    if creates_store(path):
         print(f"tepo-agent serve: created trajectory database {path}", file=sys.stderr)
-    with TrajectoryStore(path) as store:
+    with open_store(path) as store:
         return choose_policy(PolicyRegistry(store), args.model)
 
 

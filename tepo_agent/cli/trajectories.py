@@ -129,7 +129,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     colour = None
     if colour_wanted(args.no_color, sys.stdout):  # each token on the colour of its entropy
-        colour = TurnColourer.for_trajectory(traj, load_decoder(None, store.path))
+        colour = TurnColourer.for_trajectory(traj, load_decoder(None, store.location))
     lines = _show_text(traj, colour)
     lines.extend(f"feedback: {f['value']:g} from {f['source']}" for f in feedback)
     if colour is not None:

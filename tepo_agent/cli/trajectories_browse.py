@@ -25,7 +25,12 @@ def register_browse(actions: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    browse.add_argument("--db", help="database file (default: $TEPO_AGENT_DB or ./tepo-agent.db)")
+    browse.add_argument(
+        "--db",
+        metavar="PATH",
+        help="SQLite database file (default: $TEPO_AGENT_DB or ./tepo-agent.db; Datasette reads "
+        "SQLite only: browse a PostgreSQL store with psql or any PostgreSQL client)",
+    )
     browse.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     browse.add_argument("--port", type=int, default=8001, help="port (default 8001)")
     browse.add_argument("--open", action="store_true", help="open a browser tab")
@@ -33,10 +38,18 @@ def register_browse(actions: Any) -> None:
 
 
 def run_browse(args: argparse.Namespace) -> int:
+    from tepo_agent.cli._db import db_target
+    from tepo_agent.errors import ConfigError
     from tepo_agent.report.datasette import datasette_command, metadata_for
-    from tepo_agent.store import default_db_path
+    from tepo_agent.store import redact
 
-    db = Path(args.db or default_db_path())
+    db = db_target(args.db)
+    if not isinstance(db, Path):
+        raise ConfigError(
+            f"{redact(db)} is a PostgreSQL store; `trajectories browse` opens SQLite files in "
+            "Datasette. Browse PostgreSQL with psql or any PostgreSQL client, or copy the store "
+            "into a SQLite file first"
+        )
     with tempfile.TemporaryDirectory(prefix="tepo-datasette-") as tmp:
         metadata = Path(tmp) / "metadata.json"
         metadata.write_text(json.dumps(metadata_for(db), ensure_ascii=False), encoding="utf-8")

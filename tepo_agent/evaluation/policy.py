@@ -65,9 +65,9 @@ def _from_registry(
 ) -> PolicyUnderTest:
     from tepo_agent.policy.hotswap import InProcessTarget
     from tepo_agent.policy.registry import PolicyRegistry
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import open_store
 
-    with TrajectoryStore(db, create=False) as store:
+    with open_store(db, create=False) as store:
         registry = PolicyRegistry(store)
         record = registry.get(version) if version is not None else registry.live()
         if record is None:

@@ -14,7 +14,7 @@ rules and :mod:`tepo_agent.store.schema` for the tables, migrations and durabili
 """
 
 from tepo_agent.store._codec import from_row
-from tepo_agent.store._open import is_store_url, open_store, redact
+from tepo_agent.store._open import is_store_url, open_store, redact, sqlite_path
 from tepo_agent.store._policy import (
     PolicyEvent,
     PolicyEventKind,
@@ -62,4 +62,5 @@ __all__ = [
     "is_store_url",
     "open_store",
     "redact",
+    "sqlite_path",
 ]

@@ -7,7 +7,8 @@ Each case checks what the caller sees (a typed error naming the cause, or a retr
 succeeds), that nothing committed is lost (integrity_check, counts, field-exact round trips)
 and that the live policy keeps serving. Cases already covered elsewhere: the trainer SIGKILLed
 mid-step (tests/trainer/test_resume.py), an application SIGKILLed mid-write with four writers
-(tests/test_store_concurrency.py), a deleted checkpoint directory (tests/test_hotswap.py)."""
+(tests/store_conformance/test_store_concurrency.py), a deleted checkpoint directory
+(tests/test_hotswap.py)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _store_data import make_trajectory
 from test_serve import SMALL, LiveServer
-from test_store import make_trajectory
 
 from tepo_agent.backends.base import SamplingParams
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig

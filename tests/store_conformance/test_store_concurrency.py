@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import open_store, sqlite_path
 
 # The child processes run this file. ``make(writer, i)`` builds a deterministic trajectory of
 # about 1,000 tokens (prompt 120 + 4 assistant turns of 200 + 2 tool blocks of 40), so the test
@@ -61,11 +61,11 @@ def make(writer, i):
 
 
 def main():
-    from tepo_agent.store import TrajectoryStore
+    from tepo_agent.store import open_store
 
     db, writer, count, ready, go, report = sys.argv[1:7]
     writer, count = int(writer), int(count)
-    store = TrajectoryStore(db)
+    store = open_store(db)
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.01)
@@ -91,7 +91,7 @@ def writer_script(tmp_path: Path) -> Path:
     return path
 
 
-def _start(script: Path, db: Path, writer: int, count: int, tmp: Path) -> subprocess.Popen:
+def _start(script: Path, db: str, writer: int, count: int, tmp: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(script), str(db), str(writer), str(count),
          str(tmp / f"ready{writer}"), str(tmp / "go"), str(tmp / f"report{writer}")],
@@ -111,10 +111,14 @@ def _wait_ready(tmp: Path, procs: list[subprocess.Popen], n: int) -> None:
         time.sleep(0.05)
 
 
-def _integrity(db: Path) -> str:
-    conn = sqlite3.connect(db)
+def _check_file(url: str) -> None:
+    """SQLite's own consistency check of the file (other backends' servers check their pages)."""
+    path = sqlite_path(url)
+    if path is None:
+        return
+    conn = sqlite3.connect(path)
     try:
-        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finally:
         conn.close()
 
@@ -132,17 +136,17 @@ def _assert_same(got: Any, want: Any) -> None:
 
 @pytest.mark.slow
 def test_four_writers_and_a_polling_reader_lose_nothing(
-    tmp_path: Path, writer_script: Path
+    store_url: str, tmp_path: Path, writer_script: Path
 ) -> None:
-    db, n_writers, per_writer = tmp_path / "shared.db", 4, 200
+    db, n_writers, per_writer = store_url, 4, 200
     make = runpy.run_path(str(writer_script))["make"]
-    TrajectoryStore(db).close()  # create + migrate once; the writers also race on open
+    open_store(db).close()  # create + migrate once; the writers also race on open
     procs = [_start(writer_script, db, w, per_writer, tmp_path) for w in range(n_writers)]
     try:
         _wait_ready(tmp_path, procs, n_writers)
         (tmp_path / "go").touch()
         seen: list[int] = []
-        with TrajectoryStore(db) as reader:
+        with open_store(db) as reader:
             while True:
                 done = all(p.poll() is not None for p in procs)
                 for row in reader.list(since_seq=seen[-1] if seen else 0, limit=1000):
@@ -163,8 +167,8 @@ def test_four_writers_and_a_polling_reader_lose_nothing(
         assert "locked" not in err.lower()
     total = n_writers * per_writer
     assert seen == list(range(1, total + 1))  # the reader's cursor never skipped a row
-    assert _integrity(db) == "ok"
-    with TrajectoryStore(db) as store:
+    _check_file(db)
+    with open_store(db) as store:
         assert store.count() == total
         for w in range(n_writers):
             assert len(store.list(app_tag=f"app{w}", limit=1000)) == per_writer
@@ -179,9 +183,9 @@ def test_four_writers_and_a_polling_reader_lose_nothing(
 
 @pytest.mark.slow
 def test_sigkill_mid_write_keeps_every_committed_trajectory(
-    tmp_path: Path, writer_script: Path
+    store_url: str, tmp_path: Path, writer_script: Path
 ) -> None:
-    db = tmp_path / "killed.db"
+    db = store_url
     make = runpy.run_path(str(writer_script))["make"]
     proc = _start(writer_script, db, 0, -1, tmp_path)  # writes until killed
     report = tmp_path / "report0"
@@ -203,12 +207,12 @@ def test_sigkill_mid_write_keeps_every_committed_trajectory(
     text = report.read_text()
     committed = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
     assert len(committed) >= 60
-    assert _integrity(db) == "ok"
-    with TrajectoryStore(db) as store:
+    _check_file(db)
+    with open_store(db) as store:
         # everything reported is there; at most the one in flight after its commit is extra
         assert len(committed) <= store.count() <= len(committed) + 1
         for i, tid in enumerate(committed):
             want = make(0, i)
             assert tid == want.id
             _assert_same(store.get(tid), want)
-        assert _integrity(db) == "ok"
+        _check_file(db)

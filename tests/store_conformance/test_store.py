@@ -1,5 +1,7 @@
-"""TrajectoryStore on a real SQLite file: round trips, BLOB layout, migrations, feedback,
-the trainer's scored_since cursor, train steps, export, and the feedback/trajectories CLI."""
+"""The trajectory store on every backend (the ``store`` fixture): round trips, feedback, the
+trainer's scored_since cursor, train steps, export, and the feedback/trajectories CLI over a
+store URL. Tests taking ``sqlite_store`` or building files by hand are SQLite-only: the BLOB
+layout, the connection settings and the migration of old files."""
 
 from __future__ import annotations
 
@@ -11,86 +13,16 @@ import struct
 from pathlib import Path
 
 import pytest
+from _store_data import f32, make_trajectory
 
 from tepo_agent.cli import main as cli_main
 from tepo_agent.errors import ConfigError, StoreError
-from tepo_agent.store import SCHEMA_VERSION, TrajectoryStore
+from tepo_agent.store import SCHEMA_VERSION, Store, TrajectoryStore, open_store
 from tepo_agent.store.schema import apply_migrations, schema_version
-from tepo_agent.trajectory import Trajectory, Turn
+from tepo_agent.trajectory import Trajectory
 
 
-def f32(values: list[float]) -> list[float]:
-    return [struct.unpack("<f", struct.pack("<f", v))[0] for v in values]
-
-
-def make_trajectory(
-    *, group_id: str | None = None, score: float | None = None, task: str = "2+3*4?"
-) -> Trajectory:
-    return Trajectory(
-        task=task,
-        prompt_token_ids=[1, 500, 70000, 2**31 - 1],
-        turns=[
-            Turn(
-                role="assistant",
-                token_ids=[11, 12, 13],
-                text="call calc",
-                logprobs=[-0.1, -2.5, -0.003],
-                entropies=[1.25, 0.7, 3.3],
-                entropy_lower=[1.0, 0.5, 3.0],
-                entropy_upper=[1.5, 0.9, 3.6],
-                entropy_kind="topk",
-                policy_version=7,
-                finish_reason="stop",
-                entropy_mean=1.75,
-            ),
-            Turn(
-                role="tool",
-                token_ids=[20, 21],
-                text="14",
-                tool_call_id="call-1",
-                tool_name="calculator",
-                tool_args={"expression": "2+3*4", "nested": [1, {"a": None}]},
-                tool_result="14",
-                tool_latency_s=0.0123,
-                delta_entropy=-0.5,
-            ),
-            Turn(
-                role="tool",
-                token_ids=[],
-                tool_name="search",
-                tool_error="timeout",
-                delta_entropy=0.2,
-            ),
-            Turn(
-                role="assistant",
-                token_ids=[30, 31],
-                text="14",
-                logprobs=[],
-                entropies=[0.25, 0.5],
-                entropy_kind="exact",
-                policy_version=8,
-                finish_reason="length",
-                entropy_mean=0.375,
-            ),
-        ],
-        group_id=group_id,
-        answer="14",
-        status="max_tokens",
-        score=score,
-        app_tag="calc-app",
-        task_id="math-17",
-        metadata={"user": "ü", "n": 3},
-        created_at=1700000000.5,
-    )
-
-
-@pytest.fixture
-def store(tmp_path: Path):
-    with TrajectoryStore(tmp_path / "t.db") as s:
-        yield s
-
-
-def test_every_field_round_trips_with_float32_arrays(store: TrajectoryStore) -> None:
+def test_every_field_round_trips_with_float32_arrays(store: Store) -> None:
     traj = make_trajectory(score=0.75)
     assert store.add(traj) == traj.id
     back = store.get(traj.id)
@@ -110,7 +42,7 @@ def test_every_field_round_trips_with_float32_arrays(store: TrajectoryStore) -> 
     assert back.full_token_ids() == traj.full_token_ids()
 
 
-def test_empty_float_array_stays_distinct_from_none(store: TrajectoryStore) -> None:
+def test_empty_float_array_stays_distinct_from_none(store: Store) -> None:
     traj = make_trajectory()
     store.add(traj)
     last = store.get(traj.id).turns[3]
@@ -119,10 +51,11 @@ def test_empty_float_array_stays_distinct_from_none(store: TrajectoryStore) -> N
 
 
 def test_token_arrays_are_little_endian_int32_and_float32_blobs(
-    store: TrajectoryStore, tmp_path: Path
+    sqlite_store: TrajectoryStore, tmp_path: Path
 ) -> None:
+    """SQLite-only: the BLOB layout in the file."""
     traj = make_trajectory()
-    store.add(traj)
+    sqlite_store.add(traj)
     conn = sqlite3.connect(tmp_path / "t.db")
     ids, lps, kind = conn.execute(
         "SELECT token_ids, logprobs, typeof(entropies) FROM turns WHERE idx = 0"
@@ -135,7 +68,7 @@ def test_token_arrays_are_little_endian_int32_and_float32_blobs(
     conn.close()
 
 
-def test_summary_counts_come_from_the_turns(store: TrajectoryStore) -> None:
+def test_summary_counts_come_from_the_turns(store: Store) -> None:
     traj = make_trajectory()
     store.add(traj)
     (row,) = store.list()
@@ -145,19 +78,19 @@ def test_summary_counts_come_from_the_turns(store: TrajectoryStore) -> None:
     assert row.seq == 1 and row.score_seq is None
 
 
-def test_add_many_of_nothing_writes_nothing(store: TrajectoryStore) -> None:
+def test_add_many_of_nothing_writes_nothing(store: Store) -> None:
     assert store.add_many([]) == []
     assert store.count() == 0
 
 
-def test_missing_created_at_is_filled_at_write_time(store: TrajectoryStore) -> None:
+def test_missing_created_at_is_filled_at_write_time(store: Store) -> None:
     traj = Trajectory(task="t", prompt_token_ids=[1])
     store.add(traj)
     assert traj.created_at is None
     assert store.get(traj.id).created_at is not None
 
 
-def test_duplicate_id_is_refused_and_the_batch_rolls_back(store: TrajectoryStore) -> None:
+def test_duplicate_id_is_refused_and_the_batch_rolls_back(store: Store) -> None:
     first = make_trajectory()
     store.add(first)
     fresh = make_trajectory()
@@ -168,7 +101,7 @@ def test_duplicate_id_is_refused_and_the_batch_rolls_back(store: TrajectoryStore
         store.get(fresh.id)
 
 
-def test_bad_values_are_refused_before_writing(store: TrajectoryStore) -> None:
+def test_bad_values_are_refused_before_writing(store: Store) -> None:
     with pytest.raises(StoreError, match="int32"):
         store.add(Trajectory(task="t", prompt_token_ids=[2**31]))
     with pytest.raises(StoreError, match="finite"):
@@ -178,12 +111,12 @@ def test_bad_values_are_refused_before_writing(store: TrajectoryStore) -> None:
     assert store.count() == 0
 
 
-def test_get_of_unknown_id_says_so(store: TrajectoryStore) -> None:
+def test_get_of_unknown_id_says_so(store: Store) -> None:
     with pytest.raises(StoreError, match="no trajectory with id 'nope'"):
         store.get("nope")
 
 
-def test_list_filters_pages_and_orders(store: TrajectoryStore) -> None:
+def test_list_filters_pages_and_orders(store: Store) -> None:
     trajs = [make_trajectory(group_id="g" if i % 2 else None) for i in range(6)]
     trajs[5].app_tag = "other"
     for t in trajs:
@@ -198,7 +131,9 @@ def test_list_filters_pages_and_orders(store: TrajectoryStore) -> None:
         store.list(limit=-1)
 
 
-def test_connection_uses_wal_foreign_keys_and_normal_sync(store: TrajectoryStore) -> None:
+def test_connection_uses_wal_foreign_keys_and_normal_sync(sqlite_store: TrajectoryStore) -> None:
+    """SQLite-only: the connection settings."""
+    store = sqlite_store
     conn = store.db.conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
@@ -206,7 +141,7 @@ def test_connection_uses_wal_foreign_keys_and_normal_sync(store: TrajectoryStore
     assert store.schema_version == SCHEMA_VERSION
 
 
-def test_feedback_is_kept_and_the_latest_sets_the_score(store: TrajectoryStore) -> None:
+def test_feedback_is_kept_and_the_latest_sets_the_score(store: Store) -> None:
     traj = make_trajectory()
     store.add(traj)
     store.record_feedback(traj.id, 0.0, source="thumbs")
@@ -219,7 +154,7 @@ def test_feedback_is_kept_and_the_latest_sets_the_score(store: TrajectoryStore) 
     assert store.list()[0].score_seq == 1  # queued once, at the first feedback
 
 
-def test_feedback_rejects_out_of_range_values_and_unknown_ids(store: TrajectoryStore) -> None:
+def test_feedback_rejects_out_of_range_values_and_unknown_ids(store: Store) -> None:
     traj = make_trajectory()
     store.add(traj)
     for bad in (1.5, -0.1, math.inf):
@@ -231,7 +166,7 @@ def test_feedback_rejects_out_of_range_values_and_unknown_ids(store: TrajectoryS
 
 
 def test_scored_since_groups_by_group_id_and_ungrouped_stand_alone(
-    store: TrajectoryStore,
+    store: Store,
 ) -> None:
     a1, b1, a2, lone, unscored = (
         make_trajectory(group_id="A", score=1.0),
@@ -255,7 +190,7 @@ def test_scored_since_groups_by_group_id_and_ungrouped_stand_alone(
 
 
 def test_feedback_after_the_cursor_passed_still_reaches_the_trainer(
-    store: TrajectoryStore,
+    store: Store,
 ) -> None:
     early = make_trajectory()  # written first, scored last
     store.add(early)
@@ -267,7 +202,7 @@ def test_feedback_after_the_cursor_passed_still_reaches_the_trainer(
 
 
 def test_scored_since_limit_never_cuts_an_atomically_added_group(
-    store: TrajectoryStore,
+    store: Store,
 ) -> None:
     store.add(make_trajectory(score=1.0))
     group = [make_trajectory(group_id="G", score=s) for s in (0.0, 0.5, 1.0)]
@@ -280,7 +215,7 @@ def test_scored_since_limit_never_cuts_an_atomically_added_group(
     assert [len(g) for g in store.scored_since(cursor, limit=2)] == [1]
 
 
-def test_train_steps_are_recorded_in_order_and_unique(store: TrajectoryStore) -> None:
+def test_train_steps_are_recorded_in_order_and_unique(store: Store) -> None:
     store.record_train_step(2, {"loss": 0.5}, cursor_seq=40, policy_version=1, published_version=2)
     store.record_train_step(1, {"loss": 0.75}, cursor_seq=20, policy_version=1)
     steps = store.train_steps()
@@ -293,7 +228,7 @@ def test_train_steps_are_recorded_in_order_and_unique(store: TrajectoryStore) ->
         store.record_train_step(1, {}, cursor_seq=0, policy_version=None)
 
 
-def test_record_reward_is_stored_on_the_summary(store: TrajectoryStore) -> None:
+def test_record_reward_is_stored_on_the_summary(store: Store) -> None:
     traj = make_trajectory()
     store.add(traj)
     store.record_reward(traj.id, -0.25)
@@ -302,7 +237,7 @@ def test_record_reward_is_stored_on_the_summary(store: TrajectoryStore) -> None:
         store.record_reward("missing", 1.0)
 
 
-def test_export_jsonl_writes_one_full_record_per_line(store: TrajectoryStore, tmp_path: Path):
+def test_export_jsonl_writes_one_full_record_per_line(store: Store, tmp_path: Path):
     trajs = [make_trajectory(score=0.5) for _ in range(3)]
     store.add_many(trajs)
     out = tmp_path / "out.jsonl"
@@ -317,6 +252,7 @@ def test_export_jsonl_writes_one_full_record_per_line(store: TrajectoryStore, tm
 
 
 def test_a_v1_file_is_migrated_forward_on_open(tmp_path: Path) -> None:
+    """SQLite-only: a file of schema v1 (SQLite's migration list)."""
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
@@ -343,6 +279,7 @@ def test_a_v1_file_is_migrated_forward_on_open(tmp_path: Path) -> None:
 
 
 def test_a_v2_file_gets_each_failed_calls_error_kind_back_filled(tmp_path: Path) -> None:
+    """SQLite-only: a file of schema v2 (SQLite's migration list)."""
     path = tmp_path / "v2.db"
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("BEGIN IMMEDIATE")
@@ -373,7 +310,7 @@ def test_a_v2_file_gets_each_failed_calls_error_kind_back_filled(tmp_path: Path)
     assert kinds == ["malformed", "unknown_tool", "timeout", "tool_error", None]
 
 
-def test_error_kind_round_trips_and_is_exported(store: TrajectoryStore, tmp_path: Path) -> None:
+def test_error_kind_round_trips_and_is_exported(store: Store, tmp_path: Path) -> None:
     traj = make_trajectory()
     traj.turns[2].error_kind = "timeout"
     store.add(traj)
@@ -384,7 +321,7 @@ def test_error_kind_round_trips_and_is_exported(store: TrajectoryStore, tmp_path
     assert [t["error_kind"] for t in record["turns"]] == [None, None, "timeout", None]
 
 
-def test_the_store_refuses_an_error_kind_it_does_not_know(store: TrajectoryStore) -> None:
+def test_the_store_refuses_an_error_kind_it_does_not_know(store: Store) -> None:
     traj = make_trajectory()
     traj.turns[2].error_kind = "gremlins"  # type: ignore[assignment]
     with pytest.raises(StoreError, match="rejected by the schema"):
@@ -393,6 +330,7 @@ def test_the_store_refuses_an_error_kind_it_does_not_know(store: TrajectoryStore
 
 
 def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
+    """SQLite-only: the version lives in the file's header."""
     path = tmp_path / "future.db"
     conn = sqlite3.connect(path)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
@@ -402,6 +340,7 @@ def test_a_file_from_a_newer_version_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_non_database_file_and_a_missing_file_are_reported(tmp_path: Path) -> None:
+    """SQLite-only: files that are not stores."""
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a usable SQLite database"):
@@ -411,8 +350,8 @@ def test_a_non_database_file_and_a_missing_file_are_reported(tmp_path: Path) -> 
     assert not (tmp_path / "absent.db").exists()
 
 
-def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
-    store = TrajectoryStore(tmp_path / "t.db")
+def test_a_closed_store_refuses_calls(store_url: str) -> None:
+    store = open_store(store_url)
     store.close()
     store.close()
     with pytest.raises(StoreError, match="closed"):
@@ -422,10 +361,10 @@ def test_a_closed_store_refuses_calls(tmp_path: Path) -> None:
 # -- CLI ---------------------------------------------------------------------------------------
 
 
-def test_cli_feedback_list_show_export(tmp_path: Path, monkeypatch, capsys) -> None:
-    db = tmp_path / "cli.db"
+def test_cli_feedback_list_show_export(store_url: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    db = store_url  # every --db takes a store URL
     traj = make_trajectory()
-    with TrajectoryStore(db) as store:
+    with open_store(db) as store:
         store.add(traj)
     monkeypatch.setenv("TEPO_AGENT_DB", str(db))  # read at call time
     assert cli_main(["feedback", traj.id, "0.5", "--source", "reviewer"]) == 0
@@ -449,6 +388,7 @@ def test_cli_feedback_list_show_export(tmp_path: Path, monkeypatch, capsys) -> N
 
 
 def test_cli_reports_a_missing_database_without_creating_it(tmp_path: Path, capsys) -> None:
+    """SQLite-only: a missing file is never created by a reading command."""
     db = tmp_path / "absent.db"
     assert cli_main(["trajectories", "list", "--db", str(db)]) == 1
     assert "no trajectory database" in capsys.readouterr().err

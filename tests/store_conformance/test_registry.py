@@ -1,5 +1,5 @@
-"""PolicyRegistry on a real SQLite file: the candidate -> live -> retired lifecycle, rejection,
-rollback, and atomicity under concurrent connections."""
+"""PolicyRegistry on every store backend (``store_url``): the candidate -> live -> retired
+lifecycle, rejection, rollback, history, and atomicity under concurrent connections."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 
 from tepo_agent.errors import ConfigError, PublishError, StoreError
 from tepo_agent.policy.registry import PolicyRegistry
-from tepo_agent.store import TrajectoryStore
+from tepo_agent.store import open_store
 
 
 @pytest.fixture
-def registry(tmp_path: Path):
-    with PolicyRegistry(tmp_path / "r.db") as reg:
+def registry(store_url: str):
+    with PolicyRegistry(store_url) as reg:
         yield reg
 
 
@@ -110,17 +110,20 @@ def test_base_registered_after_a_promotion_is_retired(registry: PolicyRegistry) 
     assert registry.live().version == v1
 
 
-def test_the_database_itself_allows_one_live_version(registry: PolicyRegistry) -> None:
+def test_the_database_itself_allows_one_live_version(tmp_path: Path) -> None:
+    """SQLite-only: a raw connection to the file (each backend checks its own index)."""
+    registry = PolicyRegistry(tmp_path / "r.db")
     registry.ensure_base("/m/base")
     registry.register("/ckpt/1", kind="full", parent=0)
-    conn = sqlite3.connect(registry.store.path)
+    registry.close()
+    conn = sqlite3.connect(tmp_path / "r.db")
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("UPDATE policies SET status = 'live' WHERE version = 1")
     conn.close()
 
 
-def test_a_second_process_view_sees_promotions(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
+def test_a_second_process_view_sees_promotions(store_url: str) -> None:
+    path = store_url
     with PolicyRegistry(path) as trainer, PolicyRegistry(path) as server:
         trainer.ensure_base("/m/base")
         assert server.live().version == 0
@@ -128,15 +131,15 @@ def test_a_second_process_view_sees_promotions(tmp_path: Path) -> None:
         assert server.live().path == "/ckpt/1"
 
 
-def test_a_registry_over_a_shared_store_leaves_it_open(tmp_path: Path) -> None:
-    with TrajectoryStore(tmp_path / "s.db") as store:
+def test_a_registry_over_a_shared_store_leaves_it_open(store_url: str) -> None:
+    with open_store(store_url) as store:
         with PolicyRegistry(store) as reg:
             reg.ensure_base("/m/base")
         assert store.count() == 0  # still usable
 
 
-def test_concurrent_registration_and_promotion_stay_atomic(tmp_path: Path) -> None:
-    path = tmp_path / "race.db"
+def test_concurrent_registration_and_promotion_stay_atomic(store_url: str) -> None:
+    path = store_url
     with PolicyRegistry(path) as reg:
         reg.ensure_base("/m/base")
     versions: list[int] = []
