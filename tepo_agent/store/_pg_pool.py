@@ -68,7 +68,8 @@ class ConnectionPool:
             )
         except self._psycopg.Error as exc:
             raise StoreError(
-                f"cannot connect to the PostgreSQL store {redact(self.url)}: {exc}; check that "
+                f"cannot connect to the PostgreSQL store {redact(self.url)}: "
+                f"{' '.join(str(exc).split())}; check that "
                 "the server is running and the URL's host, port, user and database are right"
             ) from exc
 

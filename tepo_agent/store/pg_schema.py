@@ -231,7 +231,12 @@ IDENTITY_COLUMNS: tuple[tuple[str, str], ...] = (
 
 def schema_version(conn: Any) -> int:
     """The database's schema version (0 for a new, empty database). ``conn``: psycopg."""
-    found = conn.execute("SELECT to_regclass('tepo_schema_version') IS NOT NULL AS found")
+    # A query on pg_tables (not to_regclass): it reads with the statement's snapshot, so after
+    # waiting for the migration lock it sees the table another process just committed.
+    found = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() "
+        "AND tablename = 'tepo_schema_version') AS found"
+    )
     if not _first(found.fetchone()):
         return 0
     return int(_first(conn.execute("SELECT version FROM tepo_schema_version").fetchone()))
