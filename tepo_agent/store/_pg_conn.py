@@ -95,17 +95,23 @@ class PgConnection:
         with self._pool.connection() as conn:
             yield conn
 
-    def _transaction(self, fn: Callable[[Any], T], *, pipeline: bool = False) -> T:
+    def _transaction(
+        self, fn: Callable[[Any], T], *, pipeline: bool = False, atomic: bool = True
+    ) -> T:
         """Run ``fn(conn)`` in one transaction, retried from the start on a serialization
         failure or deadlock; database errors become :class:`StoreError`. ``pipeline``: send
         the statements without waiting for each answer (for writes whose statements need no
-        result). A read-only store's connections are READ ONLY: PostgreSQL refuses a write."""
+        result). ``atomic=False``: each statement commits on its own (reads of one statement,
+        or of rows that never change: no BEGIN/COMMIT round trips). A read-only store's
+        connections are READ ONLY: PostgreSQL itself refuses a write."""
         psycopg = self._pool._psycopg
         deadline = time.monotonic() + self.busy_timeout_s
         delay = 0.002
         while True:
             try:
                 with self._connection() as conn:
+                    if not atomic:
+                        return fn(conn)
                     if pipeline:
                         with conn.pipeline(), conn.transaction():
                             return fn(conn)
@@ -152,12 +158,14 @@ class PgConnection:
         return StoreError(f"PostgreSQL error on {where}: {exc}")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[dict[str, Any]]:
-        return self._transaction(lambda conn: conn.execute(sql, params).fetchall())
+        return self._transaction(lambda conn: conn.execute(sql, params).fetchall(), atomic=False)
 
     def _settled(self, sequence: str) -> int:
         """:meth:`_horizon` in its own short transaction (the exclusive lock is released at
         once); rows read afterwards by a new statement see every number up to it settled."""
-        return self._transaction(lambda conn: settled_horizon(conn, sequence))
+        # Not atomic: the lock statement is its own transaction, so the exclusive lock is taken
+        # and released at once (settled_horizon's two statements need no common snapshot).
+        return self._transaction(lambda conn: settled_horizon(conn, sequence), atomic=False)
 
     @property
     def schema_version(self) -> int:

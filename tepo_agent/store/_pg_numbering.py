@@ -70,8 +70,9 @@ def apply_feedback(conn: Any, trajectory_id: str, value: float, source: str, now
 
 def settled_horizon(conn: Any, sequence: str) -> int:
     """Steps 2-3 of the design: the highest number of ``sequence`` handed out so far, returned
-    once every transaction that may hold a number up to it has ended. Run it in a transaction
-    of its own and read the rows in a later statement (the lock is released at its commit)."""
+    once every transaction that may hold a number up to it has ended. Run it in autocommit
+    mode (or a transaction of its own), so the exclusive lock is released as soon as it is
+    granted, and read the rows in a later statement."""
     row = conn.execute(f"SELECT last_value, is_called FROM {sequence}").fetchone()
     horizon = int(row["last_value"]) if row["is_called"] else int(row["last_value"]) - 1
     conn.execute("SELECT pg_advisory_xact_lock(%s)", [NUMBERING_LOCK])

@@ -105,17 +105,19 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
         """The stored trajectory, every field as written (float arrays at float32 precision)."""
 
         def read(conn: Any) -> Trajectory:
-            row = conn.execute(
-                "SELECT * FROM trajectories WHERE id = %s", [trajectory_id]
-            ).fetchone()
+            # One round trip. Turns are written with their trajectory and never change, so the
+            # two statements need no common snapshot.
+            with conn.pipeline():
+                head = conn.execute("SELECT * FROM trajectories WHERE id = %s", [trajectory_id])
+                body = conn.execute(
+                    "SELECT * FROM turns WHERE trajectory_id = %s ORDER BY idx", [trajectory_id]
+                )
+            row = head.fetchone()
             if row is None:
                 raise StoreError(f"no trajectory with id {trajectory_id!r} in {redact(self.url)}")
-            turns = conn.execute(
-                "SELECT * FROM turns WHERE trajectory_id = %s ORDER BY idx", [trajectory_id]
-            ).fetchall()
-            return trajectory_from_rows(_blobs(row), [_blobs(t) for t in turns])
+            return trajectory_from_rows(_blobs(row), [_blobs(t) for t in body.fetchall()])
 
-        return self._transaction(read)
+        return self._transaction(read, atomic=False)
 
     def resolve_id(self, prefix: str) -> str:
         """The full id of the one trajectory whose id starts with ``prefix``."""
