@@ -105,17 +105,17 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
         """The stored trajectory, every field as written (float arrays at float32 precision)."""
 
         def read(conn: Any) -> Trajectory:
-            # One round trip. Turns are written with their trajectory and never change, so the
-            # two statements need no common snapshot.
-            with conn.pipeline():
-                head = conn.execute("SELECT * FROM trajectories WHERE id = %s", [trajectory_id])
-                body = conn.execute(
-                    "SELECT * FROM turns WHERE trajectory_id = %s ORDER BY idx", [trajectory_id]
-                )
-            row = head.fetchone()
+            # Turns are written with their trajectory and never change, so the two statements
+            # need no common snapshot (and no BEGIN/COMMIT round trips).
+            row = conn.execute(
+                "SELECT * FROM trajectories WHERE id = %s", [trajectory_id]
+            ).fetchone()
             if row is None:
                 raise StoreError(f"no trajectory with id {trajectory_id!r} in {redact(self.url)}")
-            return trajectory_from_rows(_blobs(row), [_blobs(t) for t in body.fetchall()])
+            turns = conn.execute(
+                "SELECT * FROM turns WHERE trajectory_id = %s ORDER BY idx", [trajectory_id]
+            ).fetchall()
+            return trajectory_from_rows(_blobs(row), [_blobs(t) for t in turns])
 
         return self._transaction(read, atomic=False)
 
