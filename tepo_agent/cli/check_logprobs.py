@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
         help="compare recomputed with logged logprobs of one policy version's trajectories",
         description=__doc__,
     )
-    p.add_argument("--db", metavar="PATH", help=DB_HELP)
+    p.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     p.add_argument(
         "--policy",
         type=int,

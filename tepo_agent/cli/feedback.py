@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("trajectory_id", metavar="TRAJECTORY_ID", help="an id or unique prefix")
     parser.add_argument("value", metavar="VALUE", type=float, help="score in [0, 1]")
-    parser.add_argument("--db", metavar="PATH", help=DB_HELP)
+    parser.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     parser.add_argument("--source", default="cli", help="who gave the feedback (default: cli)")
     parser.set_defaults(func=run)
 

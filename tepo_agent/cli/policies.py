@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the policy versions: parent, status, gate figures, trajectories",
         description=__doc__,
     )
-    parser.add_argument("--db", metavar="PATH", help=DB_HELP)
+    parser.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     parser.add_argument("--json", action="store_true", help="one JSON object per version")
     parser.set_defaults(func=run)
 

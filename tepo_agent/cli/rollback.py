@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("version", metavar="VERSION", type=int, nargs="?", help="the version")
-    p.add_argument("--db", metavar="PATH", help=DB_HELP)
+    p.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     p.add_argument("--list", action="store_true", help="list the versions and their status")
     p.set_defaults(func=run)
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tepo_agent.cli._db import DB_HELP, existing_db
+from tepo_agent.errors import ConfigError
 
 if TYPE_CHECKING:
     from tepo_agent.trainer.distributed import Dist
@@ -37,7 +38,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--db", metavar="PATH", help=DB_HELP)
+    p.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
     p.add_argument(
         "--reward",
         choices=("outcome", "sparse", "dense"),
@@ -54,7 +55,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--model", metavar="DIR", help="base model directory (default: the registry's version 0)"
     )
-    p.add_argument("--run-dir", help="checkpoints and trainer state (default: DB.trainer/)")
+    p.add_argument(
+        "--run-dir",
+        help="checkpoints and trainer state (default: DB.trainer/ beside a SQLite file; "
+        "required with a postgresql:// --db)",
+    )
     p.add_argument("--finetune", choices=("full", "lora"), default="full", help="what is trained")
     p.add_argument("--lora-rank", type=int, default=16, help="with --finetune lora")
     p.add_argument("--lr", type=float, default=1e-5, help="AdamW learning rate")
@@ -119,6 +124,11 @@ def _launch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from tepo_agent.trainer.launch import launch
 
     db = existing_db(args.db)
+    if args.run_dir is None and not isinstance(db, Path):
+        raise ConfigError(
+            "--db is a database URL: name the trainer's checkpoint folder with --run-dir, a "
+            "directory every rank can reach"
+        )
     run_dir = args.run_dir or f"{Path(db).resolve()}.trainer"
     with tempfile.TemporaryDirectory(prefix="tepo-train-") as tmp:
         result = Path(tmp) / "status"

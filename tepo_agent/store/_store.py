@@ -206,8 +206,9 @@ class TrajectoryStore(
         if limit < 0 or offset < 0:
             raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
         where, params = _where(
-            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
-                             since_seq, trajectory_id)
+            TrajectoryFilter(group_id=group_id, app_tag=app_tag, policy_version=policy_version,
+                             min_score=min_score, max_score=max_score, tool=tool,
+                             since_seq=since_seq, trajectory_id=trajectory_id)
         )  # fmt: skip
         sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
         sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ? OFFSET ?"
@@ -227,8 +228,9 @@ class TrajectoryStore(
     ) -> int:
         """How many trajectories the filters select (all of them without filters)."""
         where, params = _where(
-            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
-                             since_seq, trajectory_id)
+            TrajectoryFilter(group_id=group_id, app_tag=app_tag, policy_version=policy_version,
+                             min_score=min_score, max_score=max_score, tool=tool,
+                             since_seq=since_seq, trajectory_id=trajectory_id)
         )  # fmt: skip
         return int(self.read(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
 
