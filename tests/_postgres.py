@@ -10,9 +10,10 @@ second on a busy machine) and keeps its migrated schema; ``new_database()`` give
 needs one (migrations, a schema of its own) a new, empty database. ``stop()`` shuts the server
 down and removes the directory.
 
-The binaries are looked up in ``$TEPO_PG_BIN``, then ``/usr/lib/postgresql/<newest>/bin`` (Debian's
-layout), then ``PATH``. When none is found the tests FAIL (never skip) with the command that
-installs it: ``scripts/test.sh`` installs ``postgresql`` from scripts/system-packages.txt.
+The binaries are looked up in ``$TEPO_PG_BIN`` (only there, when it is set), else in
+``/usr/lib/postgresql/<newest>/bin`` (Debian's layout), then on ``PATH``. When none is found
+the tests FAIL (never skip) with the command that installs it: ``scripts/test.sh`` installs
+``postgresql`` from scripts/system-packages.txt.
 
 ``durable=False`` (the tests) turns off fsync: a crashed test server is thrown away anyway.
 ``durable=True`` (the benchmarks) keeps fsync on and sets ``synchronous_commit=off``, the same
@@ -43,22 +44,24 @@ class PostgresUnavailable(RuntimeError):
 
 
 def find_bin_dir() -> Path:
-    """The directory holding ``initdb`` and ``pg_ctl`` (see the module docstring)."""
+    """The directory holding ``initdb`` and ``pg_ctl`` (see the module docstring); when
+    ``$TEPO_PG_BIN`` is set, that directory only."""
     env = os.environ.get("TEPO_PG_BIN")
     candidates = [Path(env)] if env else []
     debian = Path("/usr/lib/postgresql")
-    if debian.is_dir():
+    if not env and debian.is_dir():
         versions = sorted(
             (p for p in debian.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
         )
         candidates += [p / "bin" for p in reversed(versions)]
     on_path = shutil.which("initdb")
-    if on_path:
+    if not env and on_path:
         candidates.append(Path(on_path).parent)
     for directory in candidates:
         if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
             return directory
-    raise PostgresUnavailable(INSTALL_HINT)
+    where = f" ($TEPO_PG_BIN={env} holds no initdb and pg_ctl)" if env else ""
+    raise PostgresUnavailable(INSTALL_HINT + where)
 
 
 def _run_as() -> list[str]:
@@ -89,7 +92,10 @@ class PostgresServer:
     def start(cls, *, durable: bool = False) -> PostgresServer:
         bin_dir = find_bin_dir()
         prefix = _run_as()
-        root = Path(tempfile.mkdtemp(prefix="tepo-pg-"))
+        # As root the server runs as `postgres`, which must reach the directory: /tmp, not a
+        # $TMPDIR under root's home.
+        parent = "/tmp" if prefix and Path("/tmp").is_dir() else None
+        root = Path(tempfile.mkdtemp(prefix="tepo-pg-", dir=parent))
         if prefix:
             shutil.chown(root, user="postgres", group="postgres")
         server = cls(root=root, bin_dir=bin_dir, prefix=prefix)

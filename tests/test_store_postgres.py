@@ -5,6 +5,7 @@ and read-only / create=False behave as for a SQLite file."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import struct
 import subprocess
@@ -140,3 +141,16 @@ def test_the_password_never_appears_in_messages(tmp_path: Path) -> None:
     with pytest.raises(StoreError) as info:
         PostgresStore(url, busy_timeout_s=2)
     assert "s3cret" not in str(info.value)
+
+
+def test_without_postgresql_the_tests_fail_and_never_skip(tmp_path: Path) -> None:
+    """The conformance suite must run: a machine without PostgreSQL fails with what to install."""
+    env = {**os.environ, "TEPO_PG_BIN": str(tmp_path)}
+    test = "tests/test_store_postgres.py::test_the_database_itself_allows_one_live_version"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-rs"],
+        capture_output=True, text=True, env=env, cwd=Path(__file__).parent.parent, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "1 error" in done.stdout and "skipped" not in done.stdout
+    assert "apt-get install postgresql" in done.stdout
