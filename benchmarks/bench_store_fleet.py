@@ -86,7 +86,9 @@ def main() -> None:
             server.stop()
     print(f"\n{os.cpu_count()} CPU cores, {platform.platform()}, Python "
           f"{platform.python_version()}; {args.per_writer} trajectories per writer\n")  # fmt: skip
-    print("| store | writers | trajectories | trajectories/s | wall s | reader polls | exactly once |")
+    print(
+        "| store | writers | trajectories | trajectories/s | wall s | reader polls | exactly once |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for store, writers, r in rows:
         print(f"| {store} | {writers} | {writers * args.per_writer} | {r['per_s']:.0f} | "
