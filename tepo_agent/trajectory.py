@@ -75,6 +75,7 @@ class Turn:
     policy_version: int | None = None
     finish_reason: str | None = None
     entropy_mean: float | None = None  # H(t_k) as configured (mean, or first-N window)
+    replica: str | None = None  # the serving replica that sampled it (HttpBackend's base URL)
     # tool turns
     tool_call_id: str | None = None
     tool_name: str | None = None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from _postgres import PostgresServer, PostgresUnavailable
 
 
 # -- the embedded default model (tepo_agent.model.default) ---------------------------------------
@@ -62,3 +63,25 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float = 180) -> N
 def wait_healthy() -> Callable[..., None]:
     """:func:`_wait_healthy`, for tests and fixtures of any scope and folder."""
     return _wait_healthy
+
+
+# -- a real PostgreSQL server (tests/_postgres.py) -----------------------------------------------
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session (unix socket, stopped at the end).
+
+    Fails, never skips, when PostgreSQL is not installed: the store conformance suite must run.
+    """
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of the session server's shared database, emptied of rows for this test (its
+    migrated schema stays); a test that needs an empty database calls ``new_database()``."""
+    return postgres_server.clean_database()

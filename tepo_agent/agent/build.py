@@ -44,6 +44,7 @@ def _assistant_turn(message: AIMessage, chat_format: ChatFormat) -> Turn:
         entropy_upper=meta.get("entropy_upper"),
         entropy_kind=meta.get("entropy_kind"),
         policy_version=meta.get("policy_version"),
+        replica=meta.get("replica"),
         finish_reason=meta.get("finish_reason"),
         entropy_mean=None if h is None or math.isnan(h) else float(h),
     )

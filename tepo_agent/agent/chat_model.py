@@ -251,6 +251,7 @@ class TepoChatModel(BaseChatModel):
             "entropy_kind": generation.entropy_kind,
             "turn_entropy": turn_entropy(entropies, self.entropy_window) if entropies else None,
             "policy_version": generation.policy_version,
+            "replica": generation.replica,
             "prompt_token_ids": list(generation.prompt_token_ids),
             "finish_reason": generation.finish_reason,
             "prompt_render": prompt.render,

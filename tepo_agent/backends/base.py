@@ -90,6 +90,7 @@ class Generation:
     policy_version: int
     entropy_lower: tuple[float, ...] | None = None
     entropy_upper: tuple[float, ...] | None = None
+    replica: str | None = None  # which server sampled it (an HTTP replica's URL), None in-process
 
     def __post_init__(self) -> None:
         n = len(self.token_ids)

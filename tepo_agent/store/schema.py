@@ -225,6 +225,11 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX served_responses_trajectory ON served_responses(trajectory_id)",
         ),
     ),
+    Migration(
+        version=7,
+        description="turns.replica: the serving replica (base URL) that sampled an assistant turn",
+        statements=("ALTER TABLE turns ADD COLUMN replica TEXT",),
+    ),
 )
 
 SCHEMA_VERSION: int = MIGRATIONS[-1].version

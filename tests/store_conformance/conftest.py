@@ -20,13 +20,20 @@ import pytest
 
 from tepo_agent.store import Store, TrajectoryStore, open_store
 
-STORE_BACKENDS: list[str] = ["sqlite"]
+STORE_BACKENDS: list[str] = ["sqlite", "postgres"]
 
 
 @pytest.fixture
 def sqlite_store_url(tmp_path: Path) -> str:
     """A new SQLite file, named by URL (``sqlite:////abs/path``) to exercise URL selection."""
     return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture
+def postgres_store_url(postgres_url: str) -> str:
+    """An empty PostgreSQL store: the session server's test database with every row removed
+    (tests/_postgres.py; the server is started once per session, the tests FAIL without it)."""
+    return postgres_url
 
 
 @pytest.fixture(params=STORE_BACKENDS)

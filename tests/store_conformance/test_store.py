@@ -268,7 +268,7 @@ def test_a_v1_file_is_migrated_forward_on_open(tmp_path: Path) -> None:
     )
     conn.close()
     with TrajectoryStore(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 6
+        assert store.schema_version == SCHEMA_VERSION == 7
         assert store.get("old").prompt_token_ids == [5, 6]
         (group,) = store.scored_since(0)  # backfilled score_seq: visible to the trainer
         assert group.members[0].id == "old"
