@@ -10,6 +10,7 @@ follower brings it to the live version, after which it serves requests again.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig
+from tepo_agent.cli import main
 from tepo_agent.net import free_port
 from tepo_agent.policy.fleet import FleetTarget
 from tepo_agent.policy.hotswap import PolicyFollower
@@ -93,7 +95,9 @@ def setup(
     1200
 )  # two serve processes start in ~20 s on a quiet machine, minutes on a busy one
 async def test_runs_survive_a_killed_replica_and_the_restarted_one_is_brought_to_live(
-    setup: tuple[Path, Path, list[Replica]], wait_healthy: Callable[..., None]
+    setup: tuple[Path, Path, list[Replica]],
+    wait_healthy: Callable[..., None],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     db, base, (a, b) = setup
     started = time.monotonic()
@@ -130,8 +134,15 @@ async def test_runs_survive_a_killed_replica_and_the_restarted_one_is_brought_to
             assert a.proc is not None
             wait_healthy(a.url, a.proc, 400)
             assert a.served_version() == 0
+            status = ["fleet", "status", "--db", str(db), "--replica", f"{a.url},{b.url}"]
+            assert await asyncio.to_thread(main, status) == 1  # a is behind
+            assert "(not live)" in capsys.readouterr().out
             assert await asyncio.to_thread(follower.poll_once) == 1  # caught up
             assert a.served_version() == 1 and fleet.versions() == {1: [a.url, b.url]}
+            assert await asyncio.to_thread(main, [*status, "--json"]) == 0
+            shown = json.loads(capsys.readouterr().out)
+            assert shown["live_version"] == 1
+            assert [(r["url"], r["version"]) for r in shown["replicas"]] == [(a.url, 1), (b.url, 1)]
             await asyncio.to_thread(follower.poll_once)  # nothing left to do
             assert fleet.versions() == {1: [a.url, b.url]}
 
