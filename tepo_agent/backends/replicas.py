@@ -35,7 +35,7 @@ class Replica:
     answered: int = 0
     failures: int = 0  # consecutive failures; 0 while up
     retry_at: float = 0.0  # monotonic time of the next health probe while down
-    probing: bool = False
+    probe: asyncio.Task[None] | None = None  # the health probe running, if any
     last_error: str | None = None
 
 
@@ -104,7 +104,11 @@ class ReplicaPool:
     def due_for_probe(self) -> list[Replica]:
         """Down replicas whose backoff has run out and that no probe is checking yet."""
         now = self._clock()
-        return [r for r in self.replicas if not r.up and not r.probing and r.retry_at <= now]
+        return [
+            r
+            for r in self.replicas
+            if not r.up and (r.probe is None or r.probe.done()) and r.retry_at <= now
+        ]
 
     @contextmanager
     def in_flight(self, replica: Replica) -> Iterator[None]:
@@ -139,9 +143,13 @@ class ReplicaPool:
         """
         if len(self.replicas) < 2:
             return
+        loop = asyncio.get_running_loop()
+        for replica in self.replicas:  # a probe left behind by an event loop that ended
+            if replica.probe is not None and replica.probe.get_loop() is not loop:
+                replica.probe = None
         for replica in self.due_for_probe():
-            replica.probing = True
-            task = asyncio.get_running_loop().create_task(self._probe(client, replica))
+            task = loop.create_task(self._probe(client, replica))
+            replica.probe = task
             self._probes.add(task)
             task.add_done_callback(self._probes.discard)
 
@@ -161,8 +169,6 @@ class ReplicaPool:
                 self.failed(replica, f"health probe: HTTP {response.status_code}")
         except httpx.HTTPError as exc:
             self.failed(replica, f"health probe: {type(exc).__name__}: {exc}")
-        finally:
-            replica.probing = False
 
     def status(self) -> list[ReplicaStatus]:
         """Every replica's state, in the configured order."""
