@@ -9,13 +9,14 @@ GET /v1/models; a vLLM replica only whether it is up) and, with ``--db``, marks 
 the live version. Exit status 0 when every replica answers (and serves the live version, with
 --db), else 1.
 
-``follow`` runs until Ctrl-C: every ``--poll-s`` seconds it reads the database's live version and
-brings every replica that does not serve it there (a promotion, a rollback, a replica restarted on
-old weights, a replica that was down), printing one line per change. By default each replica
-loads the version's directory by its path (a shared filesystem). ``--serve-weights HOST:PORT``
-serves the versions' files over HTTP instead: each ``tepo-agent serve`` replica fetches them
-(POST /v1/fetch_weights), checks them against the sha256 recorded when the version was published
-and only then loads its own copy, so replicas need no shared filesystem. ``--advertise URL`` is the
+``follow`` runs until Ctrl-C or SIGTERM: every ``--poll-s`` seconds it reads the database's live
+version and brings every replica that does not serve it there (a promotion, a rollback, a replica
+restarted on old weights, a replica that was down), printing one line per change. By default
+each replica loads the version's directory by its path (a shared filesystem).
+``--serve-weights HOST:PORT`` serves the versions' files over HTTP instead: each ``tepo-agent
+serve`` replica fetches them (POST /v1/fetch_weights), checks them against the sha256 recorded
+when the version was published and only then loads its own copy, so replicas need no shared
+filesystem. ``--advertise URL`` is the
 address replicas reach that server at (default http://HOST:PORT). ``--weights-token`` (or
 $TEPO_AGENT_WEIGHTS_TOKEN) requires a bearer token on it. ``--replica`` repeats or takes a
 comma-separated list; ``--api-key`` is the replicas' admin key. docs/deployment.md shows a fleet.
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import time
 from typing import Any
 
@@ -143,6 +145,7 @@ def run_follow(args: argparse.Namespace) -> int:
         print(f"serving the versions' files at {weights.url}", flush=True)
     follower = PolicyFollower(existing_db(args.db), fleet, current_version=-1)
     shown: Any = None
+    signal.signal(signal.SIGTERM, _stop)  # a service manager stops it like Ctrl-C
     try:
         while True:
             error = None
@@ -162,6 +165,10 @@ def run_follow(args: argparse.Namespace) -> int:
         fleet.close()
         if weights is not None:
             weights.close()
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_change(fleet: Any, error: str | None) -> None:

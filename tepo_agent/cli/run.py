@@ -130,7 +130,7 @@ def _http_backend(args: argparse.Namespace, model_dir: Path) -> Backend:
     urls = replica_urls(args.base_url)
     served = args.served_model
     if not served:
-        names = served_models(urls[0])
+        names = _served_names(urls, served_models)
         if len(names) != 1:
             raise ConfigError(
                 f"{urls[0]} serves {len(names)} models ({', '.join(names) or 'none'}); "
@@ -142,6 +142,18 @@ def _http_backend(args: argparse.Namespace, model_dir: Path) -> Backend:
         HttpBackendConfig(base_url=urls, model=served, entropy_estimator=args.entropy),
         vocab_size=int(config["vocab_size"]),
     )
+
+
+def _served_names(urls: tuple[str, ...], served_models: Any) -> list[str]:
+    """The model names of the first replica that answers (one down must not stop the run)."""
+    from tepo_agent.errors import BackendUnavailableError
+
+    for url in urls[:-1]:
+        try:
+            return list(served_models(url))
+        except BackendUnavailableError:
+            continue
+    return list(served_models(urls[-1]))  # the last one's error names what to check
 
 
 def _describe(result: AgentResult) -> dict[str, Any]:
