@@ -141,10 +141,10 @@ def test_a_corrupted_transfer_is_refused_and_nothing_is_kept(
             json={"manifest_url": manifest_url, "sha256": "e" * 64},
             timeout=60,
         )
-    assert refused.status_code == 502
+    assert refused.status_code == 422
     message = refused.json()["error"]["message"]
     assert "model.safetensors" in message and "corrupted, refused" in message
-    assert wrong.status_code == 502 and "not the published" in wrong.json()["error"]["message"]
+    assert wrong.status_code == 422 and "not the published" in wrong.json()["error"]["message"]
     fetched = root / "fetched"
     assert not (fetched / digest).exists()
     assert not [p for p in fetched.iterdir() if p.name.startswith(".")]  # no partial copy left

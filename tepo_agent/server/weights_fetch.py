@@ -10,7 +10,8 @@ with the usual ``/v1/reload_weights`` or ``/v1/load_lora_adapter``. Body::
      "token": "<the weights server's bearer token, if it has one>"}
 
 The manifest must hash to ``sha256`` and every file to the manifest's entry (size and sha256),
-else the answer is 502 and nothing is kept: a corrupted or tampered transfer is never loaded.
+else the answer is 422 (the version named could not be fetched as published) and nothing is
+kept: a corrupted or tampered transfer is never loaded.
 The verified copy lands in ``<weights root>/fetched/<sha256>`` (``serve --weights-root``; without
 it ``$TEPO_AGENT_HOME/fetched-weights``), renamed into place whole, and a copy already there is
 re-hashed and reused. Answers ``{"path", "sha256", "bytes", "reused"}``. Admin key only.
@@ -64,7 +65,8 @@ async def fetch_weights(request: Request) -> Any:
         await asyncio.to_thread(shutil.rmtree, target, True)  # damaged on disk: fetch again
     headers = {"Authorization": f"Bearer {req.token}"} if req.token else {}
     try:
-        async with httpx.AsyncClient(headers=headers, timeout=120.0) as client:
+        timeout = httpx.Timeout(120.0, connect=5.0)
+        async with httpx.AsyncClient(headers=headers, timeout=timeout) as client:
             manifest = await _manifest(client, req)
             root.mkdir(parents=True, exist_ok=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{req.sha256[:12]}.", dir=root))
@@ -79,9 +81,9 @@ async def fetch_weights(request: Request) -> Any:
                         raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-    except (httpx.HTTPError, PublishError, OSError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, PublishError, OSError, ValueError) as exc:
         raise OpenAIHTTPError(
-            502, f"fetching {req.manifest_url} failed, nothing was kept or loaded: {exc}"
+            422, f"fetching {req.manifest_url} failed, nothing was kept or loaded: {exc}"
         ) from exc
     return _answer(target, req.sha256, reused=False)
 
