@@ -225,8 +225,13 @@ class HttpBackend:
                 self._pool.answered(replica)
                 return replica.url, payload
         where = self.config.base_url
+        head = (
+            f"{where}{path} did not answer"
+            if len(self._pool.replicas) == 1
+            else f"none of the replicas {where} answered {path}"
+        )
         raise BackendUnavailableError(
-            f"{where}{path} did not answer for model {self.config.model!r} after "
+            f"{head} for model {self.config.model!r} after "
             f"{len(problems)} attempt(s) in {rounds} round(s); last problem(s): "
             f"{'; '.join(problems[-len(self._pool.replicas) :])}. "
             f"Check: is `vllm serve` / `tepo-agent serve` running at {where}? Does it serve "
