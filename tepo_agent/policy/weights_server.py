@@ -68,8 +68,14 @@ class WeightsServer:
 
     def offer(self, directory: str | os.PathLike[str], sha256: str | None = None) -> str:
         """Serve ``directory``; returns its manifest URL. ``sha256``, when given (the digest
-        recorded at publish time), must match the files now: a changed directory is refused."""
+        recorded at publish time), must match the files now: a changed directory is refused.
+        A directory already offered under that digest is not hashed again (one hash per version,
+        however many replicas fetch it)."""
         path = Path(directory).resolve()
+        if sha256 is not None:
+            known = self.lookup(sha256)
+            if known is not None and known[0] == path:
+                return self.manifest_url(sha256)
         manifest = build_manifest(path)
         if sha256 is not None and manifest.sha256 != sha256:
             raise PublishError(
