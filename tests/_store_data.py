@@ -30,6 +30,7 @@ def make_trajectory(
                 policy_version=7,
                 finish_reason="stop",
                 entropy_mean=1.75,
+                replica="http://10.0.1.11:8000",
             ),
             Turn(
                 role="tool",

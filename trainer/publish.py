@@ -26,6 +26,7 @@ from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation
 from tepo_agent.policy.hotswap import InProcessTarget
+from tepo_agent.policy.manifest import directory_sha256
 from tepo_agent.policy.registry import PolicyKind, PolicyRecord, PolicyRegistry
 from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, gate_items, gate_meta
 
@@ -135,7 +136,8 @@ def publish_checkpoint(
         from tepo_agent.trainer.eval_gate import GateDecision
 
         decision = GateDecision(True, "gate disabled")
-    metrics: dict[str, Any] = {"train": train_metrics or {}}
+    # The files' digest, so a replica on another host can verify what it fetches (policy.fleet).
+    metrics: dict[str, Any] = {"train": train_metrics or {}, "sha256": directory_sha256(path)}
     if cand_eval is not None:
         metrics["gate"] = cand_eval.to_json()
     if live_eval is not None:

@@ -23,6 +23,14 @@ Connection errors, timeouts and 5xx answers are retried with exponential backoff
 retry :class:`~tepo_agent.errors.BackendUnavailableError` says what to check. A 4xx answer is a
 bad request and raises :class:`~tepo_agent.errors.BackendError` with the server's message at once.
 
+Several serving replicas (``base_url`` a list, :mod:`tepo_agent.backends.replicas`): each request
+goes to the live replica with the fewest requests in flight; a replica that fails is taken out
+and probed (``GET /health``) with backoff until it answers, and the request is retried on another
+replica at once. Requests are not streamed (``"stream": false``): a replica that dies mid-request
+has delivered nothing, so the retry samples the whole completion afresh and nothing is lost or
+duplicated. Each generation names the replica that sampled it (``Generation.replica``, stored
+per turn); :meth:`HttpBackend.replica_status` reports the routing state.
+
 Usage::
 
     config = HttpBackendConfig("http://127.0.0.1:8000", model="tepo-default")
@@ -51,6 +59,7 @@ from tepo_agent.backends.http_entropy import (
     sampled_token_ids,
     server_entropies,
 )
+from tepo_agent.backends.replicas import Replica, ReplicaPool, ReplicaStatus
 from tepo_agent.errors import BackendError, BackendUnavailableError, ConfigError
 from tepo_agent.vllm.plugin import OPT_IN_KEY
 
@@ -104,10 +113,12 @@ class HttpBackend:
         self._auto: _AutoSource = "unknown"
         headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
         self._client = httpx.AsyncClient(
-            base_url=config.base_url.rstrip("/"),
             headers=headers,
             timeout=httpx.Timeout(config.timeout_s, connect=config.connect_timeout_s),
             transport=transport,
+        )
+        self._pool = ReplicaPool(
+            config.base_urls, backoff_s=config.backoff_s, max_backoff_s=config.max_backoff_s
         )
 
     @property
@@ -129,7 +140,11 @@ class HttpBackend:
 
     @property
     def url(self) -> str:
-        return f"{self.config.base_url.rstrip('/')}/v1/completions"
+        return f"{self.config.base_url}/v1/completions"
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        """Each replica's routing state: up or out, requests in flight, answered, failures."""
+        return self._pool.status()
 
     def build_completion_request(
         self, prompt_token_ids: Sequence[int], params: SamplingParams
@@ -170,42 +185,71 @@ class HttpBackend:
 
     async def generate(self, prompt_token_ids: Sequence[int], params: SamplingParams) -> Generation:
         body = self.build_completion_request(prompt_token_ids, params)
-        payload = await self._post_with_retries("/v1/completions", body)
-        generation = self._parse_completion(tuple(body["prompt"]), payload)
+        replica, payload = await self._post_with_retries("/v1/completions", body)
+        generation = self._parse_completion(tuple(body["prompt"]), payload, replica)
         if generation is None:  # "auto": the plugin went away (a server restarted without it)
             self._auto = "fallback"
             body = self.build_completion_request(prompt_token_ids, params)
-            payload = await self._post_with_retries("/v1/completions", body)
-            generation = self._parse_completion(tuple(body["prompt"]), payload)
+            replica, payload = await self._post_with_retries("/v1/completions", body)
+            generation = self._parse_completion(tuple(body["prompt"]), payload, replica)
             assert generation is not None  # a fallback request always carries logprobs
         return generation
 
     async def aclose(self) -> None:
+        await self._pool.stop_probes()
         await self._client.aclose()
 
     # -- transport -------------------------------------------------------------------------
 
-    async def _post_with_retries(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        attempts = self.config.max_retries + 1
-        last_problem = ""
-        for attempt in range(attempts):
-            if attempt:
-                await asyncio.sleep(self.config.backoff_s * 2 ** (attempt - 1))
-            try:
-                return await self._post_once(path, body)
-            except _Retryable as exc:
-                last_problem = str(exc)
+    async def _post_with_retries(self, path: str, body: Mapping[str, Any]) -> tuple[str, dict]:
+        """(the replica that answered, its JSON body). Each round tries every live replica
+        once (a failed one is taken out at once); rounds are spaced by the backoff."""
+        rounds = self.config.max_retries + 1
+        problems: list[str] = []
+        for round_ in range(rounds):
+            if round_:
+                await asyncio.sleep(self.config.backoff_s * 2 ** (round_ - 1))
+            self._pool.start_probes(self._client)
+            tried: set[str] = set()
+            while (replica := self._next_replica(tried)) is not None:
+                tried.add(replica.url)
+                try:
+                    with self._pool.in_flight(replica):
+                        payload = await self._post_once(replica.url, path, body)
+                except _Retryable as exc:
+                    self._pool.failed(replica, str(exc))
+                    problems.append(
+                        f"{replica.url}: {exc}" if len(self._pool.replicas) > 1 else str(exc)
+                    )
+                    continue
+                self._pool.answered(replica)
+                return replica.url, payload
+        where = self.config.base_url
+        head = (
+            f"{where}{path} did not answer"
+            if len(self._pool.replicas) == 1
+            else f"none of the replicas {where} answered {path}"
+        )
         raise BackendUnavailableError(
-            f"{self.config.base_url}{path} did not answer for model {self.config.model!r} after "
-            f"{attempts} attempt(s); last problem: {last_problem}. Check: is `vllm serve` / "
-            f"`tepo-agent serve` running at {self.config.base_url}? Does it serve "
+            f"{head} for model {self.config.model!r} after "
+            f"{len(problems)} attempt(s) in {rounds} round(s); last problem(s): "
+            f"{'; '.join(problems[-len(self._pool.replicas) :])}. "
+            f"Check: is `vllm serve` / `tepo-agent serve` running at {where}? Does it serve "
             f"{self.config.model!r} (GET /v1/models)? Was it started with --max-logprobs >= "
             f"{self.config.logprobs_k}?"
         )
 
-    async def _post_once(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    def _next_replica(self, tried: set[str]) -> Replica | None:
+        """The least-loaded live replica not tried yet; when none is live and none was tried
+        this round, the one out of service that is due soonest (the request probes it)."""
+        replica = self._pool.choose(exclude=tried)
+        if replica is None and not tried:
+            replica = self._pool.soonest_down(exclude=tried)
+        return replica
+
+    async def _post_once(self, root: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         try:
-            response = await self._client.post(path, json=body)
+            response = await self._client.post(f"{root}{path}", json=body)
         except httpx.TimeoutException as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from exc
         except httpx.TransportError as exc:
@@ -214,7 +258,7 @@ class HttpBackend:
             raise _Retryable(f"HTTP {response.status_code}: {_error_message(response)}")
         if response.status_code >= 400:
             raise BackendError(
-                f"{self.config.base_url}{path} rejected the request for model "
+                f"{root}{path} rejected the request for model "
                 f"{self.config.model!r} with HTTP {response.status_code}: "
                 f"{_error_message(response)}"
             )
@@ -222,17 +266,17 @@ class HttpBackend:
             payload = response.json()
         except ValueError as exc:
             raise BackendError(
-                f"{self.config.base_url}{path} answered HTTP {response.status_code} with a body "
+                f"{root}{path} answered HTTP {response.status_code} with a body "
                 f"that is not JSON: {response.text[:200]!r}"
             ) from exc
         if not isinstance(payload, dict):
-            raise BackendError(f"{self.config.base_url}{path} answered a non-object JSON body")
+            raise BackendError(f"{root}{path} answered a non-object JSON body")
         return payload
 
     # -- response parsing ------------------------------------------------------------------
 
     def _parse_completion(
-        self, prompt_token_ids: tuple[int, ...], payload: Mapping[str, Any]
+        self, prompt_token_ids: tuple[int, ...], payload: Mapping[str, Any], replica: str
     ) -> Generation | None:
         """The generation, or None when ``"auto"`` asked the plugin alone and it did not answer."""
         choices = payload.get("choices")
@@ -260,6 +304,7 @@ class HttpBackend:
             policy_version=self._generation_version(choice.get("weight_versions")),
             entropy_lower=bounds[0] if bounds else None,
             entropy_upper=bounds[1] if bounds else None,
+            replica=replica,
         )
 
     def _entropies(

@@ -52,6 +52,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tool": ("tool", "run one tool directly and print its result"),
     "index": ("index", "build the search index from a JSON-lines corpus"),
     "serve": ("serve", "serve a model over an OpenAI/vLLM-compatible HTTP API"),
+    "fleet": (
+        "fleet",
+        "keep serving replicas on the live policy (follow), or show what each serves",
+    ),
     "init-model": (
         "init_model",
         "build the default tokenizer and a random-weight tiny Qwen2 model in a directory",

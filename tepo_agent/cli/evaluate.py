@@ -44,7 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a policy of this registry (a SQLite file or a postgresql:// URL)",
     )
     p.add_argument("--policy", type=int, metavar="V", help="with --db: version (default: live)")
-    p.add_argument("--base-url", metavar="URL", help="evaluate a server (vLLM, tepo-agent serve)")
+    p.add_argument(
+        "--base-url", metavar="URL", action="append",
+        help="evaluate a server (vLLM, tepo-agent serve); repeat or comma-separate for replicas",
+    )  # fmt: skip
     p.add_argument("--served-model", metavar="NAME", help="with --base-url: the served model")
     p.add_argument(
         "--entropy", choices=("server", "topk", "surprisal"), default="server",
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         model_dir=None if args.db else resolve_model_dir(args.model),
         db=args.db,
         version=args.policy,
-        base_url=args.base_url,
+        base_url=",".join(args.base_url) if args.base_url else None,
         served_model=args.served_model,
         entropy=args.entropy,
         device=args.device,

@@ -14,7 +14,11 @@ model (machinery tests only).
 
 A server instead (``--base-url URL``, with or without ``/v1``: vLLM or ``tepo-agent serve``):
 the served model is found with GET /v1/models when the server serves one (else name it with
-``--served-model``), and ``--model`` only supplies the tokenizer and chat template.
+``--served-model``), and ``--model`` only supplies the tokenizer and chat template. Several
+replicas of one model: repeat ``--base-url`` or give a comma-separated list; each request goes
+to the replica with the fewest requests in flight, a failed replica is taken out (and probed
+with backoff until it answers) and the request retried on another. Each stored turn names the
+replica that sampled it (``turns.replica``). docs/deployment.md describes a fleet.
 
 Tools: the default model's own (calculator and search over the world it was trained on) when
 the model ships a ``world/search.db``; else calculator and python, plus search with
@@ -66,7 +70,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="model directory, or 'random' (default: the database's live version, else the "
         "default model)",
     )
-    parser.add_argument("--base-url", metavar="URL", help="OpenAI/vLLM server (/v1 optional)")
+    parser.add_argument(
+        "--base-url",
+        metavar="URL",
+        action="append",
+        help="OpenAI/vLLM server (/v1 optional); repeat it, or give a comma-separated list, for "
+        "several replicas of one model",
+    )
     parser.add_argument(
         "--served-model", metavar="NAME", help="model name on that server (default: its only one)"
     )
@@ -114,21 +124,35 @@ def _tools(args: argparse.Namespace, model_dirs: list[Path]) -> list[Any]:
 
 def _http_backend(args: argparse.Namespace, model_dir: Path) -> Backend:
     from tepo_agent.backends.http_backend import HttpBackend, HttpBackendConfig, served_models
+    from tepo_agent.backends.http_config import replica_urls
 
+    urls = replica_urls(args.base_url)
     served = args.served_model
     if not served:
-        names = served_models(args.base_url)
+        names = _served_names(urls, served_models)
         if len(names) != 1:
             raise ConfigError(
-                f"{args.base_url} serves {len(names)} models ({', '.join(names) or 'none'}); "
+                f"{urls[0]} serves {len(names)} models ({', '.join(names) or 'none'}); "
                 "name one with --served-model NAME"
             )
         served = names[0]
     config = json.loads((model_dir / "config.json").read_text())
     return HttpBackend(
-        HttpBackendConfig(base_url=args.base_url, model=served, entropy_estimator=args.entropy),
+        HttpBackendConfig(base_url=urls, model=served, entropy_estimator=args.entropy),
         vocab_size=int(config["vocab_size"]),
     )
+
+
+def _served_names(urls: tuple[str, ...], served_models: Any) -> list[str]:
+    """The model names of the first replica that answers (one down must not stop the run)."""
+    from tepo_agent.errors import BackendUnavailableError
+
+    for url in urls[:-1]:
+        try:
+            return list(served_models(url))
+        except BackendUnavailableError:
+            continue
+    return list(served_models(urls[-1]))  # the last one's error names what to check
 
 
 def _describe(result: AgentResult) -> dict[str, Any]:

@@ -7,7 +7,10 @@
                      [--session-idle-s 600] [--record-max-live 1024]
 
 Serves /v1/completions, /v1/chat/completions, /v1/models, /v1/load_lora_adapter and
-/v1/reload_weights (vLLM's protocol plus an exact per-token entropy field).
+/v1/reload_weights (vLLM's protocol plus an exact per-token entropy field), and
+/v1/fetch_weights: a published version copied from another host's weights server, checked
+against its sha256, into <--weights-root>/fetched (`tepo-agent fleet follow` drives it; see
+docs/deployment.md).
 
 Which weights: without --db, --model DIR or the default model (the bootstrapped one; --model
 random for random weights). With --db, the database's policy registry: its live version (a new

@@ -8,6 +8,8 @@ changes (a promotion or a rollback), hands the record to a target:
   copied in place with ``load_weights``; a LoRA adapter is merged into the base weights
   (registry version 0) and copied with ``load_state_dict``. The backend applies both between
   batches, so a request never sees two versions, and every generation reports its version.
+- :class:`~tepo_agent.policy.fleet.FleetTarget` — several replicas over HTTP, each brought to
+  the live version (also one that restarted on old weights), with their versions reported.
 - :class:`HttpTarget` — a server over HTTP. ``flavor="vllm"``: LoRA through
   ``POST /v1/load_lora_adapter`` (a new name and directory per version, ``tepo-v<N>``); full
   weights through ``POST /pause?mode=wait`` → ``POST /collective_rpc`` ``reload_weights`` →
@@ -28,7 +30,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import httpx
 import torch
@@ -43,6 +45,16 @@ class SwapTarget(Protocol):
 
     def swap(self, record: PolicyRecord, base: PolicyRecord | None) -> None:
         """Serve ``record`` from the next request on (``base`` is version 0, for LoRA)."""
+        ...
+
+
+@runtime_checkable
+class CatchUpTarget(SwapTarget, Protocol):
+    """A target that can fall behind the live version on its own (a replica restarted on old
+    weights, :class:`~tepo_agent.policy.fleet.FleetTarget`): the follower asks it every poll."""
+
+    def out_of_date(self, record: PolicyRecord) -> bool:
+        """Whether some part of the target does not serve ``record`` (the live version)."""
         ...
 
 
@@ -179,14 +191,18 @@ class PolicyFollower:
         self._lock = threading.Lock()
 
     def poll_once(self) -> int | None:
-        """Swap in the live version if it changed; returns the version swapped to, else None.
+        """Swap in the live version if it changed (or a :class:`CatchUpTarget` fell behind it);
+        returns the version swapped to, else None.
 
         A failed swap raises (the target keeps serving the old version) and is retried on the
         next poll.
         """
         with self._lock:
             live = self.registry.live()
-            if live is None or live.version == self.current_version:
+            if live is None:
+                return None
+            behind = isinstance(self.target, CatchUpTarget) and self.target.out_of_date(live)
+            if live.version == self.current_version and not behind:
                 return None
             base = None
             if live.kind == "lora":
@@ -231,6 +247,7 @@ class PolicyFollower:
 
 
 __all__ = [
+    "CatchUpTarget",
     "HttpFlavor",
     "HttpTarget",
     "InProcessTarget",

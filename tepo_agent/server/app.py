@@ -10,6 +10,8 @@ tested against it. Routes (a subset of vLLM 0.33's server, its extensions includ
   calls parsed into ``message.tool_calls``, ``logprobs``/``top_logprobs``, ``stream``;
 - ``POST /v1/load_lora_adapter`` / ``POST /v1/unload_lora_adapter`` (adapter merged into the base
   weights) and ``POST /v1/reload_weights {"weights_path", "version"}`` (full weights);
+- ``POST /v1/fetch_weights``: copy a published version from another host, verified by its
+  sha256, to load it with the routes above (:mod:`.weights_fetch`);
 - with a recorder (``serve --record``, :mod:`.recording`): every chat completion recorded, and
   ``POST /v1/feedback``, ``GET /v1/sessions/{id}``, ``GET /v1/recording/metrics``.
 
@@ -48,7 +50,7 @@ from tepo_agent.backends.transformers_backend import TransformersBackend
 from tepo_agent.chat.format import ChatFormat
 from tepo_agent.errors import BackendError, ChatFormatError, ModelLoadError
 from tepo_agent.model.lora import merged_lora_weights, snapshot_weights
-from tepo_agent.server import recording_routes
+from tepo_agent.server import recording_routes, weights_fetch
 from tepo_agent.server import responses as r
 from tepo_agent.server.keys import KeyRing, install_key_check
 from tepo_agent.server.protocol import (
@@ -209,7 +211,7 @@ def create_app(
 
     install_key_check(app, keys)
 
-    for method, path, endpoint in _ROUTES:
+    for method, path, endpoint in (*_ROUTES, *weights_fetch.ROUTES):
         app.add_api_route(path, endpoint, methods=[method])
     if recorder is not None:
         for method, path, endpoint in recording_routes.ROUTES:
@@ -468,6 +470,7 @@ _BODIES: dict[str, type[BaseModel]] = {
     "/v1/load_lora_adapter": LoadLoRAAdapterRequest,
     "/v1/unload_lora_adapter": UnloadLoRAAdapterRequest,
     "/v1/reload_weights": ReloadWeightsRequest,
+    "/v1/fetch_weights": weights_fetch.FetchWeightsRequest,
     "/v1/feedback": recording_routes.FeedbackRequest,  # served with --record
 }
 """Each route's request model, published in the OpenAPI document."""

@@ -137,7 +137,9 @@ class KeyRing:
         return None
 
 
-ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/v1/reload_weights"})
+ADMIN_PATHS = frozenset(
+    {"/v1/load_lora_adapter", "/v1/unload_lora_adapter", "/v1/reload_weights", "/v1/fetch_weights"}
+)
 """Routes only the admin key may call (they change the weights every key is served)."""
 
 

@@ -36,6 +36,7 @@ POST_ROUTES = [
     "/v1/load_lora_adapter",
     "/v1/unload_lora_adapter",
     "/v1/reload_weights",
+    "/v1/fetch_weights",
 ]
 
 

@@ -34,7 +34,7 @@ def test_every_field_round_trips_with_float32_arrays(store: Store) -> None:
             assert getattr(got, name) == (None if value is None else f32(value)), name
         for name in ("role", "text", "entropy_kind", "policy_version", "finish_reason",
                      "entropy_mean", "tool_call_id", "tool_name", "tool_args", "tool_result",
-                     "tool_error", "tool_latency_s", "delta_entropy"):  # fmt: skip
+                     "tool_error", "tool_latency_s", "delta_entropy", "replica"):  # fmt: skip
             assert getattr(got, name) == getattr(want, name), name
     for name in ("task", "id", "group_id", "answer", "status", "score", "app_tag", "task_id",
                  "metadata", "created_at"):  # fmt: skip
@@ -245,6 +245,12 @@ def test_export_jsonl_writes_one_full_record_per_line(store: Store, tmp_path: Pa
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in records] == [t.id for t in trajs]
     assert records[0]["turns"][0]["token_ids"] == [11, 12, 13]
+    assert [t["replica"] for t in records[0]["turns"]] == [
+        "http://10.0.1.11:8000",
+        None,
+        None,
+        None,
+    ]
     assert records[0]["seq"] == 1 and records[0]["score"] == 0.5
     buf = io.StringIO()
     assert store.export_jsonl(buf) == 3

@@ -12,6 +12,7 @@ from tepo_agent.errors import ConfigError
 from tepo_agent.evaluation import ItemResult, find_evaluation, save_evaluation
 from tepo_agent.evaluation.heldout import held_out_items
 from tepo_agent.model.io import load_causal_lm
+from tepo_agent.policy.manifest import build_manifest
 from tepo_agent.policy.registry import PolicyRegistry
 from tepo_agent.trainer.checkpoint import save_policy
 from tepo_agent.trainer.eval_gate import EvalResult, GateConfig, decide, gate_meta
@@ -118,6 +119,8 @@ def test_candidate_is_promoted_when_the_gate_accepts(tmp_path: Path) -> None:
         assert result.accepted and live is not None and live.version == result.version == 1
         assert registry.get(0).status == "retired"
         assert live.metrics["gate"]["tasks"] == 2 and "live_gate" in live.metrics
+        # the files' digest, recorded for replicas that fetch the version over HTTP
+        assert live.metrics["sha256"] == build_manifest(path).sha256
 
 
 def test_a_worse_candidate_is_rejected_kept_and_marked(tmp_path: Path) -> None:
