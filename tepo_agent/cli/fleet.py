@@ -52,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             required=True,
             help="a replica's base URL; repeat it or give a comma-separated list",
         )
-        sub.add_argument("--db", metavar="PATH", help=DB_HELP)
+        sub.add_argument("--db", metavar="PATH|URL", help=DB_HELP)
         sub.add_argument("--flavor", choices=("tepo", "vllm"), default="tepo", help="server kind")
         sub.add_argument("--api-key", help="the replicas' (admin) key")
     status.add_argument("--json", action="store_true", help="print one JSON object")

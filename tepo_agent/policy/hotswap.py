@@ -163,7 +163,7 @@ class PolicyFollower:
     """Poll the registry and swap each newly live version into ``target``.
 
     Args:
-        db: The trajectory database holding the registry.
+        db: The store holding the registry: a SQLite path or a store URL (see open_store).
         target: Where versions go.
         current_version: The version the target serves now (default: the registry's live
             version at construction, i.e. assume the target already serves it).
