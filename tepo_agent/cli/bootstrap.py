@@ -10,6 +10,13 @@ checkpoint by validation accuracy, evaluates it on a held-out world and writes
 (``$TEPO_AGENT_HOME/models/default-sft-v3``), which ``generate``, ``run``, ``serve``, ``eval`` and
 the demo then use instead of the shipped weights. The wall time on the machine it ran on is in
 ``bootstrap.json`` (``wall_seconds``).
+
+The shipped weights continue that recipe: ``--init-from DIR`` starts from a bootstrapped model
+instead of random weights (whole demonstrations only, a lower rate) and chains DIR's
+``bootstrap.json`` and weights hash into the new record, so the lineage back to random weights
+stays in the file (benchmarks/RESULTS.md gives the shipped model's three commands)::
+
+    tepo-agent bootstrap --init-from prev --out next --steps 800 --after-tool-weight 3 --math-items 32
 """
 
 from __future__ import annotations
