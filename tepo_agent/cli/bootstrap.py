@@ -16,7 +16,7 @@ instead of random weights (whole demonstrations only, a lower rate) and chains D
 ``bootstrap.json`` and weights hash into the new record, so the lineage back to random weights
 stays in the file (benchmarks/RESULTS.md gives the shipped model's three commands)::
 
-    tepo-agent bootstrap --init-from prev --out next --steps 800 --after-tool-weight 3 --math-items 32
+    tepo-agent bootstrap --init-from prev --out next --steps 800 --math-items 32
 """
 
 from __future__ import annotations
