@@ -231,6 +231,29 @@ def test_bootstrap_with_other_settings_needs_its_own_directory(
     monkeypatch.setenv("TEPO_AGENT_HOME", str(tmp_path / "home"))
     assert main(["bootstrap", "--steps", "5"]) == 1
     assert main(["bootstrap", "--seed", "3"]) == 1
+    assert main(["bootstrap", "--init-from", str(tmp_path)]) == 1
+    assert main(["bootstrap", "--after-tool-weight", "2"]) == 1
     err = capsys.readouterr().err
-    assert err.count("--out DIR") == 2
+    assert err.count("--out DIR") == 4
     assert not (tmp_path / "home").exists()
+
+
+def test_bootstrap_flags_make_the_recipe_they_name() -> None:
+    from tepo_agent.cli import build_parser
+    from tepo_agent.cli.bootstrap import CONTINUATION, config_from_args
+
+    parse = build_parser().parse_args
+    cont = config_from_args(parse(["bootstrap", "--init-from", "prev", "--out", "x"]))
+    assert cont.init_from == "prev"
+    assert (cont.sft.steps, cont.sft.first_turn_steps, cont.sft.lr) == (
+        CONTINUATION["steps"],
+        0,
+        CONTINUATION["lr"],
+    )
+    assert cont.select_from == cont.select_every == 200
+    args = ["bootstrap", "--init-from", "p", "--steps", "600", "--after-tool-weight", "3"]
+    tuned = config_from_args(parse([*args, "--math-items", "32", "--lr", "5e-4", "--out", "x"]))
+    assert (tuned.sft.steps, tuned.sft.after_tool_weight, tuned.sft.lr) == (600, 3.0, 5e-4)
+    assert tuned.math_items == 32
+    scratch = config_from_args(parse(["bootstrap", "--out", "x"]))
+    assert scratch.init_from is None and scratch.sft.first_turn_steps == 2200

@@ -21,6 +21,7 @@ bootstrap`` rebuilds it.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sys
 import tempfile
@@ -90,6 +91,10 @@ class BootstrapConfig:
         check_items: Items per suite of the small greedy check a test repeats from the weights.
         model: Shape of the model.
         sft: Fine-tuning settings.
+        init_from: A bootstrapped model directory (with its ``bootstrap.json``) to continue
+            training from instead of random weights (``None``: from scratch). Its shape and
+            prompt format must be this recipe's; the new record chains its record and the
+            SHA-256 of its weights, so the whole lineage stays reproducible.
     """
 
     seed: int = 0
@@ -107,6 +112,7 @@ class BootstrapConfig:
     check_items: int = 8
     model: DefaultModelConfig = field(default_factory=DefaultModelConfig)
     sft: SFTConfig = field(default_factory=lambda: SFTConfig(steps=3600, first_turn_steps=2200))
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.train_worlds < 1:
@@ -221,6 +227,47 @@ def _fine_tune(
     return losses, measured, int(best["step"])
 
 
+def _continued_from(cfg: BootstrapConfig, fmt: ChatFormat) -> dict[str, Any] | None:
+    """What the record chains about ``cfg.init_from`` (``None`` from scratch), checked first.
+
+    Refuses a directory without ``bootstrap.json`` or trained on another prompt format (its
+    weights would be taught one format and shown another).
+    """
+    if cfg.init_from is None:
+        return None
+    source = Path(cfg.init_from)
+    record_file = source / "bootstrap.json"
+    if not record_file.is_file():
+        raise ConfigError(
+            f"--init-from {source}: no bootstrap.json there; continue only from a model "
+            "`tepo-agent bootstrap` built"
+        )
+    record = json.loads(record_file.read_text())
+    current = prompt_format_hash(fmt, world_tools(source / "world"))
+    if record.get("prompt_format_sha256") != current:
+        raise ConfigError(
+            f"--init-from {source} was trained on another prompt format (hash "
+            f"{record.get('prompt_format_sha256')}, now {current}): bootstrap from scratch"
+        )
+    weights = source / "model.safetensors"
+    return {
+        "path": str(source),
+        "model_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "bootstrap": record,
+    }
+
+
+def _load_source(model: Any, lineage: dict[str, Any] | None) -> None:
+    """Replace ``model``'s random weights with those of the model it continues (if any)."""
+    if lineage is None:
+        return
+    source = lineage["path"]
+    try:
+        model.load_state_dict(load_causal_lm(source, device="cpu", dtype="float32").state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"--init-from {source} is not a model of this shape: {exc}") from exc
+
+
 def bootstrap_model(
     out_dir: str | Path, cfg: BootstrapConfig = BootstrapConfig(), *, command: str | None = None
 ) -> Path:
@@ -233,11 +280,13 @@ def bootstrap_model(
     init_model(out, seed=cfg.seed, config=cfg.model)
     build_world(0, out / "world")
     fmt = ChatFormat.from_pretrained(out)
+    lineage = _continued_from(cfg, fmt)
     with tempfile.TemporaryDirectory(prefix="tepo-bootstrap-") as tmp:
         work = Path(tmp)
         traces, data = demonstrations(cfg, fmt, work / "train")
         validation = _validation_sets(cfg, work / "validation")
         model = load_causal_lm(out, device="cpu", dtype="float32")
+        _load_source(model, lineage)
         losses, measured, chosen = _fine_tune(cfg, model, fmt, traces, validation)
         trained = time.perf_counter() - started
         model.save_pretrained(out, safe_serialization=True)
@@ -248,6 +297,7 @@ def bootstrap_model(
         checks = held_out_sets(cfg.check_items, EVAL_SEED, work / "held_out")
         check = headline(evaluate_model(model, fmt, checks, GREEDY))
     tools = world_tools(out / "world")
+    total = round(time.perf_counter() - started, 1)
     record = {
         "command": command or "tepo_agent.trainer.bootstrap.bootstrap_model",
         "config": asdict(cfg),
@@ -263,7 +313,9 @@ def bootstrap_model(
         "machine": machine(),
         "wall_seconds": {
             "build_and_train": round(trained, 1),
-            "total": round(time.perf_counter() - started, 1),
+            "total": total,
+            # from random weights: this run and every run it continued
+            "lineage_total": round(total + _lineage_seconds(lineage), 1),
         },
         "loss": {
             "final": sum(losses[-25:]) / len(losses[-25:]),
@@ -282,9 +334,18 @@ def bootstrap_model(
         },
         "check": {"seed": EVAL_SEED, "items_per_suite": cfg.check_items, "greedy": check},
         "prompt_format_sha256": prompt_format_hash(fmt, tools),
+        "init_from": lineage,
     }
     (out / "bootstrap.json").write_text(json.dumps(record, indent=2) + "\n")
     return out
+
+
+def _lineage_seconds(lineage: dict[str, Any] | None) -> float:
+    """Wall seconds of the runs a continued model stands on (0 for a model from scratch)."""
+    if lineage is None:
+        return 0.0
+    seconds = lineage["bootstrap"]["wall_seconds"]
+    return float(seconds.get("lineage_total", seconds["total"]))
 
 
 def ensure_bootstrapped_model(cfg: BootstrapConfig = BootstrapConfig()) -> Path:

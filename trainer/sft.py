@@ -91,6 +91,9 @@ class SFTConfig:
             question's name or expression into a call, so the copying circuit forms at a
             fraction of the cost of full demonstrations (0 = none; all steps when ``steps`` is
             smaller).
+        after_tool_weight: Loss weight of the assistant turns that follow a tool result (the
+            answer or the next call, which copy the result's number or name), relative to 1 for
+            the first turn (1 = plain cross-entropy).
         seed: Shuffling seed.
     """
 
@@ -102,6 +105,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     length_buckets: int = 16
     first_turn_steps: int = 0
+    after_tool_weight: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -111,6 +115,8 @@ class SFTConfig:
             raise ConfigError(f"first_turn_steps must be >= 0, got {self.first_turn_steps}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not self.after_tool_weight > 0:
+            raise ConfigError(f"after_tool_weight must be > 0, got {self.after_tool_weight}")
 
 
 def first_turn(trace: TokenizedTrace) -> TokenizedTrace:
@@ -122,6 +128,19 @@ def first_turn(trace: TokenizedTrace) -> TokenizedTrace:
     return TokenizedTrace(trace.input_ids[:end], trace.loss_mask[:end])
 
 
+def loss_weights(trace: TokenizedTrace, after_tool_weight: float) -> list[float]:
+    """Per-token loss weights: 0 off assistant turns, 1 on the first assistant turn and
+    ``after_tool_weight`` on every assistant turn after it (each follows a tool result)."""
+    weights: list[float] = []
+    turn = 0
+    previous = 0
+    for m in trace.loss_mask:
+        turn += m and not previous
+        previous = m
+        weights.append(0.0 if not m else 1.0 if turn == 1 else after_tool_weight)
+    return weights
+
+
 def _lr_at(step: int, cfg: SFTConfig) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -130,16 +149,16 @@ def _lr_at(step: int, cfg: SFTConfig) -> float:
 
 
 def _collate(
-    traces: Sequence[TokenizedTrace], pad_id: int, device: torch.device
+    traces: Sequence[TokenizedTrace], pad_id: int, device: torch.device, after_tool_weight: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     width = max(len(t.input_ids) for t in traces)
     ids = torch.full((len(traces), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros((len(traces), width), dtype=torch.float32)  # (B, T) loss on target t
+    mask = torch.zeros((len(traces), width), dtype=torch.float32)  # (B, T) loss weight of t
     attn = torch.zeros((len(traces), width), dtype=torch.long)
     for row, t in enumerate(traces):
         n = len(t.input_ids)
         ids[row, :n] = torch.tensor(t.input_ids)
-        mask[row, :n] = torch.tensor(t.loss_mask, dtype=torch.float32)
+        mask[row, :n] = torch.tensor(loss_weights(t, after_tool_weight), dtype=torch.float32)
         attn[row, :n] = 1
     return ids.to(device), mask.to(device), attn.to(device)
 
@@ -185,10 +204,11 @@ def sft(
             pool, batches = traces, []
         if not batches:
             batches = _epoch(pool, cfg, rng)
-            norm = cfg.batch_size * max(1.0, sum(sum(t.loss_mask) for t in pool) / len(pool))
+            weight = sum(sum(loss_weights(t, cfg.after_tool_weight)) for t in pool)
+            norm = cfg.batch_size * max(1.0, weight / len(pool))
         batch = [pool[i] for i in batches.pop()]
         model.train()
-        ids, mask, attn = _collate(batch, pad_token_id, device)
+        ids, mask, attn = _collate(batch, pad_token_id, device, cfg.after_tool_weight)
         logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # (B, T-1, V)
         targets = ids[:, 1:]
         target_mask = mask[:, 1:]

@@ -9,13 +9,21 @@ import pytest
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from tepo_agent.chat.format import ChatFormat
+from tepo_agent.errors import ConfigError
 from tepo_agent.model.default import DefaultModelConfig, init_model
 from tepo_agent.model.io import load_causal_lm
 from tepo_agent.tasks import KnowledgeBase, deep_search_suite, math_suite
 from tepo_agent.tasks.traces import solve_with_tools
 from tepo_agent.tasks.world import build_world, world_tools
 from tepo_agent.trainer.bootstrap import BootstrapConfig, bootstrap_model
-from tepo_agent.trainer.sft import SFTConfig, TokenizedTrace, first_turn, sft, tokenize_trace
+from tepo_agent.trainer.sft import (
+    SFTConfig,
+    TokenizedTrace,
+    first_turn,
+    loss_weights,
+    sft,
+    tokenize_trace,
+)
 
 TINY = DefaultModelConfig(
     hidden_size=32,
@@ -142,3 +150,55 @@ def test_bootstrap_writes_a_loadable_model_with_its_world_and_record(tmp_path):
     ChatFormat.from_pretrained(out)
     load_causal_lm(out)
     assert KnowledgeBase(seed=0).people  # the world is reproducible from its seed
+
+
+def test_loss_weights_weigh_the_turns_after_a_tool_result():
+    # prompt, first call, tool result, second call, tool result, answer
+    trace = TokenizedTrace(list(range(11)), [0, 0, 1, 1, 0, 1, 1, 0, 0, 1, 1])
+    assert loss_weights(trace, 3.0) == [0, 0, 1, 1, 0, 3, 3, 0, 0, 3, 3]
+    assert loss_weights(trace, 1.0) == [float(m) for m in trace.loss_mask]
+
+
+def _tiny_recipe(**kw):
+    return BootstrapConfig(
+        train_worlds=1,
+        math_items=3,
+        knowledge_items=2,
+        deep_search_items=1,
+        validation_items=1,
+        select_from=1,
+        select_every=1,
+        held_out_items=1,
+        held_out_samples=1,
+        check_items=1,
+        model=TINY,
+        sft=SFTConfig(steps=1, batch_size=2),
+        **kw,
+    )
+
+
+def test_a_continued_bootstrap_starts_from_its_source_and_chains_its_record(tmp_path):
+    first = bootstrap_model(tmp_path / "first", _tiny_recipe(), command="first")
+    before = load_causal_lm(first).state_dict()
+    # another seed: without the source's weights it would start from other random ones
+    cont = _tiny_recipe(init_from=str(first), seed=1)
+    second = bootstrap_model(tmp_path / "second", cont, command="second")
+    info = json.loads((second / "bootstrap.json").read_text())
+    lineage = info["init_from"]
+    assert lineage["path"] == str(first)
+    assert lineage["bootstrap"]["command"] == "first"
+    assert len(lineage["model_sha256"]) == 64
+    assert info["wall_seconds"]["lineage_total"] == pytest.approx(
+        info["wall_seconds"]["total"] + lineage["bootstrap"]["wall_seconds"]["total"], abs=0.2
+    )
+    # one step from the first model's weights, not from seed 1's random ones: close to them
+    after = load_causal_lm(second).state_dict()
+    fresh = load_causal_lm(init_model(tmp_path / "fresh", seed=1, config=TINY)).state_dict()
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert (after[name] - before[name]).abs().max() < (fresh[name] - before[name]).abs().max()
+
+
+def test_a_continued_bootstrap_refuses_a_directory_without_a_record(tmp_path):
+    source = init_model(tmp_path / "random", seed=0, config=TINY)
+    with pytest.raises(ConfigError, match=r"no bootstrap\.json"):
+        bootstrap_model(tmp_path / "out", _tiny_recipe(init_from=str(source)))
