@@ -3,17 +3,18 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from tepo_agent.backends.base import Generation
 from tepo_agent.errors import ChatFormatError
 from tepo_agent.server import recording_routes
 from tepo_agent.server import responses as r
+from tepo_agent.server.chat_stream import live_chat
 from tepo_agent.server.protocol import ChatCompletionRequest, CompletionRequest, OpenAIHTTPError
 from tepo_agent.server.served import Served, decode_for, served
 from tepo_agent.server.streaming import live_completion
@@ -22,12 +23,23 @@ from tepo_agent.server.validation import parse_body
 
 
 def _sse(chunks: list[dict[str, Any]], headers: dict[str, str] | None = None) -> StreamingResponse:
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
         for chunk in chunks:
-            yield f"data: {json.dumps(chunk)}\n\n"
-        yield "data: [DONE]\n\n"
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+
+def _json(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """``body`` encoded once by orjson (FastAPI would walk a returned dict with
+    ``jsonable_encoder`` first, then encode it with ``json``: several times the cost)."""
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+
+def _log_usage(request: Request, used: dict[str, int]) -> None:
+    """The token counts the request log line shows (``tepo_agent.cli.serve.RequestLog``)."""
+    request.state.usage = (used["prompt_tokens"], used["completion_tokens"])
 
 
 async def completions(request: Request) -> Any:
@@ -57,8 +69,9 @@ async def completions(request: Request) -> Any:
     choices = _completion_choices(state, req, ids, results)
     head = {"id": r.new_id("cmpl"), "created": r.now(), "model": req.model or state.model_name}
     used = r.usage(len(ids), sum(len(g.token_ids) for g, _ in results))
+    _log_usage(request, used)
     if not req.stream:
-        return {**head, "object": "text_completion", "choices": choices, "usage": used}
+        return _json({**head, "object": "text_completion", "choices": choices, "usage": used})
     return _sse(r.completion_chunks(head, choices, used, req))
 
 
@@ -109,6 +122,16 @@ async def chat_completions(request: Request) -> Any:
     default_max = (limit - len(ids)) if limit is not None else 256
     max_tokens = req.max_completion_tokens or req.max_tokens or default_max
     k = (req.top_logprobs or 0) if req.logprobs else 0
+    if req.stream and req.n == 1 and k == 0:  # sent token by token as decoded
+        try:
+            params = state.sampling(req, max_tokens, 0)
+        except ValueError as exc:  # ConfigError from SamplingParams
+            raise OpenAIHTTPError(400, str(exc)) from exc
+
+        def choose(gen: Generation) -> dict[str, Any]:
+            return _chat_choices(state, req, [(gen, None)])[0]
+
+        return live_chat(state, ids, params, req, plan, choose)
     results = await state.run(ids, req, max_tokens, k)
     choices = _chat_choices(state, req, results)
     head = {"id": r.new_id("chatcmpl"), "created": r.now(), "model": req.model or state.model_name}
@@ -117,11 +140,12 @@ async def chat_completions(request: Request) -> Any:
     if plan is not None and state.recorder is not None:
         answers = [(g, c["message"]) for (g, _), c in zip(results, choices, strict=True)]
         headers = state.recorder.record(plan, head["id"], answers)
+    _log_usage(request, used)
     if not req.stream:
         body = {**head, "object": "chat.completion", "choices": choices, "usage": used}
         if req.return_token_ids:
             body["prompt_token_ids"] = ids
-        return JSONResponse(body, headers=headers)
+        return _json(body, headers)
     return _sse(r.chat_chunks(head, choices, used, req, ids), headers)
 
 
