@@ -17,10 +17,12 @@ Every choice also carries ``entropies``: the EXACT per-token entropy (see :mod:`
 Requests go to one shared :class:`~tepo_agent.backends.transformers_backend.TransformersBackend`,
 so concurrent HTTP requests are decoded in the same batches. Weight swaps wait for the requests
 in flight and hold new ones back until the new weights serve (docs/architecture.md, invariant 7).
-A streamed completion with one choice and no top-k alternatives is sent token by token as the
-backend decodes it (:mod:`.streaming`); other streamed answers are sent once a choice has been
-decoded (top-k alternatives and tool calls are computed from the whole choice), all in vLLM's SSE
-chunk format ending with ``data: [DONE]``.
+A streamed completion or chat completion with one choice and no top-k alternatives is sent token
+by token as the backend decodes it (:mod:`.streaming`, :mod:`.chat_stream`: a chat stream's tool
+calls are parsed from the whole answer and sent before its finish); other streamed answers are
+sent once decoded (top-k alternatives are computed from the whole choice), all in vLLM's SSE chunk
+format ending with ``data: [DONE]``. The routes live in :mod:`.generation_routes` and
+:mod:`.weight_routes`, the served state in :mod:`.served`.
 
 Usage::
 

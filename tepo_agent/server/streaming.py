@@ -8,7 +8,8 @@ extension fields (its exact entropy, its id with ``return_token_ids``). The last
 finish reason (and ``weight_versions``), then the usage when asked, then ``data: [DONE]``.
 
 Used for ``POST /v1/completions`` with ``stream`` and one choice without top-k alternatives (those
-are computed after decoding, so such a request is streamed once decoded, as before).
+are computed after decoding, so such a request is streamed once decoded, as before); chat
+completions stream the same way (:mod:`.chat_stream`).
 """
 
 from __future__ import annotations
