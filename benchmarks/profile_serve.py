@@ -97,7 +97,9 @@ def _drive(rounds: int, n: int) -> None:
             wait_healthy(url, proc)
             asyncio.run(_serve_rate(url, Traffic.make(8, vocab, seed=-1), 8, proc.pid))
             _phases(proc, out)
-            print("| clients | tokens/s | tokens per server CPU-s | " + " | ".join(_columns()))
+            print(
+                "| clients | tokens/s | tokens per server CPU-s | " + " | ".join(_columns()) + " |"
+            )
             print("|---:|---:|---:|" + "---:|" * len(_columns()))
             for round_ in range(rounds):
                 for clients in (1, 8):
