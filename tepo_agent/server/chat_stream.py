@@ -105,7 +105,7 @@ def live_chat(
     the finished generation into its (unstreamed) choice, whose message the stream ends with."""
     head = {"id": r.new_id("chatcmpl"), "created": r.now(), "model": req.model or state.model_name}
     base = {**head, "object": "chat.completion.chunk"}
-    headers = {}
+    headers: dict[str, str] = {}
     if plan is not None:
         announced = plan.extend.id if plan.extend is not None else plan.new_trajectory_id
         headers = {"x-tepo-session-id": plan.session_id, "x-tepo-trajectory-id": announced}
@@ -191,7 +191,7 @@ def _ending(
 ) -> list[dict[str, Any]]:
     """The chunks after the last token's: the rest of the content and the tool calls (when
     any), then the finish."""
-    chunks = []
+    chunks: list[dict[str, Any]] = []
     calls = choice["message"]["tool_calls"]
     if rest or calls:
         delta: dict[str, Any] = {"content": rest} if rest else {}
