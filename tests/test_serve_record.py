@@ -208,6 +208,57 @@ def test_an_openai_tool_loop_is_one_token_exact_trajectory(served: Served) -> No
     assert report.max_abs_diff < 1e-3
 
 
+def _streamed_turn(
+    client: openai.OpenAI, messages: list[Any]
+) -> tuple[dict[str, Any], list[Any], dict[str, str]]:
+    """One streamed request with the unmodified OpenAI client: the assistant message the
+    deltas add up to, the chunks, and the response headers."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=messages, tools=TOOLS, temperature=0, max_tokens=48, stream=True
+    )
+    chunks = list(raw.parse())
+    content, calls = "", []
+    for chunk in chunks:
+        for choice in chunk.choices:
+            content += choice.delta.content or ""
+            calls += [c.model_dump(exclude={"index"}) for c in choice.delta.tool_calls or []]
+    message = {"role": "assistant", "content": content or None, "tool_calls": calls or None}
+    return message, chunks, dict(raw.headers)
+
+
+def test_a_streamed_openai_tool_loop_is_the_same_token_exact_trajectory(served: Served) -> None:
+    """Every turn streamed token by token (one chunk per token, with its entropy and logprob)
+    is recorded as the same trajectory, with the same tokens, as the unstreamed loop."""
+    _, unstreamed_ids = run_tool_loop(served.client("batch"))
+    client = served.client("batch", default_headers={"X-Session-Id": "streamed-1"})
+    messages: list[Any] = [{"role": "user", "content": QUESTION}]
+    announced, recorded, last_id = set(), set(), ""
+    for _ in range(4):
+        message, chunks, headers = _streamed_turn(client, messages)
+        tokens = [c.choices[0] for c in chunks if c.choices]
+        tokens = [t for t in tokens if (t.model_extra or {}).get("entropies")]
+        assert len(tokens) > 1 and all(len(t.model_extra["entropies"]) == 1 for t in tokens)
+        assert all(t.finish_reason is None for t in tokens)
+        announced.add(headers["x-tepo-trajectory-id"])
+        last_id = chunks[0].id
+        recorded.update(*[c.model_extra["trajectory_ids"] for c in chunks if not c.choices])
+        messages.append({k: v for k, v in message.items() if v is not None})
+        if not message["tool_calls"]:
+            break
+        for call in message["tool_calls"]:
+            messages.append({"role": "tool", "tool_call_id": call["id"], "content": "4"})
+    assert len(announced) == 1 and announced == recorded
+    with served.store() as store:
+        unstreamed = trajectory_of(store, unstreamed_ids[-1])
+        stored = trajectory_of(store, last_id)
+    assert stored.id == announced.pop()
+    assert stored.metadata["session_id"] == "streamed-1"
+    assert [t.role for t in stored.turns] == ["assistant", "tool"] * 2 + ["assistant"]
+    assert [t.token_ids for t in stored.turns] == [t.token_ids for t in unstreamed.turns]
+    for mine, theirs in zip(stored.assistant_turns(), unstreamed.assistant_turns(), strict=True):
+        assert mine.entropies == pytest.approx(theirs.entropies, abs=1e-4)
+
+
 def _model_dir(served: Served) -> Path:
     with served.store() as store:
         return Path(store.read("SELECT path FROM policies WHERE version = 0")[0]["path"])

@@ -95,3 +95,64 @@ def test_the_chunks_add_up_to_the_unstreamed_answer(
     assert chunks[-2]["choices"][0]["finish_reason"] == whole["finish_reason"]
     assert chunks[-2]["choices"][0]["weight_versions"] == whole["weight_versions"]
     assert chunks[-1]["usage"]["completion_tokens"] == 24
+
+
+# -- chat completions -------------------------------------------------------------------------
+
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+
+
+def test_chat_tokens_arrive_while_the_request_is_still_decoding(
+    served: tuple[str, TransformersBackend],
+) -> None:
+    url, backend = served
+    done_before = backend.stats.requests
+    body = {"messages": MESSAGES, "max_tokens": 300, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=120) as response:
+        events = _events(response.iter_lines())
+        opening = next(events)
+        first_token = next(events)
+        # 300 decode steps are far from done when the first token's chunk is read
+        assert backend.stats.requests == done_before
+        rest = list(events)
+    assert opening["choices"][0]["delta"]["role"] == "assistant"
+    assert len(first_token["choices"][0]["entropies"]) == 1
+    tokens = [c for c in [first_token, *rest] if c["choices"] and "entropies" in c["choices"][0]]
+    assert len(tokens) == 300
+    assert rest[-1]["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_chat_chunks_add_up_to_the_unstreamed_answer(
+    served: tuple[str, TransformersBackend],
+) -> None:
+    url, _ = served
+    body: dict[str, Any] = {
+        "messages": MESSAGES,
+        "max_tokens": 40,
+        "temperature": 1.0,
+        "seed": 11,
+        "logprobs": True,
+        "return_token_ids": True,
+        "return_weight_versions": True,
+        "stream_options": {"include_usage": True},
+    }
+    whole = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).json()
+    response = httpx.post(f"{url}/v1/chat/completions", json={**body, "stream": True}, timeout=60)
+    assert response.text.rstrip().endswith("data: [DONE]")
+    chunks = list(_events(iter(response.text.splitlines())))
+    for chunk in chunks:
+        jsonschema.validate(chunk, schema("ChatCompletionStreamResponse"))
+    assert chunks[0]["prompt_token_ids"] == whole["prompt_token_ids"]
+    choice = whole["choices"][0]
+    tokens = [c["choices"][0] for c in chunks if c["choices"] and "entropies" in c["choices"][0]]
+    assert [t for c in tokens for t in c["token_ids"]] == choice["token_ids"]
+    assert [h for c in tokens for h in c["entropies"]] == pytest.approx(choice["entropies"])
+    logprobs = [e["logprob"] for c in tokens for e in c["logprobs"]["content"]]
+    assert logprobs == pytest.approx([e["logprob"] for e in choice["logprobs"]["content"]])
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    content = "".join(d.get("content") or "" for d in deltas)
+    assert content == (choice["message"]["content"] or "")
+    finish = chunks[-2]["choices"][0]
+    assert finish["finish_reason"] == choice["finish_reason"]
+    assert finish["weight_versions"] == choice["weight_versions"]
+    assert chunks[-1]["usage"] == whole["usage"]

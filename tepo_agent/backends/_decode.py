@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from tepo_agent.backends._kv import BatchKV, RowKV
+from tepo_agent.backends._kv import BatchKV, RowKV, fill_holes
 from tepo_agent.backends._prefix_cache import PrefixCache
 from tepo_agent.backends._sampling import sample_tokens, sampled_logprobs
 from tepo_agent.backends.base import Generation, SamplingParams
@@ -99,6 +99,8 @@ class DecodeBatch:
         prefix_cache: where prompts look for cached prefixes and finished rows leave theirs;
             None turns prefix caching off.
         generator: a request's generator from its seed (None: the backend's shared one).
+        max_rows: the most rows decoded together (the cache's buffers are allocated for them, so
+            a joining row is written into a free row instead of copying the batch).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class DecodeBatch:
         compute_entropy: bool,
         prefix_cache: PrefixCache | None,
         generator: Callable[[int | None], torch.Generator],
+        max_rows: int = 8,
     ) -> None:
         self._model = model
         self._eos = eos
@@ -123,7 +126,8 @@ class DecodeBatch:
         forward_params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         self.rows: list[_Row] = []
-        self._kv = BatchKV.from_rows([], self._device)
+        self._max_rows = max_rows
+        self._kv = BatchKV.from_rows([], self._device, max_rows)
         self._last = torch.zeros(0, dtype=torch.long, device=self._device)  # (R,) to feed next
         self._pos = torch.zeros(0, dtype=torch.long, device=self._device)  # (R,) their positions
         self.prompt_tokens = 0  # prompt tokens admitted so far
@@ -136,7 +140,7 @@ class DecodeBatch:
         """Drop every running row (after an error) and return their requests."""
         dropped = [row.request for row in self.rows]
         self.rows = []
-        self._kv = BatchKV.from_rows([], self._device)
+        self._kv = BatchKV.from_rows([], self._device, self._max_rows)
         self._last, self._pos = self._last[:0], self._pos[:0]
         return dropped
 
@@ -161,10 +165,10 @@ class DecodeBatch:
         if self._prefix is not None:  # a row that goes on leaves its blocks when it finishes
             for i in done:
                 self._prefix.store(rows[i].request.prompt, kv.row(i))
-        keep = [i for i in range(len(rows)) if i not in done]
+        keep = fill_holes(len(rows), done)
         finished = [(rows[i].request, rows[i].generation()) for i in done]
         if keep:
-            if len(keep) < len(rows):
+            if done:
                 kv.select(keep)
             self._kv.extend(kv)
             new = [rows[i] for i in keep]
@@ -178,7 +182,7 @@ class DecodeBatch:
         rows' cache and their last-position logits (N, V)."""
         prompts = [row.request.prompt for row in rows]
         hits = [self._lookup(p) for p in prompts]
-        kv = BatchKV.from_rows([kv for _, kv in hits], self._device)
+        kv = BatchKV.from_rows([kv for _, kv in hits], self._device, self._max_rows)
         todo = [p[n:] for p, (n, _) in zip(prompts, hits, strict=True)]
         width = max(len(t) for t in todo)
         ids = torch.full((len(rows), width), self._pad, dtype=torch.long)
@@ -218,7 +222,7 @@ class DecodeBatch:
             if self._prefix is not None:  # the conversation's next turn starts with these
                 self._prefix.store(row.fed(), self._kv.row(i))
             finished.append((row.request, row.generation()))
-        keep = [i for i in range(len(self.rows)) if i not in done]
+        keep = fill_holes(len(self.rows), done)  # the last rows take the leaving rows' places
         self._kv.select(keep)
         self.rows = [self.rows[i] for i in keep]
         self._pos = self._pos[keep]

@@ -8,6 +8,12 @@ at 64 rows that copy costs more than the attention itself). :class:`GrowingLayer
 ``DynamicLayer`` whose keys and values are views of buffers with spare columns, so a step writes
 its column in place; :class:`BatchKV` keeps one per model layer and adds and drops rows.
 
+Joining and leaving do not copy the running rows: the buffers have spare rows (up to the batch's
+``capacity``) and spare columns in front, so a joining row is written into the next free row
+(the batch widens to the left into the spare front columns when the new row is longer), and a
+leaving row's place is taken by the last row (one row copied, the order of rows changes: the
+caller reorders its own per-row state the same way, :meth:`BatchKV.select`).
+
 Layout: every layer holds keys and values of shape (R, H, W, D) — R rows, H key/value heads, W
 columns, D head size — and ``mask`` (R, W) says which columns are real tokens of the row. Rows are
 left-padded, so the columns a decode step appends are real for every row. A row's real columns
@@ -18,6 +24,7 @@ them, and positions are passed explicitly, so the numbers are those of a contigu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,70 +45,138 @@ def row_length(kv: RowKV) -> int:
     return int(kv[0][0].shape[1])
 
 
-class GrowingLayer(DynamicLayer):
-    """A ``DynamicLayer`` whose ``keys``/``values`` are the first ``n`` columns of larger buffers
-    (R, H, capacity, D); ``update`` writes new columns in place and grows the buffers only when
-    full. Everything that reads ``keys``/``values`` (attention, mask sizes) sees a normal layer."""
+FRONT_COLUMNS = 64
+"""Spare columns allocated in front of those in use, for joining rows longer than the batch."""
 
-    def __init__(self) -> None:
+
+class GrowingLayer(DynamicLayer):
+    """A ``DynamicLayer`` whose ``keys``/``values`` are the first ``rows`` rows and ``n`` columns
+    from column ``start`` of larger buffers (capacity rows, H, C, D); ``update`` writes new
+    columns in place and grows the buffers only when full. Everything that reads
+    ``keys``/``values`` (attention, mask sizes) sees a normal layer."""
+
+    def __init__(self, reserve_rows: int = 0) -> None:
         super().__init__()
+        self._reserve = reserve_rows  # rows to allocate when the first columns arrive
         self._kbuf: Tensor | None = None
         self._vbuf: Tensor | None = None
+        self._rows = 0
+        self._start = 0
         self._n = 0
 
     @classmethod
-    def holding(cls, kbuf: Tensor, vbuf: Tensor, n: int) -> GrowingLayer:
-        """A layer over these buffers, whose first ``n`` columns are in use."""
+    def holding(
+        cls, kbuf: Tensor, vbuf: Tensor, n: int, *, rows: int | None = None, start: int = 0
+    ) -> GrowingLayer:
+        """A layer over these buffers: ``rows`` rows (all by default), columns
+        ``[start, start + n)`` in use."""
         layer = cls()
-        layer._hold(kbuf, vbuf, n)
+        layer._hold(kbuf, vbuf, kbuf.shape[0] if rows is None else rows, start, n)
         return layer
 
-    def _hold(self, kbuf: Tensor, vbuf: Tensor, n: int) -> None:
-        self._kbuf, self._vbuf, self._n = kbuf, vbuf, n
-        self.keys, self.values = kbuf[:, :, :n], vbuf[:, :, :n]
+    def _hold(self, kbuf: Tensor, vbuf: Tensor, rows: int, start: int, n: int) -> None:
+        self._kbuf, self._vbuf = kbuf, vbuf
+        self._rows, self._start, self._n = rows, start, n
+        self.keys = kbuf[:rows, :, start : start + n]
+        self.values = vbuf[:rows, :, start : start + n]
         self.device = kbuf.device
         self.is_initialized = True
+
+    @property
+    def capacity(self) -> int:
+        """Rows the buffers hold."""
+        return 0 if self._kbuf is None else int(self._kbuf.shape[0])
 
     def update(
         self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
     ) -> tuple[Tensor, Tensor]:
-        n, new = self._n, key_states.shape[-2]
-        if self._kbuf is None or self._vbuf is None or n + new > self._kbuf.shape[-2]:
-            self._grow(key_states, value_states, n + new)
+        end, new = self._start + self._n, key_states.shape[-2]
+        if self._kbuf is None or self._vbuf is None or end + new > self._kbuf.shape[-2]:
+            self._grow(key_states, value_states, self._n + new)
+            end = self._start + self._n
         assert self._kbuf is not None and self._vbuf is not None
-        self._kbuf[:, :, n : n + new] = key_states
-        self._vbuf[:, :, n : n + new] = value_states
-        self._hold(self._kbuf, self._vbuf, n + new)
+        self._kbuf[: self._rows, :, end : end + new] = key_states
+        self._vbuf[: self._rows, :, end : end + new] = value_states
+        self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n + new)
         return self.keys, self.values  # type: ignore[return-value]
 
     def _grow(self, key_states: Tensor, value_states: Tensor, need: int) -> None:
         k, v = key_states, value_states
+        rows = max(self.capacity, k.shape[0], self._reserve)
+        width = FRONT_COLUMNS + need + SPARE_COLUMNS
         # columns past n are written by update() before any view shows them: no zeroing
-        kbuf = k.new_empty((k.shape[0], k.shape[1], need + SPARE_COLUMNS, k.shape[3]))
-        vbuf = v.new_empty((v.shape[0], v.shape[1], need + SPARE_COLUMNS, v.shape[3]))
+        kbuf = k.new_empty((rows, k.shape[1], width, k.shape[3]))
+        vbuf = v.new_empty((rows, v.shape[1], width, v.shape[3]))
         if self._n:
-            kbuf[:, :, : self._n] = self.keys
-            vbuf[:, :, : self._n] = self.values
-        self._kbuf, self._vbuf = kbuf, vbuf
-
-    def batch_select_indices(self, indices: Tensor) -> None:
-        if self._kbuf is not None and self._vbuf is not None:
-            self._hold(self._kbuf[indices], self._vbuf[indices], self._n)
+            kbuf[: self._rows, :, FRONT_COLUMNS : FRONT_COLUMNS + self._n] = self.keys
+            vbuf[: self._rows, :, FRONT_COLUMNS : FRONT_COLUMNS + self._n] = self.values
+        self._rows = k.shape[0]
+        self._hold(kbuf, vbuf, self._rows, FRONT_COLUMNS, self._n)
 
     def drop_front(self, columns: int) -> None:
-        """Forget the first ``columns`` columns (no copy: the buffers become views)."""
+        """Forget the first ``columns`` columns (no copy)."""
         if self._kbuf is not None and self._vbuf is not None and columns:
-            self._hold(self._kbuf[:, :, columns:], self._vbuf[:, :, columns:], self._n - columns)
+            self._hold(self._kbuf, self._vbuf, self._rows, self._start + columns, self._n - columns)
+
+    def can_add(self, rows: int, width: int) -> bool:
+        """Whether ``rows`` rows of ``width`` columns fit without reallocating."""
+        room_front = self._start if width > self._n else 0
+        return self._rows + rows <= self.capacity and width - self._n <= room_front
+
+    def add_rows(self, keys: Tensor, values: Tensor) -> None:
+        """Write rows (k, H, w, D) after the running ones, right-aligned (see :meth:`can_add`);
+        the batch widens to the left to ``w`` when the rows are longer (the new columns of the
+        running rows are zeroed: masked, but attention still multiplies them)."""
+        assert self._kbuf is not None and self._vbuf is not None
+        width, rows = keys.shape[2], self._rows
+        if width > self._n:
+            extra = width - self._n
+            self._kbuf[:rows, :, self._start - extra : self._start].zero_()
+            self._vbuf[:rows, :, self._start - extra : self._start].zero_()
+            self._start, self._n = self._start - extra, width
+        new = slice(rows, rows + keys.shape[0])
+        _place(self._kbuf[new, :, self._start :], keys, self._n)
+        _place(self._vbuf[new, :, self._start :], values, self._n)
+        self._hold(self._kbuf, self._vbuf, rows + keys.shape[0], self._start, self._n)
+
+    def keep_rows(self, order: Sequence[int]) -> None:
+        """Keep rows ``order`` in that order: in place when every row that moves comes from past
+        the kept ones (:func:`fill_holes`), else gathered into new buffers."""
+        assert self._kbuf is not None and self._vbuf is not None
+        kept = len(order)
+        moves = [(i, src) for i, src in enumerate(order) if i != src]
+        if all(src >= kept for _, src in moves):
+            used = slice(self._start, self._start + self._n)
+            for i, src in moves:
+                self._kbuf[i, :, used] = self._kbuf[src, :, used]
+                self._vbuf[i, :, used] = self._vbuf[src, :, used]
+            self._hold(self._kbuf, self._vbuf, kept, self._start, self._n)
+            return
+        index = torch.tensor(list(order), dtype=torch.long, device=self._kbuf.device)
+        kbuf, vbuf = torch.empty_like(self._kbuf), torch.empty_like(self._vbuf)
+        kbuf[:kept] = self._kbuf[index]
+        vbuf[:kept] = self._vbuf[index]
+        self._hold(kbuf, vbuf, kept, self._start, self._n)
+
+
+def fill_holes(rows: int, leaving: set[int] | frozenset[int]) -> list[int]:
+    """The order of the rows that stay when ``leaving`` rows leave, such that each leaving row
+    below the new count is replaced by a staying row from past it (one row copied per leaving
+    row, not every row after it)."""
+    count = rows - len(leaving)
+    tail = [i for i in range(count, rows) if i not in leaving]
+    return [tail.pop() if i in leaving else i for i in range(count)]
 
 
 class GrowingCache(DynamicCache):
     """A ``DynamicCache`` made of :class:`GrowingLayer` s (given, or created on first use)."""
 
-    def __init__(self, layers: list[GrowingLayer] | None = None) -> None:
+    def __init__(self, layers: list[GrowingLayer] | None = None, reserve_rows: int = 0) -> None:
         if layers:
             Cache.__init__(self, layers=list(layers))
-        else:
-            Cache.__init__(self, layer_class_to_replicate=GrowingLayer)
+        else:  # layers made on first use, with room for ``reserve_rows`` rows
+            factory = functools.partial(GrowingLayer, reserve_rows)
+            Cache.__init__(self, layer_class_to_replicate=factory)  # type: ignore[arg-type]
 
     def growing_layers(self) -> list[GrowingLayer]:
         return [layer for layer in self.layers if isinstance(layer, GrowingLayer)]
@@ -113,32 +188,37 @@ class BatchKV:
     Args:
         cache: layers holding (R, H, W, D) keys and values (or none yet, when W is 0).
         mask: (R, W) long tensor, 1 on real columns.
+        capacity: rows to allocate room for when the buffers are (re)allocated here.
     """
 
-    def __init__(self, cache: GrowingCache, mask: Tensor) -> None:
+    def __init__(self, cache: GrowingCache, mask: Tensor, capacity: int = 0) -> None:
         self.cache = cache
         self.mask = mask
+        self.capacity = capacity
 
     @classmethod
-    def from_rows(cls, rows: Sequence[RowKV | None], device: torch.device) -> BatchKV:
+    def from_rows(
+        cls, rows: Sequence[RowKV | None], device: torch.device, capacity: int = 0
+    ) -> BatchKV:
         """Rows of cached tokens (None: nothing cached) stacked right-aligned into one batch."""
         width = max((row_length(r) for r in rows if r is not None), default=0)
         mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
         if width == 0:
-            return cls(GrowingCache(), mask)
+            return cls(GrowingCache(reserve_rows=capacity), mask, capacity)
         template = next(r for r in rows if r is not None)
         layers = []
         for layer, (k0, v0) in enumerate(template):
-            kbuf = k0.new_empty((len(rows), k0.shape[0], width + SPARE_COLUMNS, k0.shape[2]))
-            vbuf = v0.new_empty((len(rows), v0.shape[0], width + SPARE_COLUMNS, v0.shape[2]))
+            kbuf, vbuf = _buffers(k0[None], v0[None], max(len(rows), capacity), width)
             for i, row in enumerate(rows):
-                _place(kbuf[i : i + 1], None if row is None else row[layer][0][None], width)
-                _place(vbuf[i : i + 1], None if row is None else row[layer][1][None], width)
-            layers.append(GrowingLayer.holding(kbuf, vbuf, width))
+                _place(kbuf[i : i + 1, :, FRONT_COLUMNS:], _one(row, layer, 0), width)
+                _place(vbuf[i : i + 1, :, FRONT_COLUMNS:], _one(row, layer, 1), width)
+            layers.append(
+                GrowingLayer.holding(kbuf, vbuf, width, rows=len(rows), start=FRONT_COLUMNS)
+            )
         for i, row in enumerate(rows):
             if row is not None:
                 mask[i, width - row_length(row) :] = 1
-        return cls(GrowingCache(layers), mask)
+        return cls(GrowingCache(layers), mask, capacity)
 
     @property
     def rows(self) -> int:
@@ -156,15 +236,17 @@ class BatchKV:
         self.mask = torch.cat([self.mask, real.to(self.mask.dtype)], dim=1)
 
     def select(self, keep: Sequence[int]) -> None:
-        """Keep only the rows ``keep`` (in that order), then drop columns no row uses."""
+        """Keep only the rows ``keep`` (in that order), then drop columns no row uses. In place
+        (no row copied but those that move) when ``keep`` comes from :func:`fill_holes`."""
         if not keep:
-            self.cache = GrowingCache()
+            self.cache = GrowingCache(reserve_rows=self.capacity)
             self.mask = self.mask.new_zeros((0, 0))
             return
         index = torch.tensor(list(keep), dtype=torch.long, device=self.mask.device)
         self.mask = self.mask[index]
         if self.width:
-            self.cache.batch_select_indices(index)
+            for layer in self.cache.growing_layers():
+                layer.keep_rows(keep)
         used = self.mask.any(dim=0).nonzero()
         first = int(used[0]) if used.numel() else self.width
         if first:
@@ -173,30 +255,60 @@ class BatchKV:
                 layer.drop_front(first)
 
     def extend(self, other: BatchKV) -> None:
-        """Add ``other``'s rows after these, both right-aligned in buffers of the wider width."""
+        """Add ``other``'s rows after these, right-aligned: written into the free rows of these
+        buffers when they fit, else both copied into new buffers of the wider width."""
         if other.rows == 0:
             return
-        if self.rows == 0:
-            self.cache, self.mask = other.cache, other.mask
-            return
         width = max(self.width, other.width)
-        layers = []
-        for (ka, va), (kb, vb) in zip(self._layers(), other._layers(), strict=True):
-            rows = self.rows + other.rows
-            kbuf = ka.new_empty((rows, ka.shape[1], width + SPARE_COLUMNS, ka.shape[3]))
-            vbuf = va.new_empty((rows, va.shape[1], width + SPARE_COLUMNS, va.shape[3]))
-            _place(kbuf[: self.rows], ka, width)
-            _place(vbuf[: self.rows], va, width)
-            _place(kbuf[self.rows :], kb, width)
-            _place(vbuf[self.rows :], vb, width)
-            layers.append(GrowingLayer.holding(kbuf, vbuf, width))
+        if self.rows and self._fits(other):
+            for layer, (kb, vb) in zip(self.cache.growing_layers(), other._layers(), strict=True):
+                layer.add_rows(kb, vb)
+        elif self.rows == 0 and other._room() >= self.capacity:
+            self.cache = other.cache
+        else:
+            self.cache = self._joined(other, width)
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
-        self.cache = GrowingCache(layers)
+
+    def _room(self) -> int:
+        """Rows the buffers hold (0 before any)."""
+        return min((layer.capacity for layer in self.cache.growing_layers()), default=0)
+
+    def _fits(self, other: BatchKV) -> bool:
+        layers = self.cache.growing_layers()
+        return bool(layers) and all(layer.can_add(other.rows, other.width) for layer in layers)
+
+    def _joined(self, other: BatchKV, width: int) -> GrowingCache:
+        """New buffers holding these rows, then ``other``'s, right-aligned at ``width``."""
+        rows = self.rows + other.rows
+        mine = self._layers() if self.rows else [None] * len(other._layers())
+        layers = []
+        for pair, (kb, vb) in zip(mine, other._layers(), strict=True):
+            kbuf, vbuf = _buffers(kb, vb, max(rows, self.capacity), width)
+            if pair is not None:
+                _place(kbuf[: self.rows, :, FRONT_COLUMNS:], pair[0], width)
+                _place(vbuf[: self.rows, :, FRONT_COLUMNS:], pair[1], width)
+            _place(kbuf[self.rows : rows, :, FRONT_COLUMNS:], kb, width)
+            _place(vbuf[self.rows : rows, :, FRONT_COLUMNS:], vb, width)
+            layers.append(GrowingLayer.holding(kbuf, vbuf, width, rows=rows, start=FRONT_COLUMNS))
+        return GrowingCache(layers)
 
     def row(self, r: int) -> RowKV:
         """Row ``r``'s real keys and values, as one contiguous sequence (copies)."""
         real = self.mask[r].bool()
         return tuple((k[r][:, real], v[r][:, real]) for k, v in self._layers())
+
+
+def _buffers(k: Tensor, v: Tensor, rows: int, width: int) -> tuple[Tensor, Tensor]:
+    """Uninitialised buffers shaped like ``k``/``v`` (·, H, ·, D) with ``rows`` rows and room
+    for ``width`` columns plus the spare ones in front and behind."""
+    columns = FRONT_COLUMNS + width + SPARE_COLUMNS
+    kbuf = k.new_empty((rows, k.shape[1], columns, k.shape[3]))
+    vbuf = v.new_empty((rows, v.shape[1], columns, v.shape[3]))
+    return kbuf, vbuf
+
+
+def _one(row: RowKV | None, layer: int, which: int) -> Tensor | None:
+    return None if row is None else row[layer][which][None]
 
 
 def _place(buf: Tensor, kv: Tensor | None, width: int) -> None:
@@ -214,4 +326,13 @@ def _left_pad(mask: Tensor, width: int) -> Tensor:
     return torch.cat([mask.new_zeros((mask.shape[0], width - mask.shape[1])), mask], dim=1)
 
 
-__all__ = ["SPARE_COLUMNS", "BatchKV", "GrowingCache", "GrowingLayer", "RowKV", "row_length"]
+__all__ = [
+    "FRONT_COLUMNS",
+    "SPARE_COLUMNS",
+    "BatchKV",
+    "GrowingCache",
+    "GrowingLayer",
+    "RowKV",
+    "fill_holes",
+    "row_length",
+]

@@ -110,6 +110,7 @@ class TransformersBackend:
             compute_entropy=bool(compute_entropy),
             prefix_cache=self._prefix,
             generator=self._generator,
+            max_rows=int(max_batch_size),
         )
         self._scheduler = Scheduler(
             batch,

@@ -43,12 +43,11 @@ dashboard. docs/guide.md, "Record any application", has the details.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,43 +129,51 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=run)
 
 
-def _tokens(body: bytes) -> tuple[int | None, int | None]:
-    try:
-        usage = json.loads(body).get("usage") or {}
-    except (ValueError, AttributeError):
-        return None, None
-    return usage.get("prompt_tokens"), usage.get("completion_tokens")
-
-
 def add_request_log(app: Any, version: Callable[[], int]) -> None:
     """Log one line per request: client, method, path, status, tokens, latency, version."""
-    from starlette.requests import Request
-    from starlette.responses import Response
+    app.add_middleware(RequestLog, version=version)
 
-    @app.middleware("http")
-    async def _log(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+
+class RequestLog:
+    """Pure ASGI middleware writing :func:`add_request_log`'s line once the response is sent.
+
+    The token counts are the ``usage`` the generation routes leave in ``request.state``
+    (``scope["state"]["usage"]``), so the response body is neither buffered nor parsed again;
+    with INFO logging off it does nothing but the check."""
+
+    def __init__(self, app: Any, version: Callable[[], int]) -> None:
+        self.app = app
+        self.version = version
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not LOG.isEnabledFor(logging.INFO):
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        prompt = completion = None
-        if response.headers.get("content-type", "").startswith("application/json"):
-            body = b"".join([chunk async for chunk in response.body_iterator])
-            prompt, completion = _tokens(body)
-            response = Response(
-                body, response.status_code, dict(response.headers), response.media_type
+        status = 500
+
+        async def logged_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, logged_send)
+        finally:
+            usage = scope.get("state", {}).get("usage")
+            tokens = "-" if usage is None else f"{usage[0]}+{usage[1]}"
+            client = scope.get("client")
+            LOG.info(
+                '%s "%s %s" %d tokens=%s %.3fs v%s',
+                client[0] if client else "-",
+                scope["method"],
+                scope["path"],
+                status,
+                tokens,
+                time.perf_counter() - started,
+                self.version(),
             )
-        tokens = "-" if prompt is None else f"{prompt}+{completion}"
-        client = request.client.host if request.client else "-"
-        LOG.info(
-            '%s "%s %s" %d tokens=%s %.3fs v%s',
-            client,
-            request.method,
-            request.url.path,
-            response.status_code,
-            tokens,
-            time.perf_counter() - started,
-            version(),
-        )
-        return response
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,27 +144,42 @@ ADMIN_PATHS = frozenset(
 
 def install_key_check(app: Any, keys: KeyRing) -> None:
     """Check the key of every ``/v1`` request; set ``request.state.principal`` to who sent it."""
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
+    app.add_middleware(KeyCheck, keys=keys)
 
-    from tepo_agent.server.protocol import error_body
 
-    @app.middleware("http")
-    async def _auth(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        if request.url.path.startswith("/v1"):
-            who = keys.authenticate(
-                request.headers.get("authorization", ""), request.headers.get(SESSION_HEADER)
-            )
+class KeyCheck:
+    """Pure ASGI middleware (no per-request task or body stream, unlike ``@app.middleware``):
+    answers 401/403 itself, else stores the :class:`Principal` in ``scope["state"]``, which is
+    where Starlette's ``request.state`` keeps its attributes."""
+
+    def __init__(self, app: Any, keys: KeyRing) -> None:
+        self.app = app
+        self.keys = keys
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/v1"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        session = headers.get(SESSION_HEADER.lower().encode())
+        who = self.keys.authenticate(
+            headers.get(b"authorization", b"").decode("latin-1"),
+            None if session is None else session.decode("latin-1"),
+        )
+        if who is None or (path in ADMIN_PATHS and not who.admin):
+            from starlette.responses import JSONResponse
+
+            from tepo_agent.server.protocol import error_body
+
             if who is None:
                 body = error_body(401, "invalid or missing API key", "AuthenticationError")
-                return JSONResponse(body, status_code=401)
-            if request.url.path in ADMIN_PATHS and not who.admin:
+            else:
                 body = error_body(403, "only the admin key may change weights", "PermissionError")
-                return JSONResponse(body, status_code=403)
-            request.state.principal = who
-        return await call_next(request)
+            await JSONResponse(body, status_code=body["error"]["code"])(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = who
+        await self.app(scope, receive, send)
 
 
 __all__ = [
@@ -174,6 +188,7 @@ __all__ = [
     "SESSION_HEADER",
     "SESSION_SEPARATOR",
     "ApiKey",
+    "KeyCheck",
     "KeyRing",
     "Principal",
     "install_key_check",

@@ -101,6 +101,9 @@ class Plan:
     extend: LiveTrajectory | None = None
     extend_length: int = 0  # len(extend.messages) when planned: it must not have moved on
     predecessor: LiveTrajectory | None = None
+    new_trajectory_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    """The id the first choice's trajectory gets when it starts a new one (a live stream names
+    it in its headers before the answer is recorded)."""
 
 
 class SessionTable:
@@ -283,15 +286,17 @@ class SessionTable:
         unchanged = ext is not None and ext.open and len(ext.messages) == plan.extend_length
         base = ext if unchanged else None
         for index, (generation, message) in enumerate(answers):
+            fresh = plan.new_trajectory_id if index == 0 else None
             if base is not None and index == 0:
                 live = base
             elif base is not None:
                 live = self._new(plan, f"choice {index} forked from {base.id}", copy_of=base)
             elif ext is not None:  # it ended, or another request continued it, meanwhile
                 why = f"had ended ({ext.ended})" if not ext.open else "another request continued"
-                live = self._new(plan, f"continues trajectory {ext.id}, which {why}", None)
+                started = f"continues trajectory {ext.id}, which {why}"
+                live = self._new(plan, started, None, fresh)
             else:
-                live = self._new(plan, plan.started, copy_of=None)
+                live = self._new(plan, plan.started, None, fresh)
             live.messages = [*plan.messages, canonical(message)]
             at = len(live.messages) - 1
             live.turns[at] = SampledTurn(response_id, generation, plan.prompt_render)
@@ -306,9 +311,11 @@ class SessionTable:
             finished.append(self._close(plan.predecessor, "the client moved on"))
         return finished + self._evict()
 
-    def _new(self, plan: Plan, started: str, copy_of: LiveTrajectory | None) -> LiveTrajectory:
+    def _new(
+        self, plan: Plan, started: str, copy_of: LiveTrajectory | None, id: str | None = None
+    ) -> LiveTrajectory:
         live = LiveTrajectory(
-            id=uuid.uuid4().hex,
+            id=id or uuid.uuid4().hex,
             owner=plan.owner,
             session_id=plan.session_id,
             tools=plan.tools,

@@ -8,16 +8,17 @@ extension fields (its exact entropy, its id with ``return_token_ids``). The last
 finish reason (and ``weight_versions``), then the usage when asked, then ``data: [DONE]``.
 
 Used for ``POST /v1/completions`` with ``stream`` and one choice without top-k alternatives (those
-are computed after decoding, so such a request is streamed once decoded, as before).
+are computed after decoding, so such a request is streamed once decoded, as before); chat
+completions stream the same way (:mod:`.chat_stream`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import orjson
 from fastapi.responses import StreamingResponse
 
 from tepo_agent.backends.base import Generation, SamplingParams
@@ -41,7 +42,7 @@ def live_completion(
 ) -> StreamingResponse:
     """The SSE response of one completion whose tokens are sent as the backend samples them."""
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         tokens: asyncio.Queue[_Token | None] = asyncio.Queue()
 
@@ -65,19 +66,19 @@ def live_completion(
                 gen = future.result()
             except BackendError as exc:
                 yield _data(error_body(500, str(exc), "InternalServerError"))
-                yield "data: [DONE]\n\n"
+                yield b"data: [DONE]\n\n"
                 return
         yield _data(_last_chunk(head, req, gen, decode(ids)[len(text) :]))
         if req.stream_options and req.stream_options.include_usage:
             used = r.usage(len(prompt), len(gen.token_ids))
             yield _data({**head, "object": "text_completion", "choices": [], "usage": used})
-        yield "data: [DONE]\n\n"
+        yield b"data: [DONE]\n\n"
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-def _data(chunk: dict[str, Any]) -> str:
-    return f"data: {json.dumps(chunk)}\n\n"
+def _data(chunk: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
 def _token_chunk(
