@@ -14,7 +14,7 @@ the demo then use instead of the shipped weights. The wall time on the machine i
 The shipped weights continue that recipe: ``--init-from DIR`` starts from a bootstrapped model
 instead of random weights (whole demonstrations only, a lower rate) and chains DIR's
 ``bootstrap.json`` and weights hash into the new record, so the lineage back to random weights
-stays in the file (benchmarks/RESULTS.md gives the shipped model's three commands)::
+stays in the file (benchmarks/RESULTS.md gives the shipped model's four commands)::
 
     tepo-agent bootstrap --init-from prev --out next --steps 800 --math-items 32
 """
