@@ -11,13 +11,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from tepo_agent.errors import ConfigError
-from tepo_agent.store._codec import load_json
 from tepo_agent.store._side_records import (
     EvaluationItemRecord,
     EvaluationRecord,
     ServedResponse,
-    SessionTrajectory,
     ToolStats,
     VersionStats,
 )
@@ -146,59 +143,6 @@ class PgSideOps:
                 )
 
         self._transaction(upsert)
-
-    def served_trajectory_ids(
-        self,
-        *,
-        response_id: str | None = None,
-        trajectory_id: str | None = None,
-        session_id: str | None = None,
-        owner: str | None = None,
-    ) -> set[str]:
-        given = [
-            (column, value)
-            for column, value in (
-                ("response_id", response_id),
-                ("trajectory_id", trajectory_id),
-                ("session_id", session_id),
-            )
-            if value is not None
-        ]
-        if len(given) != 1:
-            raise ConfigError(
-                "served_trajectory_ids needs exactly one of response_id, trajectory_id or "
-                f"session_id, got {len(given)}"
-            )
-        column, value = given[0]
-        sql = f"SELECT DISTINCT trajectory_id AS id FROM served_responses WHERE {column} = %s"
-        params = [value]
-        if owner is not None:
-            sql += " AND owner = %s"
-            params.append(owner)
-        return {r["id"] for r in self._read(sql, params)}
-
-    def session_trajectories(
-        self, session_id: str, owner: str | None = None
-    ) -> builtins.list[SessionTrajectory]:
-        sql = (
-            "SELECT t.id, t.status, t.score, t.policy_version, t.num_turns, t.num_tool_calls, "
-            "t.metadata FROM trajectories t WHERE t.id IN (SELECT trajectory_id FROM "
-            "served_responses WHERE session_id = %s"
-            + ("" if owner is None else " AND owner = %s")
-            + ") ORDER BY t.seq"
-        )
-        out = []
-        for row in self._read(sql, [session_id] if owner is None else [session_id, owner]):
-            meta = load_json(row.pop("metadata")) or {}
-            out.append(
-                SessionTrajectory(
-                    **row,
-                    started=meta.get("started"),
-                    ended=meta.get("ended"),
-                    response_ids=list(meta.get("response_ids") or []),
-                )
-            )
-        return out
 
     # -- report --------------------------------------------------------------------------------
 

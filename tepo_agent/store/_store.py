@@ -23,29 +23,22 @@ must open its own (a SQLite connection must not cross ``fork``).
 from __future__ import annotations
 
 import builtins
-import json
 import math
 import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from tepo_agent._sqlite import sqlite_utils
 from tepo_agent.errors import ConfigError, StoreError
-from tepo_agent.store._codec import dump_json, load_json
+from tepo_agent.store._codec import dump_json
 from tepo_agent.store._records import (
-    SUMMARY_COLUMNS,
-    TrainStep,
-    TrajectoryGroup,
-    TrajectorySummary,
-    summary_from_row,
     trajectory_from_rows,
     trajectory_row,
     turn_row,
 )
-from tepo_agent.store._side_records import FeedbackRow, TrajectoryFilter
+from tepo_agent.store._shared import SharedReads
 from tepo_agent.store._sqlite_base import placeholders
 from tepo_agent.store._sqlite_conn import SqliteConnection
 from tepo_agent.store._sqlite_evaluations import EvaluationTables
@@ -60,27 +53,8 @@ def default_db_path() -> Path:
     return Path(os.environ.get("TEPO_AGENT_DB") or "tepo-agent.db")
 
 
-def _where(f: TrajectoryFilter) -> tuple[str, builtins.list[Any]]:
-    """The ``WHERE`` clause (with its leading space, or empty) selecting what ``f`` selects."""
-    where, params = [], []
-    for clause, value in (
-        ("group_id = ?", f.group_id),
-        ("app_tag = ?", f.app_tag),
-        ("seq > ?", f.since_seq),
-        ("id = ?", f.trajectory_id),
-        ("policy_version = ?", f.policy_version),
-        ("score >= ?", f.min_score),
-        ("score <= ?", f.max_score),
-        ("id IN (SELECT trajectory_id FROM turns WHERE role = 'tool' AND tool_name = ?)", f.tool),
-    ):
-        if value is not None:
-            where.append(clause)
-            params.append(value)
-    return (" WHERE " + " AND ".join(where) if where else ""), params
-
-
 class TrajectoryStore(
-    SqliteConnection, PolicyTables, EvaluationTables, ServedTables, ReportQueries
+    SqliteConnection, PolicyTables, EvaluationTables, ServedTables, ReportQueries, SharedReads
 ):
     """The SQLite trajectory store (see the module docstring for the concurrency rules).
 
@@ -90,6 +64,18 @@ class TrajectoryStore(
         create: Whether a missing file may be created (False for read-only tools like the CLI).
         read_only: Never write to the file, not even to migrate it (the report, the dashboard).
     """
+
+    PLACEHOLDER = "?"
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> builtins.list[dict[str, Any]]:
+        return self.read(sql, params)
+
+    def _since_seq(self, since_seq: int) -> tuple[str, builtins.list[Any]]:
+        # Numbers are taken under the write lock: every committed row below one is visible.
+        return "seq > ?", [since_seq]
+
+    def _score_horizon(self) -> tuple[str, builtins.list[Any]]:
+        return "", []
 
     # -- trajectories --------------------------------------------------------------------------
 
@@ -186,62 +172,6 @@ class TrajectoryStore(
             found |= {r["id"] for r in self.read(sql, chunk)}
         return found
 
-    def list(
-        self,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        newest_first: bool = False,
-        group_id: str | None = None,
-        app_tag: str | None = None,
-        since_seq: int | None = None,
-        policy_version: int | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        tool: str | None = None,
-        trajectory_id: str | None = None,
-    ) -> builtins.list[TrajectorySummary]:
-        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``), those
-        every given filter selects (see :class:`~tepo_agent.store.TrajectoryFilter`)."""
-        if limit < 0 or offset < 0:
-            raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
-        where, params = _where(
-            TrajectoryFilter(group_id=group_id, app_tag=app_tag, policy_version=policy_version,
-                             min_score=min_score, max_score=max_score, tool=tool,
-                             since_seq=since_seq, trajectory_id=trajectory_id)
-        )  # fmt: skip
-        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
-        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ? OFFSET ?"
-        return [summary_from_row(r) for r in self.read(sql, [*params, limit, offset])]
-
-    def count(
-        self,
-        *,
-        group_id: str | None = None,
-        app_tag: str | None = None,
-        since_seq: int | None = None,
-        policy_version: int | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        tool: str | None = None,
-        trajectory_id: str | None = None,
-    ) -> int:
-        """How many trajectories the filters select (all of them without filters)."""
-        where, params = _where(
-            TrajectoryFilter(group_id=group_id, app_tag=app_tag, policy_version=policy_version,
-                             min_score=min_score, max_score=max_score, tool=tool,
-                             since_seq=since_seq, trajectory_id=trajectory_id)
-        )  # fmt: skip
-        return int(self.read(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
-
-    def newest_sampled_version(self) -> int | None:
-        """The policy version of the newest trajectory that records one."""
-        rows = self.read(
-            "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
-            "ORDER BY seq DESC LIMIT 1"
-        )
-        return int(rows[0]["v"]) if rows else None
-
     # -- scores --------------------------------------------------------------------------------
 
     def record_feedback(self, trajectory_id: str, value: float, source: str = "app") -> None:
@@ -278,15 +208,6 @@ class TrajectoryStore(
 
         self.write(apply)
 
-    def feedback(self, trajectory_id: str) -> builtins.list[FeedbackRow]:
-        """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
-        rows = self.read(
-            "SELECT source, value, created_at FROM feedback WHERE trajectory_id = ? ORDER BY id",
-            [trajectory_id],
-        )
-        return [FeedbackRow(source=r["source"], value=r["value"], created_at=r["created_at"])
-                for r in rows]  # fmt: skip
-
     def record_reward(self, trajectory_id: str, reward: float) -> None:
         """Store the reward the trainer computed for a trajectory (for inspection)."""
         reward = float(reward)
@@ -301,45 +222,6 @@ class TrajectoryStore(
                 raise StoreError(f"no trajectory with id {trajectory_id!r} in {self.path}")
 
         self.write(apply)
-
-    def scored_since(self, seq: int, *, limit: int | None = None) -> builtins.list[TrajectoryGroup]:
-        """Scored trajectories with ``score_seq > seq``, grouped by ``group_id``.
-
-        Groups come in the order of their first member; an ungrouped trajectory is a group of
-        one. ``limit`` caps the number of trajectories, except that a run of consecutive members
-        of one group is never cut (so an atomically added group stays whole). The returned
-        trajectories are exactly those with ``seq < score_seq <= max(g.seq for g in groups)``:
-        that maximum is the next cursor.
-        """
-        if limit is not None and limit < 1:
-            raise ConfigError(f"limit must be >= 1 or None, got {limit}")
-        base = "SELECT id, group_id, score_seq FROM trajectories WHERE score_seq > ?"
-        if limit is None:
-            keys = self.read(base + " ORDER BY score_seq", [seq])
-        else:
-            keys = self.read(base + " ORDER BY score_seq LIMIT ?", [seq, limit])
-            if len(keys) == limit and keys[-1]["group_id"] is not None:
-                for row in self.read(base + " ORDER BY score_seq", [keys[-1]["score_seq"]]):
-                    if row["group_id"] != keys[-1]["group_id"]:
-                        break
-                    keys.append(row)
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for row in keys:
-            key = row["group_id"] if row["group_id"] is not None else "\0" + row["id"]
-            groups.setdefault(key, []).append(row)
-        return [
-            TrajectoryGroup(
-                group_id=rows[0]["group_id"],
-                members=[self.get(r["id"]) for r in rows],
-                seq=max(r["score_seq"] for r in rows),
-            )
-            for rows in groups.values()
-        ]
-
-    def count_scored_since(self, seq: int) -> int:
-        """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
-        rows = self.read("SELECT count(*) AS n FROM trajectories WHERE score_seq > ?", [seq])
-        return int(rows[0]["n"])
 
     # -- trainer steps -------------------------------------------------------------------------
 
@@ -368,33 +250,6 @@ class TrajectoryStore(
             db.table("train_steps").insert(row)
 
         self.write(insert)
-
-    def train_steps(self) -> builtins.list[TrainStep]:
-        rows = self.read("SELECT * FROM train_steps ORDER BY step")
-        return [TrainStep(**{**r, "metrics": load_json(r["metrics"]) or {}}) for r in rows]
-
-    # -- export / lifecycle --------------------------------------------------------------------
-
-    def export_jsonl(self, path_or_file: str | os.PathLike[str] | IO[str]) -> int:
-        """Write every trajectory (with turns and token arrays) as one JSON line; returns count."""
-        if isinstance(path_or_file, (str, os.PathLike)):
-            with open(path_or_file, "w", encoding="utf-8") as fh:
-                return self.export_jsonl(fh)
-        count, after = 0, 0
-        while True:
-            batch = self.read(
-                "SELECT id, seq, score_seq, reward FROM trajectories WHERE seq > ? "
-                "ORDER BY seq LIMIT 256",
-                [after],
-            )
-            if not batch:
-                return count
-            for row in batch:
-                record = asdict(self.get(row["id"]))
-                record.update(seq=row["seq"], score_seq=row["score_seq"], reward=row["reward"])
-                path_or_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-            after = batch[-1]["seq"]
 
 
 def _next(db: sqlite_utils.Database, column: str) -> int:

@@ -43,46 +43,43 @@ another commits a higher number, and checks the reader returns both exactly once
 from __future__ import annotations
 
 import builtins
-import json
 import math
-import os
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
-from typing import IO, Any
+from typing import Any
 
 from tepo_agent.errors import ConfigError, StoreError
-from tepo_agent.store._codec import dump_json, load_json
+from tepo_agent.store._codec import dump_json
 from tepo_agent.store._open import redact
 from tepo_agent.store._pg_conn import PgConnection
 from tepo_agent.store._pg_numbering import apply_feedback, insert_trajectories
 from tepo_agent.store._pg_registry import PgPolicyOps
 from tepo_agent.store._pg_side import PgSideOps
 from tepo_agent.store._records import (
-    SUMMARY_COLUMNS,
-    TrainStep,
-    TrajectoryGroup,
-    TrajectorySummary,
-    summary_from_row,
     trajectory_from_rows,
 )
-from tepo_agent.store._side_records import FeedbackRow, TrajectoryFilter
+from tepo_agent.store._shared import SharedReads
 from tepo_agent.trajectory import Trajectory
 
 
-class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
+class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedReads):
     """The PostgreSQL trajectory store (see the module docstring for the cursor's design).
 
-    Args:
-        url: ``postgresql://user:password@host:port/database`` (libpq's URL form, so
-            ``?host=/run/postgresql`` reaches a unix socket); the schema is created or migrated
-            on open.
-        busy_timeout_s: How long an operation waits for locks held by other transactions.
-        create: Whether a database without the store's tables may be given them (False: such
-            a database is a :class:`StoreError`, as a missing file is for SQLite).
-        read_only: Open without migrating and refuse every write (the report, the dashboard).
-        max_connections: Connections this store opens at most (one per concurrent thread).
+    Opened as :class:`~tepo_agent.store._pg_conn.PgConnection` is, whose docstring describes
+    the arguments: ``url`` (libpq's ``postgresql://`` URL), ``busy_timeout_s``, ``create``,
+    ``read_only`` and ``max_connections``.
     """
+
+    PLACEHOLDER = "%s"
+
+    def _since_seq(self, since_seq: int) -> tuple[str, builtins.list[Any]]:
+        """``since_seq`` is a cursor like ``scored_since``'s: it never selects a row while a
+        lower ``seq`` may still commit."""
+        return "seq > ? AND seq <= ?", [since_seq, self._settled("seq_numbers")]
+
+    def _score_horizon(self) -> tuple[str, builtins.list[Any]]:
+        """``scored_since`` never passes a ``score_seq`` that may still commit."""
+        return " AND score_seq <= ?", [self._settled("score_seq_numbers")]
 
     # -- trajectories --------------------------------------------------------------------------
 
@@ -144,82 +141,6 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
         rows = self._read("SELECT id FROM trajectories WHERE id = ANY(%s)", [wanted])
         return {r["id"] for r in rows}
 
-    def _where(self, filters: TrajectoryFilter) -> tuple[str, builtins.list[Any]]:
-        """The WHERE clause of ``filters``; ``since_seq`` is a cursor like ``scored_since``'s:
-        it never selects a row while a lower ``seq`` may still commit."""
-        where, params = [], []
-        for clause, value in (
-            ("group_id = %s", filters.group_id),
-            ("app_tag = %s", filters.app_tag),
-            ("id = %s", filters.trajectory_id),
-            ("policy_version = %s", filters.policy_version),
-            ("score >= %s", filters.min_score),
-            ("score <= %s", filters.max_score),
-            ("id IN (SELECT trajectory_id FROM turns WHERE role = 'tool' AND tool_name = %s)",
-             filters.tool),
-        ):  # fmt: skip
-            if value is not None:
-                where.append(clause)
-                params.append(value)
-        if filters.since_seq is not None:
-            where.append("seq > %s AND seq <= %s")
-            params += [filters.since_seq, self._settled("seq_numbers")]
-        return (" WHERE " + " AND ".join(where) if where else ""), params
-
-    def list(
-        self,
-        *,
-        limit: int = 100,
-        offset: int = 0,
-        newest_first: bool = False,
-        group_id: str | None = None,
-        app_tag: str | None = None,
-        since_seq: int | None = None,
-        policy_version: int | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        tool: str | None = None,
-        trajectory_id: str | None = None,
-    ) -> builtins.list[TrajectorySummary]:
-        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``), of
-        those every given filter selects."""
-        if limit < 0 or offset < 0:
-            raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
-        where, params = self._where(
-            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
-                             since_seq, trajectory_id)
-        )  # fmt: skip
-        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
-        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT %s OFFSET %s"
-        return [summary_from_row(r) for r in self._read(sql, [*params, limit, offset])]
-
-    def count(
-        self,
-        *,
-        group_id: str | None = None,
-        app_tag: str | None = None,
-        since_seq: int | None = None,
-        policy_version: int | None = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        tool: str | None = None,
-        trajectory_id: str | None = None,
-    ) -> int:
-        """How many trajectories the filters select (all of them without filters)."""
-        where, params = self._where(
-            TrajectoryFilter(group_id, app_tag, policy_version, min_score, max_score, tool,
-                             since_seq, trajectory_id)
-        )  # fmt: skip
-        return int(self._read(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
-
-    def newest_sampled_version(self) -> int | None:
-        """The policy version of the newest trajectory that records one."""
-        rows = self._read(
-            "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
-            "ORDER BY seq DESC LIMIT 1"
-        )
-        return int(rows[0]["v"]) if rows else None
-
     # -- scores --------------------------------------------------------------------------------
 
     def record_feedback(self, trajectory_id: str, value: float, source: str = "app") -> None:
@@ -237,13 +158,6 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
             lambda conn: apply_feedback(conn, trajectory_id, value, source, now), pipeline=True
         )
 
-    def feedback(self, trajectory_id: str) -> builtins.list[FeedbackRow]:
-        """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
-        return self._read(  # type: ignore[return-value]
-            "SELECT source, value, created_at FROM feedback WHERE trajectory_id = %s ORDER BY id",
-            [trajectory_id],
-        )
-
     def record_reward(self, trajectory_id: str, reward: float) -> None:
         """Store the reward the trainer computed for a trajectory (for inspection)."""
         reward = float(reward)
@@ -258,43 +172,6 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
                 raise StoreError(f"no trajectory with id {trajectory_id!r} in {redact(self.url)}")
 
         self._transaction(apply)
-
-    def scored_since(self, seq: int, *, limit: int | None = None) -> builtins.list[TrajectoryGroup]:
-        """Scored trajectories with ``score_seq > seq``, grouped by ``group_id``: the same
-        contract as the SQLite store's, and never past a number that may still commit."""
-        if limit is not None and limit < 1:
-            raise ConfigError(f"limit must be >= 1 or None, got {limit}")
-        horizon = self._settled("score_seq_numbers")
-        base = (
-            "SELECT id, group_id, score_seq FROM trajectories "
-            "WHERE score_seq > %s AND score_seq <= %s ORDER BY score_seq"
-        )
-        if limit is None:
-            keys = self._read(base, [seq, horizon])
-        else:
-            keys = self._read(base + " LIMIT %s", [seq, horizon, limit])
-            if len(keys) == limit and keys[-1]["group_id"] is not None:
-                for row in self._read(base, [keys[-1]["score_seq"], horizon]):
-                    if row["group_id"] != keys[-1]["group_id"]:
-                        break
-                    keys.append(row)
-        groups: dict[str, builtins.list[dict[str, Any]]] = {}
-        for row in keys:
-            key = row["group_id"] if row["group_id"] is not None else "\0" + row["id"]
-            groups.setdefault(key, []).append(row)
-        return [
-            TrajectoryGroup(
-                group_id=rows[0]["group_id"],
-                members=[self.get(r["id"]) for r in rows],
-                seq=max(int(r["score_seq"]) for r in rows),
-            )
-            for rows in groups.values()
-        ]
-
-    def count_scored_since(self, seq: int) -> int:
-        """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
-        rows = self._read("SELECT count(*) AS n FROM trajectories WHERE score_seq > %s", [seq])
-        return int(rows[0]["n"])
 
     # -- trainer steps -------------------------------------------------------------------------
 
@@ -322,33 +199,6 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps):
                 raise StoreError(f"train step {step} is already recorded; steps are unique")
 
         self._transaction(insert)
-
-    def train_steps(self) -> builtins.list[TrainStep]:
-        rows = self._read("SELECT * FROM train_steps ORDER BY step")
-        return [TrainStep(**{**r, "metrics": load_json(r["metrics"]) or {}}) for r in rows]
-
-    # -- export / lifecycle --------------------------------------------------------------------
-
-    def export_jsonl(self, path_or_file: str | os.PathLike[str] | IO[str]) -> int:
-        """Write every trajectory (with turns and token arrays) as one JSON line; returns count."""
-        if isinstance(path_or_file, (str, os.PathLike)):
-            with open(path_or_file, "w", encoding="utf-8") as fh:
-                return self.export_jsonl(fh)
-        count, after = 0, 0
-        while True:
-            batch = self._read(
-                "SELECT id, seq, score_seq, reward FROM trajectories WHERE seq > %s "
-                "ORDER BY seq LIMIT 256",
-                [after],
-            )
-            if not batch:
-                return count
-            for row in batch:
-                record = asdict(self.get(row["id"]))
-                record.update(seq=row["seq"], score_seq=row["score_seq"], reward=row["reward"])
-                path_or_file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                count += 1
-            after = batch[-1]["seq"]
 
 
 def _blobs(row: dict[str, Any]) -> dict[str, Any]:

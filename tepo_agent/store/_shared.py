@@ -1,0 +1,265 @@
+"""The reads both trajectory stores (SQLite and PostgreSQL) run the same way, written once.
+
+A backend mixes :class:`SharedReads` in and supplies three things: ``_read(sql, params)`` (one
+query, rows as dicts), ``PLACEHOLDER`` (``?`` for SQLite, ``%s`` for psycopg; the SQL here is
+written with ``?`` and translated by :meth:`SharedReads._sql`) and ``_since_seq(since_seq)``,
+the ``seq`` cursor clause, which differs: SQLite numbers under its write lock, PostgreSQL must
+also stop below numbers that may still commit (see :mod:`tepo_agent.store.postgres`). What truly
+differs between the two (writes, transactions, locking, upserts, the schema) stays in the
+backends.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import IO, Any, ClassVar
+
+from tepo_agent.errors import ConfigError
+from tepo_agent.store._codec import load_json
+from tepo_agent.store._records import (
+    SUMMARY_COLUMNS,
+    TrainStep,
+    TrajectoryGroup,
+    TrajectorySummary,
+    summary_from_row,
+)
+from tepo_agent.store._side_records import FeedbackRow, SessionTrajectory, TrajectoryFilter
+from tepo_agent.trajectory import Trajectory
+
+Rows = builtins.list[dict[str, Any]]
+
+# (clause, TrajectoryFilter field) for every filter but the ``since_seq`` cursor.
+_FILTER_CLAUSES = (
+    ("group_id = ?", "group_id"),
+    ("app_tag = ?", "app_tag"),
+    ("id = ?", "trajectory_id"),
+    ("policy_version = ?", "policy_version"),
+    ("score >= ?", "min_score"),
+    ("score <= ?", "max_score"),
+    ("id IN (SELECT trajectory_id FROM turns WHERE role = 'tool' AND tool_name = ?)", "tool"),
+)
+
+
+class SharedReads:
+    """Trajectory listing and counting, feedback rows, trainer steps, the JSONL export and the
+    served-response lookups of :class:`~tepo_agent.store.protocol.Store`, for either backend."""
+
+    PLACEHOLDER: ClassVar[str]
+    _read: Callable[..., Rows]
+    get: Callable[[str], Trajectory]
+    # The clause (written with ``?``) and parameters that select ``seq > since_seq``.
+    _since_seq: Callable[[int], tuple[str, builtins.list[Any]]]
+    # The clause appended to ``score_seq > ?`` (with its parameters) that keeps ``scored_since``
+    # below numbers that may still commit (empty where numbering is serialised).
+    _score_horizon: Callable[[], tuple[str, builtins.list[Any]]]
+
+    def _sql(self, sql: str) -> str:
+        """``sql`` written with ``?`` placeholders, in this backend's placeholder style."""
+        return sql if self.PLACEHOLDER == "?" else sql.replace("?", self.PLACEHOLDER)
+
+    def _select(self, sql: str, params: builtins.list[Any] | None = None) -> Rows:
+        return self._read(self._sql(sql), params or [])
+
+    def _where(self, f: TrajectoryFilter) -> tuple[str, builtins.list[Any]]:
+        """The ``WHERE`` clause (with its leading space, or empty) selecting what ``f`` selects."""
+        where, params = [], []
+        for clause, field in _FILTER_CLAUSES:
+            value = getattr(f, field)
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        if f.since_seq is not None:
+            clause, values = self._since_seq(f.since_seq)
+            where.append(clause)
+            params += values
+        return (" WHERE " + " AND ".join(where) if where else ""), params
+
+    def list(
+        self,
+        *,
+        limit: int = 100,
+        offset: int = 0,
+        newest_first: bool = False,
+        group_id: str | None = None,
+        app_tag: str | None = None,
+        since_seq: int | None = None,
+        policy_version: int | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        tool: str | None = None,
+        trajectory_id: str | None = None,
+    ) -> builtins.list[TrajectorySummary]:
+        """Trajectory summaries in ``seq`` order (oldest first unless ``newest_first``), those
+        every given filter selects (see :class:`~tepo_agent.store.TrajectoryFilter`)."""
+        if limit < 0 or offset < 0:
+            raise ConfigError(f"limit and offset must be >= 0, got limit={limit} offset={offset}")
+        where, params = self._where(
+            TrajectoryFilter(group_id=group_id, app_tag=app_tag, policy_version=policy_version,
+                             min_score=min_score, max_score=max_score, tool=tool,
+                             since_seq=since_seq, trajectory_id=trajectory_id)
+        )  # fmt: skip
+        sql = f"SELECT {SUMMARY_COLUMNS} FROM trajectories{where}"
+        sql += f" ORDER BY seq {'DESC' if newest_first else 'ASC'} LIMIT ? OFFSET ?"
+        return [summary_from_row(r) for r in self._select(sql, [*params, limit, offset])]
+
+    def count(
+        self,
+        *,
+        group_id: str | None = None,
+        app_tag: str | None = None,
+        since_seq: int | None = None,
+        policy_version: int | None = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        tool: str | None = None,
+        trajectory_id: str | None = None,
+    ) -> int:
+        """How many trajectories the filters select (all of them without filters)."""
+        where, params = self._where(
+            TrajectoryFilter(group_id=group_id, app_tag=app_tag, policy_version=policy_version,
+                             min_score=min_score, max_score=max_score, tool=tool,
+                             since_seq=since_seq, trajectory_id=trajectory_id)
+        )  # fmt: skip
+        return int(self._select(f"SELECT count(*) AS n FROM trajectories{where}", params)[0]["n"])
+
+    def newest_sampled_version(self) -> int | None:
+        """The policy version of the newest trajectory that records one."""
+        rows = self._select(
+            "SELECT policy_version AS v FROM trajectories WHERE policy_version IS NOT NULL "
+            "ORDER BY seq DESC LIMIT 1"
+        )
+        return int(rows[0]["v"]) if rows else None
+
+    def feedback(self, trajectory_id: str) -> builtins.list[FeedbackRow]:
+        """Every feedback row of a trajectory, oldest first (source, value, created_at)."""
+        rows = self._select(
+            "SELECT source, value, created_at FROM feedback WHERE trajectory_id = ? ORDER BY id",
+            [trajectory_id],
+        )
+        return [FeedbackRow(source=r["source"], value=r["value"], created_at=r["created_at"])
+                for r in rows]  # fmt: skip
+
+    def scored_since(self, seq: int, *, limit: int | None = None) -> builtins.list[TrajectoryGroup]:
+        """Scored trajectories with ``score_seq > seq``, grouped by ``group_id``.
+
+        Groups come in the order of their first member; an ungrouped trajectory is a group of
+        one. ``limit`` caps the number of trajectories, except that a run of consecutive members
+        of one group is never cut (so an atomically added group stays whole). The returned
+        trajectories are exactly those with ``seq < score_seq <= max(g.seq for g in groups)``:
+        that maximum is the next cursor.
+        """
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit must be >= 1 or None, got {limit}")
+        horizon, bound = self._score_horizon()
+        base = f"SELECT id, group_id, score_seq FROM trajectories WHERE score_seq > ?{horizon}"
+        base += " ORDER BY score_seq"
+        if limit is None:
+            keys = self._select(base, [seq, *bound])
+        else:
+            keys = self._select(base + " LIMIT ?", [seq, *bound, limit])
+            if len(keys) == limit and keys[-1]["group_id"] is not None:
+                for row in self._select(base, [keys[-1]["score_seq"], *bound]):
+                    if row["group_id"] != keys[-1]["group_id"]:
+                        break
+                    keys.append(row)
+        groups: dict[str, Rows] = {}
+        for row in keys:
+            key = row["group_id"] if row["group_id"] is not None else "\0" + row["id"]
+            groups.setdefault(key, []).append(row)
+        return [
+            TrajectoryGroup(
+                group_id=rows[0]["group_id"],
+                members=[self.get(r["id"]) for r in rows],
+                seq=max(int(r["score_seq"]) for r in rows),
+            )
+            for rows in groups.values()
+        ]
+
+    def count_scored_since(self, seq: int) -> int:
+        """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
+        rows = self._select("SELECT count(*) AS n FROM trajectories WHERE score_seq > ?", [seq])
+        return int(rows[0]["n"])
+
+    def train_steps(self) -> builtins.list[TrainStep]:
+        rows = self._select("SELECT * FROM train_steps ORDER BY step")
+        return [TrainStep(**{**r, "metrics": load_json(r["metrics"]) or {}}) for r in rows]
+
+    def export_jsonl(self, path_or_file: str | os.PathLike[str] | IO[str]) -> int:
+        """Write every trajectory (with turns and token arrays) as one JSON line; returns count."""
+        if isinstance(path_or_file, (str, os.PathLike)):
+            with open(path_or_file, "w", encoding="utf-8") as fh:
+                return self.export_jsonl(fh)
+        count, after = 0, 0
+        while True:
+            batch = self._select(
+                "SELECT id, seq, score_seq, reward FROM trajectories WHERE seq > ? "
+                "ORDER BY seq LIMIT 256",
+                [after],
+            )
+            if not batch:
+                return count
+            for row in batch:
+                record = asdict(self.get(row["id"]))
+                record.update(seq=row["seq"], score_seq=row["score_seq"], reward=row["reward"])
+                path_or_file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                count += 1
+            after = batch[-1]["seq"]
+
+    # -- served responses (what ``tepo-agent serve --record`` maps) ----------------------------
+
+    def served_trajectory_ids(
+        self,
+        *,
+        response_id: str | None = None,
+        trajectory_id: str | None = None,
+        session_id: str | None = None,
+        owner: str | None = None,
+    ) -> set[str]:
+        keys = [
+            (column, value)
+            for column, value in (
+                ("response_id", response_id),
+                ("trajectory_id", trajectory_id),
+                ("session_id", session_id),
+            )
+            if value is not None
+        ]
+        if len(keys) != 1:
+            raise ConfigError(
+                "name exactly one of response_id, trajectory_id or session_id, got "
+                f"{[c for c, _ in keys] or 'none'}"
+            )
+        column, value = keys[0]
+        sql = f"SELECT DISTINCT trajectory_id AS id FROM served_responses WHERE {column} = ?"
+        params = [value]
+        if owner is not None:
+            sql += " AND owner = ?"
+            params.append(owner)
+        return {r["id"] for r in self._select(sql, params)}
+
+    def session_trajectories(
+        self, session_id: str, owner: str | None = None
+    ) -> builtins.list[SessionTrajectory]:
+        sql = (
+            "SELECT t.id, t.status, t.score, t.policy_version, t.num_turns, t.num_tool_calls, "
+            "t.metadata FROM trajectories t WHERE t.id IN (SELECT trajectory_id FROM "
+            "served_responses WHERE session_id = ?"
+            + ("" if owner is None else " AND owner = ?")
+            + ") ORDER BY t.seq"
+        )
+        out = []
+        for row in self._select(sql, [session_id] if owner is None else [session_id, owner]):
+            meta = load_json(row.pop("metadata")) or {}
+            out.append(
+                SessionTrajectory(
+                    **row,
+                    started=meta.get("started"),
+                    ended=meta.get("ended"),
+                    response_ids=builtins.list(meta.get("response_ids") or []),
+                )
+            )
+        return out
