@@ -11,25 +11,12 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from tepo_agent.store._codec import dump_json, load_json
-from tepo_agent.store._policy import (
-    LiveTransition,
-    PolicyEvent,
-    PolicyKind,
-    PolicyRecord,
-    base_events,
-    base_mismatch,
-    check_kind,
-    check_live_transition,
-    check_reject,
-    live_events,
-    not_registered,
-    registration_events,
-    unknown_parent,
-)
+from tepo_agent.store._codec import load_json
+from tepo_agent.store._policy import PolicyEvent, PolicyKind, PolicyRecord, check_kind
+from tepo_agent.store._policy_writes import Run, ensure_base, make_live, register, reject
 
 REGISTRY_LOCK = 7_405_611_004
 """Advisory lock key held by every registry write until it commits."""
@@ -39,30 +26,24 @@ def _record(row: dict[str, Any]) -> PolicyRecord:
     return PolicyRecord(**{**row, "metrics": load_json(row["metrics"]) or {}})
 
 
-def _event(conn: Any, version: int, event: str, detail: dict[str, Any], now: float) -> None:
-    conn.execute(
-        "INSERT INTO policy_events (version, event, detail, created_at) VALUES (%s, %s, %s, %s)",
-        [version, event, dump_json(detail), now],
-    )
-
-
-def _status(conn: Any, version: int) -> str:
-    row = conn.execute("SELECT status FROM policies WHERE version = %s", [version]).fetchone()
-    if row is None:
-        raise not_registered(version)
-    return str(row["status"])
-
-
 class PgPolicyOps:
     """``PolicyOps`` of the protocol over the store's ``_transaction`` and ``_read``."""
 
     _transaction: Callable[..., Any]
     _read: Callable[..., builtins.list[dict[str, Any]]]
 
-    def _registry_write(self, fn: Callable[[Any], Any]) -> Any:
+    def _registry_write(self, fn: Callable[[Run], Any]) -> Any:
+        """``fn(run)`` in one transaction that holds the registry lock (``run``: a statement
+        with ``?`` placeholders on that transaction, rows as dicts)."""
+
         def locked(conn: Any) -> Any:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", [REGISTRY_LOCK])
-            return fn(conn)
+
+            def run(sql: str, params: Sequence[Any]) -> builtins.list[dict[str, Any]]:
+                cur = conn.execute(sql.replace("?", "%s"), params)
+                return cur.fetchall() if cur.description is not None else []
+
+            return fn(run)
 
         return self._transaction(locked)
 
@@ -84,90 +65,23 @@ class PgPolicyOps:
 
     def ensure_base_policy(self, path: str, kind: PolicyKind) -> None:
         check_kind(kind)
-        path = str(path)
-
-        def apply(conn: Any) -> None:
-            row = conn.execute("SELECT path FROM policies WHERE version = 0").fetchone()
-            if row is not None:
-                if row["path"] != path:
-                    raise base_mismatch(row["path"], path)
-                return
-            live = conn.execute("SELECT 1 FROM policies WHERE status = 'live'").fetchone() is None
-            now = time.time()
-            conn.execute(
-                "INSERT INTO policies (version, parent, path, kind, status, metrics, reason, "
-                "created_at, updated_at) VALUES (0, NULL, %s, %s, %s, '{}', NULL, %s, %s)",
-                [path, kind, "live" if live else "retired", now, now],
-            )
-            for event, detail in base_events(kind, live):
-                _event(conn, 0, event, detail, now)
-
-        self._registry_write(apply)
+        self._registry_write(lambda run: ensure_base(run, str(path), kind, time.time()))
 
     def register_policy(
         self, path: str, *, kind: PolicyKind, parent: int | None, metrics: dict[str, Any]
     ) -> int:
         check_kind(kind)
-        encoded = dump_json(metrics or {})
-
-        def apply(conn: Any) -> int:
-            if (
-                parent is not None
-                and conn.execute("SELECT 1 FROM policies WHERE version = %s", [parent]).fetchone()
-                is None
-            ):
-                raise unknown_parent(parent)
-            top = conn.execute("SELECT MAX(version) AS top FROM policies").fetchone()["top"]
-            version = 1 if top is None else int(top) + 1
-            now = time.time()
-            conn.execute(
-                "INSERT INTO policies (version, parent, path, kind, status, metrics, reason, "
-                "created_at, updated_at) VALUES (%s, %s, %s, %s, 'candidate', %s, NULL, %s, %s)",
-                [version, parent, str(path), kind, encoded, now, now],
+        return int(
+            self._registry_write(
+                lambda run: register(run, str(path), kind, parent, metrics, time.time())
             )
-            for event, detail in registration_events(kind, parent, metrics):
-                _event(conn, version, event, detail, now)
-            return version
-
-        return int(self._registry_write(apply))
+        )
 
     def promote_policy(self, version: int) -> None:
-        self._make_live(version, "promote")
+        self._registry_write(lambda run: make_live(run, version, "promote", time.time()))
 
     def rollback_policy(self, version: int) -> None:
-        self._make_live(version, "rollback")
+        self._registry_write(lambda run: make_live(run, version, "rollback", time.time()))
 
     def reject_policy(self, version: int, reason: str) -> None:
-        def apply(conn: Any) -> None:
-            check_reject(version, _status(conn, version))
-            now = time.time()
-            conn.execute(
-                "UPDATE policies SET status = 'rejected', reason = %s, updated_at = %s "
-                "WHERE version = %s",
-                [reason, now, version],
-            )
-            _event(conn, version, "rejected", {"reason": reason}, now)
-
-        self._registry_write(apply)
-
-    def _make_live(self, version: int, how: LiveTransition) -> None:
-        def apply(conn: Any) -> None:
-            status = _status(conn, version)
-            if not check_live_transition(version, status, how):
-                return
-            now = time.time()
-            row = conn.execute("SELECT version FROM policies WHERE status = 'live'").fetchone()
-            replaced = None if row is None else int(row["version"])
-            # Retire first: the unique index allows at most one live row at any statement.
-            conn.execute(
-                "UPDATE policies SET status = 'retired', updated_at = %s WHERE status = 'live'",
-                [now],
-            )
-            conn.execute(
-                "UPDATE policies SET status = 'live', updated_at = %s WHERE version = %s",
-                [now, version],
-            )
-            for event_version, event, detail in live_events(version, status, replaced):
-                _event(conn, event_version, event, detail, now)
-
-        self._registry_write(apply)
+        self._registry_write(lambda run: reject(run, version, reason, time.time()))

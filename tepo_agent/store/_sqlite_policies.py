@@ -10,26 +10,13 @@ from __future__ import annotations
 
 import builtins
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from tepo_agent._sqlite import sqlite_utils
-from tepo_agent.store._codec import dump_json, load_json
-from tepo_agent.store._policy import (
-    LiveTransition,
-    PolicyEvent,
-    PolicyEventKind,
-    PolicyKind,
-    PolicyRecord,
-    base_events,
-    base_mismatch,
-    check_kind,
-    check_live_transition,
-    check_reject,
-    live_events,
-    not_registered,
-    registration_events,
-    unknown_parent,
-)
+from tepo_agent.store._codec import load_json
+from tepo_agent.store._policy import PolicyEvent, PolicyKind, PolicyRecord, check_kind
+from tepo_agent.store._policy_writes import Run, ensure_base, make_live, register, reject
 from tepo_agent.store._sqlite_base import SqliteTables
 
 
@@ -60,110 +47,36 @@ class PolicyTables(SqliteTables):
 
     def ensure_base_policy(self, path: str, kind: PolicyKind) -> None:
         check_kind(kind)
-
-        def apply(db: sqlite_utils.Database) -> None:
-            row = db.execute("SELECT path FROM policies WHERE version = 0").fetchone()
-            if row is not None:
-                if row[0] != path:
-                    raise base_mismatch(row[0], path)
-                return
-            has_live = db.execute("SELECT 1 FROM policies WHERE status = 'live'").fetchone()
-            now = time.time()
-            db.table("policies").insert(
-                {"version": 0, "parent": None, "path": path, "kind": kind,
-                 "status": "retired" if has_live else "live", "metrics": "{}",
-                 "reason": None, "created_at": now, "updated_at": now}
-            )  # fmt: skip
-            for event, detail in base_events(kind, live=not has_live):
-                _event(db, 0, event, detail, now)
-
-        self.write(apply)
+        self.write(lambda db: ensure_base(_runner(db), str(path), kind, time.time()))
 
     def register_policy(
         self, path: str, *, kind: PolicyKind, parent: int | None, metrics: dict[str, Any]
     ) -> int:
         check_kind(kind)
-        row = {"path": path, "kind": kind, "parent": parent, "status": "candidate",
-               "metrics": dump_json(metrics), "reason": None}  # fmt: skip
-
-        def apply(db: sqlite_utils.Database) -> int:
-            if parent is not None and _status(db, parent) is None:
-                raise unknown_parent(parent)
-            top = db.execute("SELECT MAX(version) FROM policies").fetchone()[0]
-            version = 1 if top is None else int(top) + 1
-            now = time.time()
-            db.table("policies").insert(
-                {**row, "version": version, "created_at": now, "updated_at": now}
+        return int(
+            self.write(
+                lambda db: register(_runner(db), str(path), kind, parent, metrics, time.time())
             )
-            for event, detail in registration_events(kind, parent, metrics):
-                _event(db, version, event, detail, now)
-            return version
-
-        return int(self.write(apply))
+        )
 
     def promote_policy(self, version: int) -> None:
-        self._make_live(version, "promote")
+        self.write(lambda db: make_live(_runner(db), version, "promote", time.time()))
 
     def rollback_policy(self, version: int) -> None:
-        self._make_live(version, "rollback")
+        self.write(lambda db: make_live(_runner(db), version, "rollback", time.time()))
 
     def reject_policy(self, version: int, reason: str) -> None:
-        def apply(db: sqlite_utils.Database) -> None:
-            check_reject(version, _existing_status(db, version))
-            now = time.time()
-            db.execute(
-                "UPDATE policies SET status = 'rejected', reason = ?, updated_at = ? "
-                "WHERE version = ?",
-                [reason, now, version],
-            )
-            _event(db, version, "rejected", {"reason": reason}, now)
-
-        self.write(apply)
-
-    def _make_live(self, version: int, how: LiveTransition) -> None:
-        def apply(db: sqlite_utils.Database) -> None:
-            status = _existing_status(db, version)
-            if not check_live_transition(version, status, how):
-                return
-            now = time.time()
-            row = db.execute("SELECT version FROM policies WHERE status = 'live'").fetchone()
-            replaced = None if row is None else int(row[0])
-            # Retire first: the unique index allows at most one live row at any statement.
-            db.execute(
-                "UPDATE policies SET status = 'retired', updated_at = ? WHERE status = 'live'",
-                [now],
-            )
-            db.execute(
-                "UPDATE policies SET status = 'live', updated_at = ? WHERE version = ?",
-                [now, version],
-            )
-            for v, event, detail in live_events(version, status, replaced):
-                _event(db, v, event, detail, now)
-
-        self.write(apply)
+        self.write(lambda db: reject(_runner(db), version, reason, time.time()))
 
 
-def _event(
-    db: sqlite_utils.Database,
-    version: int,
-    event: PolicyEventKind,
-    detail: dict[str, Any],
-    now: float,
-) -> None:
-    """Append to ``policy_events`` (inside the caller's transaction, with the change itself)."""
-    db.execute(
-        "INSERT INTO policy_events (version, event, detail, created_at) VALUES (?, ?, ?, ?)",
-        [version, event, dump_json(detail), now],
-    )
+def _runner(db: sqlite_utils.Database) -> Run:
+    """:data:`~tepo_agent.store._policy_writes.Run` on the write transaction's connection."""
 
+    def run(sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        cur = db.execute(sql, list(params))
+        if cur.description is None:
+            return []
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-def _status(db: sqlite_utils.Database, version: int) -> str | None:
-    row = db.execute("SELECT status FROM policies WHERE version = ?", [version]).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _existing_status(db: sqlite_utils.Database, version: int) -> str:
-    status = _status(db, version)
-    if status is None:
-        raise not_registered(version)
-    return status
+    return run
