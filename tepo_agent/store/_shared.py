@@ -1,25 +1,28 @@
-"""The reads both trajectory stores (SQLite and PostgreSQL) run the same way, written once.
+"""What both trajectory stores (SQLite and PostgreSQL) do the same way, written once.
 
-A backend mixes :class:`SharedReads` in and supplies three things: ``_read(sql, params)`` (one
-query, rows as dicts), ``PLACEHOLDER`` (``?`` for SQLite, ``%s`` for psycopg; the SQL here is
-written with ``?`` and translated by :meth:`SharedReads._sql`) and ``_since_seq(since_seq)``,
-the ``seq`` cursor clause, which differs: SQLite numbers under its write lock, PostgreSQL must
-also stop below numbers that may still commit (see :mod:`tepo_agent.store.postgres`). What truly
-differs between the two (writes, transactions, locking, upserts, the schema) stays in the
-backends.
+A backend mixes :class:`SharedOps` in and supplies: ``_read(sql, params)`` (one query, rows as
+dicts), ``PLACEHOLDER`` (``?`` for SQLite, ``%s`` for psycopg; the SQL here is written with
+``?`` and translated by :meth:`SharedOps._sql`), the two cursor bounds, which differ
+(``_since_seq`` and ``_score_horizon``: SQLite numbers under its write lock, PostgreSQL must
+also stop below numbers that may still commit, see :mod:`tepo_agent.store.postgres`), and the
+transactions behind the checked writes (``_apply_feedback``, ``_set_reward``,
+``_insert_train_step``). What truly differs between the two (transactions, locking, upserts,
+numbering, the schema, the report's SQL) stays in the backends.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import math
 import os
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import IO, Any, ClassVar
 
 from tepo_agent.errors import ConfigError
-from tepo_agent.store._codec import load_json
+from tepo_agent.store._codec import dump_json, load_json
 from tepo_agent.store._records import (
     SUMMARY_COLUMNS,
     TrainStep,
@@ -31,6 +34,11 @@ from tepo_agent.store._side_records import FeedbackRow, SessionTrajectory, Traje
 from tepo_agent.trajectory import Trajectory
 
 Rows = builtins.list[dict[str, Any]]
+
+TRAIN_STEP_COLUMNS = (
+    "step", "policy_version", "published_version", "cursor_seq", "metrics", "created_at"
+)  # fmt: skip
+"""The ``train_steps`` columns in the order :meth:`SharedOps.record_train_step` fills them."""
 
 # (clause, TrajectoryFilter field) for every filter but the ``since_seq`` cursor.
 _FILTER_CLAUSES = (
@@ -44,15 +52,20 @@ _FILTER_CLAUSES = (
 )
 
 
-class SharedReads:
-    """Trajectory listing and counting, feedback rows, trainer steps, the JSONL export and the
-    served-response lookups of :class:`~tepo_agent.store.protocol.Store`, for either backend."""
+class SharedOps:
+    """Trajectory listing and counting, the cursor reads, feedback and rewards (checked), trainer
+    steps, the JSONL export and the served-response lookups of
+    :class:`~tepo_agent.store.protocol.Store`, for either backend."""
 
     PLACEHOLDER: ClassVar[str]
     _read: Callable[..., Rows]
     get: Callable[[str], Trajectory]
     # The clause (written with ``?``) and parameters that select ``seq > since_seq``.
     _since_seq: Callable[[int], tuple[str, builtins.list[Any]]]
+    # The backend's transactions behind the checked writes below.
+    _apply_feedback: Callable[[str, float, str], None]
+    _set_reward: Callable[[str, float], None]
+    _insert_train_step: Callable[[dict[str, Any]], None]  # StoreError if the step exists
     # The clause appended to ``score_seq > ?`` (with its parameters) that keeps ``scored_since``
     # below numbers that may still commit (empty where numbering is serialised).
     _score_horizon: Callable[[], tuple[str, builtins.list[Any]]]
@@ -179,10 +192,42 @@ class SharedReads:
             for rows in groups.values()
         ]
 
+    def record_feedback(self, trajectory_id: str, value: float, source: str = "app") -> None:
+        """Keep a feedback row and set the trajectory's score to ``value`` (latest wins); the
+        first feedback queues it for the trainer (takes a ``score_seq``)."""
+        value = float(value)
+        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+            raise ConfigError(
+                f"feedback value must be a score in [0, 1], got {value}; map your application's "
+                "signal (thumbs up/down, stars) onto [0, 1] first"
+            )
+        self._apply_feedback(trajectory_id, value, source)
+
+    def record_reward(self, trajectory_id: str, reward: float) -> None:
+        """Store the reward the trainer computed for a trajectory (for inspection)."""
+        reward = float(reward)
+        if not math.isfinite(reward):
+            raise ConfigError(f"reward must be finite, got {reward}")
+        self._set_reward(trajectory_id, reward)
+
     def count_scored_since(self, seq: int) -> int:
         """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
         rows = self._select("SELECT count(*) AS n FROM trajectories WHERE score_seq > ?", [seq])
         return int(rows[0]["n"])
+
+    def record_train_step(
+        self,
+        step: int,
+        metrics: dict[str, Any],
+        *,
+        cursor_seq: int,
+        policy_version: int | None,
+        published_version: int | None = None,
+    ) -> None:
+        """Record a trainer step: the ``score_seq`` cursor it consumed up to, and its metrics."""
+        values = (int(step), policy_version, published_version, int(cursor_seq),
+                  dump_json(metrics), time.time())  # fmt: skip
+        self._insert_train_step(dict(zip(TRAIN_STEP_COLUMNS, values, strict=True)))
 
     def train_steps(self) -> builtins.list[TrainStep]:
         rows = self._select("SELECT * FROM train_steps ORDER BY step")

@@ -23,7 +23,6 @@ must open its own (a SQLite connection must not cross ``fork``).
 from __future__ import annotations
 
 import builtins
-import math
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -31,14 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from tepo_agent._sqlite import sqlite_utils
-from tepo_agent.errors import ConfigError, StoreError
-from tepo_agent.store._codec import dump_json
+from tepo_agent.errors import StoreError
 from tepo_agent.store._records import (
     trajectory_from_rows,
     trajectory_row,
     turn_row,
 )
-from tepo_agent.store._shared import SharedReads
+from tepo_agent.store._shared import SharedOps
 from tepo_agent.store._sqlite_base import placeholders
 from tepo_agent.store._sqlite_conn import SqliteConnection
 from tepo_agent.store._sqlite_evaluations import EvaluationTables
@@ -54,7 +52,7 @@ def default_db_path() -> Path:
 
 
 class TrajectoryStore(
-    SqliteConnection, PolicyTables, EvaluationTables, ServedTables, ReportQueries, SharedReads
+    SqliteConnection, PolicyTables, EvaluationTables, ServedTables, ReportQueries, SharedOps
 ):
     """The SQLite trajectory store (see the module docstring for the concurrency rules).
 
@@ -174,14 +172,8 @@ class TrajectoryStore(
 
     # -- scores --------------------------------------------------------------------------------
 
-    def record_feedback(self, trajectory_id: str, value: float, source: str = "app") -> None:
-        """Keep a feedback row and set the trajectory's score to ``value`` (latest wins)."""
-        value = float(value)
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ConfigError(
-                f"feedback value must be a score in [0, 1], got {value}; map your application's "
-                "signal (thumbs up/down, stars) onto [0, 1] first"
-            )
+    def _apply_feedback(self, trajectory_id: str, value: float, source: str) -> None:
+        """Keep a (checked) feedback row and set the score; the first takes a ``score_seq``."""
 
         def apply(db: sqlite_utils.Database) -> None:
             row = db.execute(
@@ -208,12 +200,7 @@ class TrajectoryStore(
 
         self.write(apply)
 
-    def record_reward(self, trajectory_id: str, reward: float) -> None:
-        """Store the reward the trainer computed for a trajectory (for inspection)."""
-        reward = float(reward)
-        if not math.isfinite(reward):
-            raise ConfigError(f"reward must be finite, got {reward}")
-
+    def _set_reward(self, trajectory_id: str, reward: float) -> None:
         def apply(db: sqlite_utils.Database) -> None:
             cur = db.execute(
                 "UPDATE trajectories SET reward = ? WHERE id = ?", [reward, trajectory_id]
@@ -225,24 +212,8 @@ class TrajectoryStore(
 
     # -- trainer steps -------------------------------------------------------------------------
 
-    def record_train_step(
-        self,
-        step: int,
-        metrics: dict[str, Any],
-        *,
-        cursor_seq: int,
-        policy_version: int | None,
-        published_version: int | None = None,
-    ) -> None:
-        """Record a trainer step: the ``score_seq`` cursor it consumed up to, and its metrics."""
-        row = {
-            "step": int(step),
-            "policy_version": policy_version,
-            "published_version": published_version,
-            "cursor_seq": int(cursor_seq),
-            "metrics": dump_json(metrics),
-            "created_at": time.time(),
-        }
+    def _insert_train_step(self, row: dict[str, Any]) -> None:
+        step = row["step"]
 
         def insert(db: sqlite_utils.Database) -> None:
             if db.execute("SELECT 1 FROM train_steps WHERE step = ?", [row["step"]]).fetchone():

@@ -43,13 +43,11 @@ another commits a higher number, and checks the reader returns both exactly once
 from __future__ import annotations
 
 import builtins
-import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from tepo_agent.errors import ConfigError, StoreError
-from tepo_agent.store._codec import dump_json
+from tepo_agent.errors import StoreError
 from tepo_agent.store._open import redact
 from tepo_agent.store._pg_conn import PgConnection
 from tepo_agent.store._pg_numbering import apply_feedback, insert_trajectories
@@ -58,11 +56,11 @@ from tepo_agent.store._pg_side import PgSideOps
 from tepo_agent.store._records import (
     trajectory_from_rows,
 )
-from tepo_agent.store._shared import SharedReads
+from tepo_agent.store._shared import TRAIN_STEP_COLUMNS, SharedOps
 from tepo_agent.trajectory import Trajectory
 
 
-class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedReads):
+class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedOps):
     """The PostgreSQL trajectory store (see the module docstring for the cursor's design).
 
     Opened as :class:`~tepo_agent.store._pg_conn.PgConnection` is, whose docstring describes
@@ -143,27 +141,13 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedReads):
 
     # -- scores --------------------------------------------------------------------------------
 
-    def record_feedback(self, trajectory_id: str, value: float, source: str = "app") -> None:
-        """Keep a feedback row and set the trajectory's score to ``value`` (latest wins); the
-        first feedback queues it for the trainer (takes a ``score_seq``)."""
-        value = float(value)
-        if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-            raise ConfigError(
-                f"feedback value must be a score in [0, 1], got {value}; map your application's "
-                "signal (thumbs up/down, stars) onto [0, 1] first"
-            )
-
+    def _apply_feedback(self, trajectory_id: str, value: float, source: str) -> None:
         now = time.time()
         self._transaction(
             lambda conn: apply_feedback(conn, trajectory_id, value, source, now), pipeline=True
         )
 
-    def record_reward(self, trajectory_id: str, reward: float) -> None:
-        """Store the reward the trainer computed for a trajectory (for inspection)."""
-        reward = float(reward)
-        if not math.isfinite(reward):
-            raise ConfigError(f"reward must be finite, got {reward}")
-
+    def _set_reward(self, trajectory_id: str, reward: float) -> None:
         def apply(conn: Any) -> None:
             cur = conn.execute(
                 "UPDATE trajectories SET reward = %s WHERE id = %s", [reward, trajectory_id]
@@ -175,25 +159,15 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedReads):
 
     # -- trainer steps -------------------------------------------------------------------------
 
-    def record_train_step(
-        self,
-        step: int,
-        metrics: dict[str, Any],
-        *,
-        cursor_seq: int,
-        policy_version: int | None,
-        published_version: int | None = None,
-    ) -> None:
-        """Record a trainer step: the ``score_seq`` cursor it consumed up to, and its metrics."""
-        row = [int(step), policy_version, published_version, int(cursor_seq),
-               dump_json(metrics), time.time()]  # fmt: skip
+    def _insert_train_step(self, row: dict[str, Any]) -> None:
+        step = row["step"]
 
         def insert(conn: Any) -> None:
             cur = conn.execute(
                 "INSERT INTO train_steps (step, policy_version, published_version, cursor_seq, "
                 "metrics, created_at) VALUES (%s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (step) DO NOTHING",
-                row,
+                [row[c] for c in TRAIN_STEP_COLUMNS],
             )
             if cur.rowcount == 0:
                 raise StoreError(f"train step {step} is already recorded; steps are unique")
