@@ -4,10 +4,10 @@ A backend mixes :class:`SharedOps` in and supplies: ``_read(sql, params)`` (one 
 dicts), ``PLACEHOLDER`` (``?`` for SQLite, ``%s`` for psycopg; the SQL here is written with
 ``?`` and translated by :meth:`SharedOps._sql`), the two cursor bounds, which differ
 (``_since_seq`` and ``_score_horizon``: SQLite numbers under its write lock, PostgreSQL must
-also stop below numbers that may still commit, see :mod:`tepo_agent.store.postgres`), and the
-transactions behind the checked writes (``_apply_feedback``, ``_set_reward``,
-``_insert_train_step``). What truly differs between the two (transactions, locking, upserts,
-numbering, the schema, the report's SQL) stays in the backends.
+also stop below numbers that may still commit, see :mod:`tepo_agent.store.postgres`), the
+transactions behind the checked writes (``_apply_feedback``; ``_execute``, one statement) and
+``_location()`` for messages. What truly differs between the two (transactions, locking, the
+served upsert, numbering, the schema, the report's SQL) stays in the backends.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import IO, Any, ClassVar
 
-from tepo_agent.errors import ConfigError
+from tepo_agent.errors import ConfigError, StoreError
 from tepo_agent.store._codec import dump_json, load_json
 from tepo_agent.store._records import (
     SUMMARY_COLUMNS,
@@ -35,10 +35,9 @@ from tepo_agent.trajectory import Trajectory
 
 Rows = builtins.list[dict[str, Any]]
 
-TRAIN_STEP_COLUMNS = (
+_TRAIN_STEP_COLUMNS = (
     "step", "policy_version", "published_version", "cursor_seq", "metrics", "created_at"
 )  # fmt: skip
-"""The ``train_steps`` columns in the order :meth:`SharedOps.record_train_step` fills them."""
 
 # (clause, TrajectoryFilter field) for every filter but the ``since_seq`` cursor.
 _FILTER_CLAUSES = (
@@ -64,8 +63,10 @@ class SharedOps:
     _since_seq: Callable[[int], tuple[str, builtins.list[Any]]]
     # The backend's transactions behind the checked writes below.
     _apply_feedback: Callable[[str, float, str], None]
-    _set_reward: Callable[[str, float], None]
-    _insert_train_step: Callable[[dict[str, Any]], None]  # StoreError if the step exists
+    # One write statement (``?`` placeholders) in its own transaction; how many rows it changed.
+    _execute: Callable[[str, Sequence[Any]], int]
+    # Where the store is, for messages (the file, the URL without its password).
+    _location: Callable[[], str]
     # The clause appended to ``score_seq > ?`` (with its parameters) that keeps ``scored_since``
     # below numbers that may still commit (empty where numbering is serialised).
     _score_horizon: Callable[[], tuple[str, builtins.list[Any]]]
@@ -208,7 +209,11 @@ class SharedOps:
         reward = float(reward)
         if not math.isfinite(reward):
             raise ConfigError(f"reward must be finite, got {reward}")
-        self._set_reward(trajectory_id, reward)
+        changed = self._execute(
+            "UPDATE trajectories SET reward = ? WHERE id = ?", [reward, trajectory_id]
+        )
+        if changed == 0:
+            raise StoreError(f"no trajectory with id {trajectory_id!r} in {self._location()}")
 
     def count_scored_since(self, seq: int) -> int:
         """How many scored trajectories have ``score_seq > seq`` (the trainer's backlog)."""
@@ -227,7 +232,13 @@ class SharedOps:
         """Record a trainer step: the ``score_seq`` cursor it consumed up to, and its metrics."""
         values = (int(step), policy_version, published_version, int(cursor_seq),
                   dump_json(metrics), time.time())  # fmt: skip
-        self._insert_train_step(dict(zip(TRAIN_STEP_COLUMNS, values, strict=True)))
+        changed = self._execute(
+            f"INSERT INTO train_steps ({', '.join(_TRAIN_STEP_COLUMNS)}) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (step) DO NOTHING",
+            values,
+        )
+        if changed == 0:
+            raise StoreError(f"train step {step} is already recorded; steps are unique")
 
     def train_steps(self) -> builtins.list[TrainStep]:
         rows = self._select("SELECT * FROM train_steps ORDER BY step")

@@ -75,6 +75,12 @@ class TrajectoryStore(
     def _score_horizon(self) -> tuple[str, builtins.list[Any]]:
         return "", []
 
+    def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        return int(self.write(lambda db: db.execute(sql, list(params)).rowcount))
+
+    def _location(self) -> str:
+        return str(self.path)
+
     # -- trajectories --------------------------------------------------------------------------
 
     def add(self, trajectory: Trajectory) -> str:
@@ -199,28 +205,6 @@ class TrajectoryStore(
             )
 
         self.write(apply)
-
-    def _set_reward(self, trajectory_id: str, reward: float) -> None:
-        def apply(db: sqlite_utils.Database) -> None:
-            cur = db.execute(
-                "UPDATE trajectories SET reward = ? WHERE id = ?", [reward, trajectory_id]
-            )
-            if cur.rowcount == 0:
-                raise StoreError(f"no trajectory with id {trajectory_id!r} in {self.path}")
-
-        self.write(apply)
-
-    # -- trainer steps -------------------------------------------------------------------------
-
-    def _insert_train_step(self, row: dict[str, Any]) -> None:
-        step = row["step"]
-
-        def insert(db: sqlite_utils.Database) -> None:
-            if db.execute("SELECT 1 FROM train_steps WHERE step = ?", [row["step"]]).fetchone():
-                raise StoreError(f"train step {step} is already recorded; steps are unique")
-            db.table("train_steps").insert(row)
-
-        self.write(insert)
 
 
 def _next(db: sqlite_utils.Database, column: str) -> int:

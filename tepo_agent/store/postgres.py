@@ -56,7 +56,7 @@ from tepo_agent.store._pg_side import PgSideOps
 from tepo_agent.store._records import (
     trajectory_from_rows,
 )
-from tepo_agent.store._shared import TRAIN_STEP_COLUMNS, SharedOps
+from tepo_agent.store._shared import SharedOps
 from tepo_agent.trajectory import Trajectory
 
 
@@ -74,6 +74,12 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedOps):
         """``since_seq`` is a cursor like ``scored_since``'s: it never selects a row while a
         lower ``seq`` may still commit."""
         return "seq > ? AND seq <= ?", [since_seq, self._settled("seq_numbers")]
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> int:
+        return int(self._transaction(lambda conn: conn.execute(self._sql(sql), params).rowcount))
+
+    def _location(self) -> str:
+        return redact(self.url)
 
     def _score_horizon(self) -> tuple[str, builtins.list[Any]]:
         """``scored_since`` never passes a ``score_seq`` that may still commit."""
@@ -146,33 +152,6 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedOps):
         self._transaction(
             lambda conn: apply_feedback(conn, trajectory_id, value, source, now), pipeline=True
         )
-
-    def _set_reward(self, trajectory_id: str, reward: float) -> None:
-        def apply(conn: Any) -> None:
-            cur = conn.execute(
-                "UPDATE trajectories SET reward = %s WHERE id = %s", [reward, trajectory_id]
-            )
-            if cur.rowcount == 0:
-                raise StoreError(f"no trajectory with id {trajectory_id!r} in {redact(self.url)}")
-
-        self._transaction(apply)
-
-    # -- trainer steps -------------------------------------------------------------------------
-
-    def _insert_train_step(self, row: dict[str, Any]) -> None:
-        step = row["step"]
-
-        def insert(conn: Any) -> None:
-            cur = conn.execute(
-                "INSERT INTO train_steps (step, policy_version, published_version, cursor_seq, "
-                "metrics, created_at) VALUES (%s, %s, %s, %s, %s, %s) "
-                "ON CONFLICT (step) DO NOTHING",
-                [row[c] for c in TRAIN_STEP_COLUMNS],
-            )
-            if cur.rowcount == 0:
-                raise StoreError(f"train step {step} is already recorded; steps are unique")
-
-        self._transaction(insert)
 
 
 def _blobs(row: dict[str, Any]) -> dict[str, Any]:
