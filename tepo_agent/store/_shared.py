@@ -78,6 +78,25 @@ class SharedOps:
     def _select(self, sql: str, params: builtins.list[Any] | None = None) -> Rows:
         return self._read(self._sql(sql), params or [])
 
+    def resolve_id(self, prefix: str) -> str:
+        """The full id of the one trajectory whose id starts with ``prefix`` (as ``git`` takes
+        commit prefixes); an unknown or ambiguous prefix is a :class:`StoreError` that lists the
+        candidates."""
+        prefix = prefix.strip().lower()
+        if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
+            raise StoreError(f"{prefix!r} is not a trajectory id (32 hex characters, or a prefix)")
+        rows = self._select(
+            "SELECT id FROM trajectories WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
+            [prefix, prefix + "g"],
+        )
+        if len(rows) == 1:
+            return str(rows[0]["id"])
+        where = self._location()
+        if not rows:
+            raise StoreError(f"no trajectory with id {prefix!r} (or an id starting so) in {where}")
+        shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
+        raise StoreError(f"id prefix {prefix!r} is ambiguous in {where}: {shown}; give more of it")
+
     def _where(self, f: TrajectoryFilter) -> tuple[str, builtins.list[Any]]:
         """The ``WHERE`` clause (with its leading space, or empty) selecting what ``f`` selects."""
         where, params = [], []

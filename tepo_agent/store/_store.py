@@ -144,28 +144,6 @@ class TrajectoryStore(
         )
         return trajectory_from_rows(rows[0], turns)
 
-    def resolve_id(self, prefix: str) -> str:
-        """The full id of the one trajectory whose id starts with ``prefix`` (as ``git`` takes
-        commit prefixes); an unknown or ambiguous prefix is a :class:`StoreError` that lists the
-        candidates."""
-        prefix = prefix.strip().lower()
-        if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
-            raise StoreError(f"{prefix!r} is not a trajectory id (32 hex characters, or a prefix)")
-        rows = self.read(
-            "SELECT id FROM trajectories WHERE id >= ? AND id < ? ORDER BY id LIMIT 6",
-            [prefix, prefix + "g"],
-        )
-        if len(rows) == 1:
-            return str(rows[0]["id"])
-        if not rows:
-            raise StoreError(
-                f"no trajectory with id {prefix!r} (or an id starting so) in {self.path}"
-            )
-        shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-        raise StoreError(
-            f"id prefix {prefix!r} is ambiguous in {self.path}: {shown}; give more of it"
-        )
-
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         """Those of ``ids`` that are stored."""
         wanted = builtins.list(dict.fromkeys(ids))

@@ -120,23 +120,6 @@ class PostgresStore(PgConnection, PgPolicyOps, PgSideOps, SharedOps):
 
         return self._transaction(read, atomic=False)
 
-    def resolve_id(self, prefix: str) -> str:
-        """The full id of the one trajectory whose id starts with ``prefix``."""
-        prefix = prefix.strip().lower()
-        if not prefix or not all(c in "0123456789abcdef-" for c in prefix):
-            raise StoreError(f"{prefix!r} is not a trajectory id (32 hex characters, or a prefix)")
-        rows = self._read(
-            "SELECT id FROM trajectories WHERE id >= %s AND id < %s ORDER BY id LIMIT 6",
-            [prefix, prefix + "g"],
-        )
-        if len(rows) == 1:
-            return str(rows[0]["id"])
-        where = redact(self.url)
-        if not rows:
-            raise StoreError(f"no trajectory with id {prefix!r} (or an id starting so) in {where}")
-        shown = ", ".join(r["id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-        raise StoreError(f"id prefix {prefix!r} is ambiguous in {where}: {shown}; give more of it")
-
     def existing_ids(self, ids: Iterable[str]) -> set[str]:
         """Those of ``ids`` that are stored."""
         wanted = builtins.list(dict.fromkeys(ids))
