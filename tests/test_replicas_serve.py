@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -114,10 +115,20 @@ async def test_runs_survive_a_killed_replica_and_the_restarted_one_is_brought_to
         backend = HttpBackend(config, vocab_size=512)
         with TrajectoryStore(db) as store:
             agent = agent_for(backend, base, store)
-            runs = [asyncio.ensure_future(agent.arun(f"What is {i} + 3?")) for i in range(RUNS)]
-            while backend.replica_status()[0].answered < 3:  # a is under load
-                await asyncio.sleep(0.02)
-            assert backend.replica_status()[0].outstanding > 0  # requests in flight on a
+
+            # Two waves: the runs of one wave share a batch on each replica and finish together,
+            # so a is killed once it has answered the first wave and holds the second in flight.
+            def wave(numbers: range) -> list[asyncio.Future[Any]]:
+                return [asyncio.ensure_future(agent.arun(f"What is {i} + 3?")) for i in numbers]
+
+            runs = wave(range(RUNS // 2))
+            while backend.replica_status()[0].answered < 1:  # a has served
+                await asyncio.sleep(0.01)
+            second = wave(range(RUNS // 2, RUNS))
+            runs += second
+            while backend.replica_status()[0].outstanding == 0:  # requests in flight on a
+                assert not all(r.done() for r in second), "the second wave ended before the kill"
+                await asyncio.sleep(0.001)
             a.stop()  # SIGKILL mid-load
             results = await asyncio.gather(*runs)
             killed = backend.replica_status()[0]
