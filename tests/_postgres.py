@@ -27,8 +27,11 @@ import itertools
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,3 +183,23 @@ class PostgresServer:
                       "fast", "-w", "stop")  # fmt: skip
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+@contextmanager
+def stop_on_sigterm(server: PostgresServer) -> Iterator[None]:
+    """While inside, a SIGTERM to this process stops ``server`` first, then takes the signal's
+    previous action (by default the process dies, as it would have). Without it a pytest run
+    killed by SIGTERM (a CI time limit) skips the session fixture's teardown and leaves the
+    postmaster running, its directory behind. Main thread only, as Python's signals are."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_term(signum: int, frame: object) -> None:
+        server.stop()
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

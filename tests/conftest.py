@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _postgres import PostgresServer, PostgresUnavailable
+from _postgres import PostgresServer, PostgresUnavailable, stop_on_sigterm
 
 
 # -- the embedded default model (tepo_agent.model.default) ---------------------------------------
@@ -76,7 +76,8 @@ def postgres_server() -> Iterator[PostgresServer]:
         server = PostgresServer.start()
     except PostgresUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    yield server
+    with stop_on_sigterm(server):  # a killed run (CI timeout, Ctrl-\) leaves no server behind
+        yield server
     server.stop()
 
 
