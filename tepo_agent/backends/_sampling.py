@@ -2,6 +2,24 @@
 
 Pure functions of tensors (no model, no state), used by the decode loop of
 :class:`~tepo_agent.backends._decode.DecodeBatch`.
+
+Sampling is vectorised over the rows (temperature, top-k and top-p as per-row tensors, greedy rows
+by one argmax), and each row still draws from its own ``torch.Generator``: one uniform ``u`` per
+row, and the token is the inverse CDF of the row's sampling distribution at ``u`` (a float64
+cumulative sum and ``searchsorted``). A row's token depends only on its logits, its parameters and
+its generator, so a seeded request draws the same tokens alone or in any batch, at any row.
+
+The distribution drawn from is exactly the temperature → top-k → top-p one:
+
+- top-k keeps every token whose tempered logit is >= the k-th largest (ties at the k-th value are
+  all kept); ``top_k`` <= 0 or >= the vocabulary keeps all.
+- top-p walks the kept tokens from the most likely (a stable sort: among equal logits the lower id
+  first) and drops a token when the mass before it already reaches ``top_p`` (so the first token
+  is always kept); ``top_p`` = 1 drops nothing.
+- the kept probabilities are renormalised.
+
+Rows without top-k/top-p draw in vocabulary order, rows with them in that sorted order; which
+order a row uses depends only on its own parameters, never on its batch.
 """
 
 from __future__ import annotations
@@ -16,26 +34,102 @@ from tepo_agent.backends.base import SamplingParams
 from tepo_agent.entropy import token_logprobs_and_entropy
 
 
+def _split(params: Sequence[SamplingParams], vocab: int) -> tuple[list[int], list[int]]:
+    """Indices of the rows that draw in vocabulary order (no effective top-k or top-p) and of
+    those that draw in sorted order; greedy rows are in neither."""
+    plain: list[int] = []
+    filtered: list[int] = []
+    for j, p in enumerate(params):
+        if p.temperature != 0:
+            (filtered if 0 < p.top_k < vocab or p.top_p < 1 else plain).append(j)
+    return plain, filtered
+
+
+def _per_row(values: list[float], like: Tensor) -> Tensor | float:
+    """``values`` as an (n, 1) tensor to broadcast over a row, or one float when all are equal."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(-1)
+
+
+def _weights(
+    logits: Tensor, params: Sequence[SamplingParams], filtered: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Unnormalised sampling weights (n, V) of non-greedy rows, and the order they are in.
+
+    ``filtered`` False: softmax of the tempered logits in vocabulary order (order None).
+    ``filtered`` True: top-k and top-p applied, weights in the order of the stably sorted logits
+    (order (n, V): the token id at each sorted position).
+    """
+    temperature = _per_row([p.temperature for p in params], logits)
+    x = logits if isinstance(temperature, float) and temperature == 1 else logits / temperature
+    if not filtered:
+        return torch.softmax(x, -1), None
+    vocab = x.shape[-1]
+    sorted_x, order = x.sort(dim=-1, descending=True, stable=True)  # (n, V)
+    k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    k_index = torch.tensor(k, device=x.device).unsqueeze(-1) - 1  # (n, 1)
+    kth = sorted_x.gather(-1, k_index)  # (n, 1): the k-th largest logit
+    sorted_p = torch.softmax(sorted_x.masked_fill(sorted_x < kth, -math.inf), -1)
+    # top_p = 1 drops nothing (a cumulative sum may round to >= 1 before the end)
+    top_p = _per_row([p.top_p if p.top_p < 1 else math.inf for p in params], sorted_p)
+    drop = (sorted_p.cumsum(-1) - sorted_p) >= top_p  # the mass before it reaches top_p
+    return sorted_p.masked_fill(drop, 0.0), order
+
+
+def _draw(weights: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
+    """Inverse-CDF draw (n,) of a position in each row of ``weights`` (n, V), one uniform in
+    [0, 1) per row from the row's own generator.
+
+    The cumulative sum is normalised by its own last entry, so it ends at exactly 1 > u and a
+    position is found for every u; a zero-weight position repeats the value before it and is
+    never the first one above u, so it is never drawn.
+    """
+    cdf = weights.double().cumsum(-1)  # (n, V)
+    cdf = cdf / cdf[:, -1:]
+    draws = [torch.rand((1, 1), dtype=torch.float64, generator=g, device=g.device) for g in gens]
+    u = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(cdf.device)  # (n, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
+def _tokens(
+    logits: Tensor, params: list[SamplingParams], gens: list[torch.Generator], filtered: bool
+) -> Tensor:
+    weights, order = _weights(logits, params, filtered)
+    pos = _draw(weights, gens)  # (n,)
+    return pos if order is None else order.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
+
+
 def sample_tokens(
     logits: Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator]
 ) -> Tensor:
-    """One token per row: argmax when greedy, else temperature → top-k → top-p → draw."""
+    """One token per row (R,) from ``logits`` (R, V): argmax when greedy, else temperature →
+    top-k → top-p → a draw with the row's generator (module docstring)."""
+    plain, filtered = _split(params, logits.shape[-1])
+    if plain and len(plain) == len(
+        params
+    ):  # the common case: every row samples the whole vocabulary
+        return _tokens(logits, list(params), list(gens), filtered=False)
     chosen = logits.argmax(-1)  # (R,)
-    for j, (p, gen) in enumerate(zip(params, gens, strict=True)):
-        if p.greedy:
-            continue
-        row = logits[j] / p.temperature  # (V,)
-        if 0 < p.top_k < row.shape[-1]:
-            kth = row.topk(p.top_k).values[-1]
-            row = row.masked_fill(row < kth, -math.inf)
-        probs = torch.softmax(row, -1)
-        if p.top_p < 1:
-            sorted_p, order = probs.sort(descending=True)
-            # drop a token when the mass before it already reaches top_p (keeps the first)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= p.top_p
-            probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0.0))
-        chosen[j] = torch.multinomial(probs, 1, generator=gen)[0]
+    for rows, sort in ((plain, False), (filtered, True)):
+        if rows:
+            index = torch.tensor(rows, device=logits.device)
+            ps, gs = [params[j] for j in rows], [gens[j] for j in rows]
+            chosen[index] = _tokens(logits[index], ps, gs, filtered=sort)
     return chosen
+
+
+def sampling_distribution(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """The probabilities (R, V) with which :func:`sample_tokens` draws each token of ``logits``
+    (R, V): one-hot at the argmax for greedy rows."""
+    probs = torch.zeros_like(logits, dtype=torch.float64)
+    probs.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    for rows, sort in zip(_split(params, logits.shape[-1]), (False, True), strict=True):
+        if rows:
+            weights, order = _weights(logits[rows], [params[j] for j in rows], sort)
+            w = weights.double() / weights.double().sum(-1, keepdim=True)
+            probs[rows] = w if order is None else torch.zeros_like(w).scatter_(-1, order, w)
+    return probs
 
 
 def sampled_logprobs(logits: Tensor, chosen: Tensor, *, entropy: bool) -> tuple[Tensor, Tensor]:
@@ -47,4 +141,4 @@ def sampled_logprobs(logits: Tensor, chosen: Tensor, *, entropy: bool) -> tuple[
     return lp, torch.full_like(lp, math.nan)
 
 
-__all__ = ["sample_tokens", "sampled_logprobs"]
+__all__ = ["sample_tokens", "sampled_logprobs", "sampling_distribution"]
