@@ -156,3 +156,32 @@ def test_a_token_of_tiny_probability_is_drawn_only_at_its_share() -> None:
     assert sample_tokens(logits, [SamplingParams()] * 20_000, [gen] * 20_000).sum() == 0
     hot = sample_tokens(logits, [SamplingParams(temperature=1e6)] * 20_000, [gen] * 20_000)
     assert 9_000 < int(hot.sum()) < 11_000
+
+
+def test_top_k_rows_ranked_over_their_largest_logits_match_the_hand_table() -> None:
+    # only top-k rows: the ranking covers the largest max(k) logits, unless ties spill past them
+    cases = [(p, e) for p, e in TABLE if 0 < p.top_k < 4]
+    logits = torch.tensor([[*LOGITS, -5.0, -6.0]] * len(cases))  # two more, never kept
+    probs = sampling_distribution(logits, [p for p, _ in cases])
+    expected = torch.tensor([[*e, 0, 0] for _, e in cases], dtype=torch.float64)
+    torch.testing.assert_close(probs, expected)
+
+
+def test_tied_logits_draw_the_same_tokens_alone_and_beside_wider_top_k_rows() -> None:
+    rand = torch.Generator().manual_seed(5)
+    steps = [torch.randint(0, 4, (1, 40), generator=rand).float() for _ in range(40)]  # many ties
+    for params in (SamplingParams(top_k=3, seed=8), SamplingParams(top_k=6, top_p=0.8, seed=9)):
+        gen = torch.Generator().manual_seed(params.seed or 0)
+        alone = [sample_tokens(x, [params], [gen]).item() for x in steps]
+        kept = sampling_distribution(torch.cat(steps), [params] * len(steps))
+        assert all(kept[i, t] > 0 for i, t in enumerate(alone))
+        others = [SamplingParams(top_k=1), SamplingParams(top_k=12, seed=1)]
+        gen = torch.Generator().manual_seed(params.seed or 0)
+        shared = torch.Generator().manual_seed(0)
+        drawn = [
+            sample_tokens(
+                torch.cat([x, x.roll(1), x.flip(-1)]), [params, *others], [gen, shared, shared]
+            )[0].item()
+            for x in steps
+        ]
+        assert drawn == alone, params
