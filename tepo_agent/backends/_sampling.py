@@ -62,7 +62,7 @@ def _ranked(x: Tensor, k: list[int]) -> tuple[Tensor, Tensor]:
     are ranked the same either way, so a row draws the same token whatever the batch's ``max(k)``.
     """
     width = max(k)
-    k_index = torch.tensor(k, device=x.device).unsqueeze(-1) - 1  # (n, 1)
+    k_index = torch.tensor([[v - 1] for v in k], device=x.device)  # (n, 1)
     if width < x.shape[-1]:
         values, ids = x.topk(width, dim=-1)  # (n, width), largest first
         kth = values.gather(-1, k_index)
@@ -93,6 +93,8 @@ def _weights(
     # over the whole row, so a row's probabilities do not depend on the ranking's width
     probs = torch.softmax(x.masked_fill(x < kth, -math.inf), -1)  # (n, V)
     ranked_p = probs.gather(-1, order)  # (n, L)
+    if all(p.top_p == 1 for p in params):
+        return ranked_p, order
     # top_p = 1 drops nothing (a cumulative sum may round to >= 1 before the end)
     top_p = _per_row([p.top_p if p.top_p < 1 else math.inf for p in params], ranked_p)
     drop = (ranked_p.cumsum(-1) - ranked_p) >= top_p  # the mass before it reaches top_p
@@ -107,7 +109,7 @@ def _draw(weights: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
     position is found for every u; a zero-weight position repeats the value before it and is
     never the first one above u, so it is never drawn.
     """
-    cdf = weights.double().cumsum(-1)  # (n, V)
+    cdf = weights.cumsum(-1, dtype=torch.float64)  # (n, V)
     cdf = cdf / cdf[:, -1:]
     draws = [torch.rand((1, 1), dtype=torch.float64, generator=g, device=g.device) for g in gens]
     u = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(cdf.device)  # (n, 1)
