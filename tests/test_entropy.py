@@ -61,6 +61,22 @@ def test_exact_entropy_matches_torch_categorical_for_a_large_vocabulary() -> Non
     torch.testing.assert_close(lp.double(), ref.log_prob(ids), atol=1e-4, rtol=0)
 
 
+def test_a_row_without_a_distribution_has_nan_entropy_and_its_neighbours_do_not() -> None:
+    logits = torch.tensor(
+        [
+            [NEG_INF, NEG_INF, NEG_INF],  # all masked
+            [0.0, math.nan, 0.0],
+            [0.0, math.inf, 0.0],
+            [NEG_INF, 0.0, 0.0],  # a masked first token: uniform over the 2 others
+        ]
+    )
+    h = entropy_from_logits(logits)
+    assert torch.isnan(h[:3]).all()
+    assert h[3].item() == pytest.approx(LN2, abs=1e-6)
+    _, h_tok = token_logprobs_and_entropy(logits, torch.tensor([0, 0, 0, 1]))
+    assert torch.equal(torch.isnan(h_tok), torch.isnan(h))
+
+
 def test_bfloat16_logits_are_upcast_before_the_softmax() -> None:
     gen = torch.Generator().manual_seed(1)
     logits = (torch.randn(4, 1000, generator=gen) * 3).bfloat16()

@@ -2,6 +2,24 @@
 
 Pure functions of tensors (no model, no state), used by the decode loop of
 :class:`~tepo_agent.backends._decode.DecodeBatch`.
+
+Sampling is vectorised over the rows (temperature, top-k and top-p as per-row tensors, greedy rows
+by one argmax), and each row still draws from its own ``torch.Generator``: one uniform ``u`` per
+row, and the token is the inverse CDF of the row's sampling distribution at ``u`` (a float64
+cumulative sum and ``searchsorted``). A row's token depends only on its logits, its parameters and
+its generator, so a seeded request draws the same tokens alone or in any batch, at any row.
+
+The distribution drawn from is exactly the temperature → top-k → top-p one:
+
+- top-k keeps every token whose tempered logit is >= the k-th largest (ties at the k-th value are
+  all kept); ``top_k`` <= 0 or >= the vocabulary keeps all.
+- top-p walks the kept tokens from the most likely (a stable sort: among equal logits the lower id
+  first) and drops a token when the mass before it already reaches ``top_p`` (so the first token
+  is always kept); ``top_p`` = 1 drops nothing.
+- the kept probabilities are renormalised.
+
+Rows without top-k/top-p draw in vocabulary order, rows with them in that sorted order; which
+order a row uses depends only on its own parameters, never on its batch.
 """
 
 from __future__ import annotations
@@ -16,26 +34,128 @@ from tepo_agent.backends.base import SamplingParams
 from tepo_agent.entropy import token_logprobs_and_entropy
 
 
+def _split(params: Sequence[SamplingParams], vocab: int) -> tuple[list[int], list[int]]:
+    """Indices of the rows that draw in vocabulary order (no effective top-k or top-p) and of
+    those that draw in sorted order; greedy rows are in neither."""
+    plain: list[int] = []
+    filtered: list[int] = []
+    for j, p in enumerate(params):
+        if p.temperature != 0:
+            (filtered if 0 < p.top_k < vocab or p.top_p < 1 else plain).append(j)
+    return plain, filtered
+
+
+def _per_row(values: list[float], like: Tensor) -> Tensor | float:
+    """``values`` as an (n, 1) tensor to broadcast over a row, or one float when all are equal."""
+    if all(v == values[0] for v in values):
+        return values[0]
+    return torch.tensor(values, dtype=like.dtype, device=like.device).unsqueeze(-1)
+
+
+def _ranked(x: Tensor, k: list[int]) -> tuple[Tensor, Tensor]:
+    """Each row's k-th largest value (n, 1) of ``x`` (n, V), for ``k`` (n,), and its candidate
+    tokens (n, L) ranked by value, ties by lower id: every token >= the k-th value, then others.
+
+    When every row has an effective top-k, the ranking covers only the largest ``max(k)`` values
+    (``topk`` and two sorts of that width; a stable sort of the whole vocabulary costs about
+    30 µs a row on a CPU), unless ties at some row's k-th value spill past them. The kept tokens
+    are ranked the same either way, so a row draws the same token whatever the batch's ``max(k)``.
+    """
+    width = max(k)
+    k_index = torch.tensor([[v - 1] for v in k], device=x.device)  # (n, 1)
+    if width < x.shape[-1]:
+        values, ids = x.topk(width, dim=-1)  # (n, width), largest first
+        kth = values.gather(-1, k_index)
+        if int((x >= kth).sum(-1).max()) <= width:  # every kept token is a candidate
+            ids = ids.sort(dim=-1).values  # by id, so that the stable sort breaks ties by id
+            by_value = x.gather(-1, ids).sort(dim=-1, descending=True, stable=True).indices
+            return kth, ids.gather(-1, by_value)
+    sorted_x, order = x.sort(dim=-1, descending=True, stable=True)  # (n, V)
+    return sorted_x.gather(-1, k_index), order
+
+
+def _weights(
+    logits: Tensor, params: Sequence[SamplingParams], filtered: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Unnormalised sampling weights of non-greedy rows, and the order they are in.
+
+    ``filtered`` False: softmax of the tempered logits (n, V) in vocabulary order (order None).
+    ``filtered`` True: top-k and top-p applied, weights (n, L) of the candidates ranked by logit,
+    ties by lower id (order (n, L): the token id at each rank; :func:`_ranked`).
+    """
+    temperature = _per_row([p.temperature for p in params], logits)
+    x = logits if isinstance(temperature, float) and temperature == 1 else logits / temperature
+    if not filtered:
+        return torch.softmax(x, -1), None
+    vocab = x.shape[-1]
+    k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    kth, order = _ranked(x, k)  # (n, 1), (n, L)
+    # over the whole row, so a row's probabilities do not depend on the ranking's width
+    probs = torch.softmax(x.masked_fill(x < kth, -math.inf), -1)  # (n, V)
+    ranked_p = probs.gather(-1, order)  # (n, L)
+    if all(p.top_p == 1 for p in params):
+        return ranked_p, order
+    # top_p = 1 drops nothing (a cumulative sum may round to >= 1 before the end)
+    top_p = _per_row([p.top_p if p.top_p < 1 else math.inf for p in params], ranked_p)
+    drop = (ranked_p.cumsum(-1) - ranked_p) >= top_p  # the mass before it reaches top_p
+    return ranked_p.masked_fill(drop, 0.0), order
+
+
+def _draw(weights: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
+    """Inverse-CDF draw (n,) of a position in each row of ``weights`` (n, V), one uniform in
+    [0, 1) per row from the row's own generator.
+
+    The cumulative sum is normalised by its own last entry, so it ends at exactly 1 > u and a
+    position is found for every u; a zero-weight position repeats the value before it and is
+    never the first one above u, so it is never drawn.
+    """
+    cdf = weights.cumsum(-1, dtype=torch.float64)  # (n, V)
+    cdf = cdf / cdf[:, -1:]
+    draws = [torch.rand((1, 1), dtype=torch.float64, generator=g, device=g.device) for g in gens]
+    u = (draws[0] if len(draws) == 1 else torch.cat(draws)).to(cdf.device)  # (n, 1)
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
+def _tokens(
+    logits: Tensor, params: list[SamplingParams], gens: list[torch.Generator], filtered: bool
+) -> Tensor:
+    weights, order = _weights(logits, params, filtered)
+    pos = _draw(weights, gens)  # (n,)
+    return pos if order is None else order.gather(-1, pos.unsqueeze(-1)).squeeze(-1)
+
+
 def sample_tokens(
     logits: Tensor, params: Sequence[SamplingParams], gens: Sequence[torch.Generator]
 ) -> Tensor:
-    """One token per row: argmax when greedy, else temperature → top-k → top-p → draw."""
+    """One token per row (R,) from ``logits`` (R, V): argmax when greedy, else temperature →
+    top-k → top-p → a draw with the row's generator (module docstring)."""
+    plain, filtered = _split(params, logits.shape[-1])
+    if plain and len(plain) == len(
+        params
+    ):  # the common case: every row samples the whole vocabulary
+        return _tokens(logits, list(params), list(gens), filtered=False)
     chosen = logits.argmax(-1)  # (R,)
-    for j, (p, gen) in enumerate(zip(params, gens, strict=True)):
-        if p.greedy:
-            continue
-        row = logits[j] / p.temperature  # (V,)
-        if 0 < p.top_k < row.shape[-1]:
-            kth = row.topk(p.top_k).values[-1]
-            row = row.masked_fill(row < kth, -math.inf)
-        probs = torch.softmax(row, -1)
-        if p.top_p < 1:
-            sorted_p, order = probs.sort(descending=True)
-            # drop a token when the mass before it already reaches top_p (keeps the first)
-            drop = (sorted_p.cumsum(-1) - sorted_p) >= p.top_p
-            probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0.0))
-        chosen[j] = torch.multinomial(probs, 1, generator=gen)[0]
+    for rows, sort in ((plain, False), (filtered, True)):
+        if rows:
+            index = torch.tensor(rows, device=logits.device)
+            ps, gs = [params[j] for j in rows], [gens[j] for j in rows]
+            chosen[index] = _tokens(logits[index], ps, gs, filtered=sort)
     return chosen
+
+
+def sampling_distribution(logits: Tensor, params: Sequence[SamplingParams]) -> Tensor:
+    """The probabilities (R, V) with which :func:`sample_tokens` draws each token of ``logits``
+    (R, V): one-hot at the argmax for greedy rows."""
+    probs = torch.zeros_like(logits, dtype=torch.float64)
+    probs.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
+    for rows, sort in zip(_split(params, logits.shape[-1]), (False, True), strict=True):
+        if rows:
+            weights, order = _weights(logits[rows], [params[j] for j in rows], sort)
+            w = weights.double() / weights.double().sum(-1, keepdim=True)
+            if order is not None:  # ranked candidates back to token ids
+                w = torch.zeros_like(probs[rows]).scatter_(-1, order, w)
+            probs[rows] = w
+    return probs
 
 
 def sampled_logprobs(logits: Tensor, chosen: Tensor, *, entropy: bool) -> tuple[Tensor, Tensor]:
@@ -47,4 +167,4 @@ def sampled_logprobs(logits: Tensor, chosen: Tensor, *, entropy: bool) -> tuple[
     return lp, torch.full_like(lp, math.nan)
 
 
-__all__ = ["sample_tokens", "sampled_logprobs"]
+__all__ = ["sample_tokens", "sampled_logprobs", "sampling_distribution"]

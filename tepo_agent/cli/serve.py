@@ -183,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from tepo_agent.chat.format import ChatFormat
     from tepo_agent.paths import resolve_model_dir
     from tepo_agent.server.app import create_app
+    from tepo_agent.server.http_protocol import http_protocol
     from tepo_agent.server.validation import ServeLimits
 
     if not 0 <= args.port <= 65535:
@@ -230,7 +231,15 @@ def run(args: argparse.Namespace) -> int:
             f"tepo-agent serve: {name} from {model_dir} on http://{args.host}:{args.port}/v1",
             flush=True,
         )
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        # httptools and uvloop when installed (the project depends on both), else h11 and asyncio
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            http=http_protocol(),
+            loop="auto",
+        )
     finally:
         if recorder is not None:
             recorder.close()  # open trajectories are recorded as finished

@@ -31,6 +31,9 @@ class Served:
     base_weights: dict[str, Tensor] | None = None  # set when the first adapter is merged
     lora: tuple[str, str] | None = None  # (lora_name, lora_path) of the merged adapter
     recorder: Recorder | None = None  # serve --record
+    # the text of single tokens, by skip_special_tokens: logprobs label every sampled token, and
+    # a tokenizer call per token was the largest tokenizer cost of a request (at most 2 x vocab)
+    token_texts: dict[bool, dict[int, str]] = field(default_factory=lambda: {False: {}, True: {}})
 
     @property
     def max_positions(self) -> int | None:
@@ -105,12 +108,22 @@ class Served:
 
 
 def decode_for(state: Served, skip_special: bool) -> Callable[[list[int]], str]:
-    if not skip_special:
-        return state.chat_format.decode
+    """The text of token ids, special tokens skipped or kept; one token's text is remembered."""
     tokenizer = state.chat_format.tokenizer
+    texts = state.token_texts[skip_special]
+
+    def text(ids: list[int]) -> str:
+        if not skip_special:
+            return state.chat_format.decode(ids)
+        return str(tokenizer.decode(ids, skip_special_tokens=True))
 
     def decode(ids: list[int]) -> str:
-        return str(tokenizer.decode(ids, skip_special_tokens=True))
+        if len(ids) != 1:
+            return text(ids)
+        known = texts.get(ids[0])
+        if known is None:
+            known = texts[ids[0]] = text(ids)
+        return known
 
     return decode
 

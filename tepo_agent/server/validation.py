@@ -5,7 +5,8 @@ and weight paths. Every refusal is a 4xx with an OpenAI-style ``{"error": {...}}
   ``Content-Length`` before anything is read, or while reading a chunked body.
 - **Pace** — a client that stops sending its body for :attr:`ServeLimits.body_timeout_s` gets
   408 and the request ends (a slow client holds one connection, never a worker: the server is
-  one asyncio loop). Slow *headers* are uvicorn's to bound (``h11`` refuses headers over 16 KiB).
+  one asyncio loop). A request head over 16 KiB is refused before it reaches the app
+  (:mod:`tepo_agent.server.http_protocol`).
 - **Shape** — the routes parse raw requests (so the error bodies are vLLM's, not FastAPI's 422),
   and :func:`install` publishes each route's pydantic request model in the OpenAPI document
   (``/openapi.json``) so clients and fuzzers (schemathesis) see the bodies the routes take.
