@@ -100,6 +100,15 @@ class GrowingLayer(DynamicLayer):
         self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n + new)
         return self.keys, self.values  # type: ignore[return-value]
 
+    def open(self, new: int) -> None:
+        """Append ``new`` columns, unwritten: the caller writes them before anything reads them
+        (the packed forward, :mod:`._packed`). Needs buffers (a layer holding rows)."""
+        assert self._kbuf is not None and self.keys is not None and self.values is not None
+        if self._start + self._n + new > self._kbuf.shape[-2]:
+            self._grow(self.keys, self.values, self._n + new)
+        assert self._kbuf is not None and self._vbuf is not None
+        self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n + new)
+
     def _grow(self, key_states: Tensor, value_states: Tensor, need: int) -> None:
         k, v = key_states, value_states
         rows = max(self.capacity, k.shape[0], self._reserve)
@@ -230,6 +239,16 @@ class BatchKV:
 
     def _layers(self) -> list[tuple[Tensor, Tensor]]:
         return [(layer.keys, layer.values) for layer in self.cache.growing_layers()]  # type: ignore[misc]
+
+    def layer_views(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer the (R, H, W, D) keys and values: views of the buffers (writes land)."""
+        return self._layers()
+
+    def open_column(self) -> None:
+        """Append one real, unwritten column to every row (a packed step writes it)."""
+        for layer in self.cache.growing_layers():
+            layer.open(1)
+        self.append_columns(self.mask.new_ones((self.rows, 1)))
 
     def append_columns(self, real: Tensor) -> None:
         """Extend the mask by the columns the next forward pass appends: ``real`` (R, S)."""

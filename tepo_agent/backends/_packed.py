@@ -1,0 +1,208 @@
+"""One forward pass for a mixed step: the running rows' next tokens and the joining rows' prompts.
+
+vLLM's chunked prefill in miniature. A scheduler step feeds every running row (a *decode* row)
+its last sampled token and every *joining* row the prompt tokens its cached prefix does not cover,
+all in one forward pass: the query tokens are packed into one sequence of T tokens (decode rows
+first, one token each, then each joining row's tokens in order), with no padding, so the weights
+are read once per step and the per-call overhead is paid once, however many rows join.
+
+HF's modeling code cannot run a packed ragged batch over per-row caches, so this is a small
+forward of its own for Llama-shaped decoders (:func:`packed_support` says which), built from the
+loaded model's own modules and weights: ``embed_tokens``, per layer ``input_layernorm``,
+``self_attn.{q,k,v,o}_proj`` (with their biases), ``post_attention_layernorm`` and ``mlp``, then
+``norm`` and ``lm_head`` (at the sampled positions only). Rotary cos/sin come from the model's
+``rotary_emb`` (it knows the rope type) and transformers' ``apply_rotary_pos_emb``.
+
+Cache layout (:mod:`._kv`): the caller has already made room in the :class:`~._kv.BatchKV`
+(W columns after this step): a decode row's new token is its last column, ``W - 1``; a joining
+row holds its cached prefix and then its new tokens, right-aligned, so its new tokens are its
+last ``new`` columns and its keys are its last ``cached + new`` columns. Each layer writes the
+new keys and values into those columns in place, then attends: the decode rows together in one
+SDPA call under the batch's (R, W) mask, each joining row on its own, its queries against its
+prefix and its own keys with a causal mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from tepo_agent.backends._kv import BatchKV, RowKV
+
+SUPPORTED_MODEL_TYPES = frozenset({"qwen2", "llama"})
+"""Config ``model_type`` s whose decoder layers are exactly what :class:`PackedLM` computes."""
+
+_LENGTH_DEPENDENT_ROPE = frozenset({"dynamic", "longrope"})
+"""Rope types whose frequencies depend on the sequence length, not on the position alone."""
+
+
+def packed_support(model: PreTrainedModel) -> str | None:
+    """None when :class:`PackedLM` computes ``model`` exactly, else why not (HF's forward is
+    used then): another model type, sliding-window layers, a rope type that depends on the
+    sequence length, or modules other than the Llama/Qwen2 ones."""
+    config = model.config
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED_MODEL_TYPES:
+        return f"model type {kind!r} is not one of {sorted(SUPPORTED_MODEL_TYPES)}"
+    if getattr(config, "use_sliding_window", False):
+        return "sliding-window attention"
+    if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        return "layers other than full attention"
+    inner = getattr(model, "model", None)
+    rotary = getattr(inner, "rotary_emb", None)
+    if rotary is None or getattr(rotary, "rope_type", "default") in _LENGTH_DEPENDENT_ROPE:
+        return "a rope type whose frequencies depend on the sequence length"
+    attn = inner.layers[0].self_attn  # type: ignore[union-attr]
+    if any(hasattr(attn, name) for name in ("q_norm", "k_norm")):
+        return "q/k norms"
+    return None
+
+
+@dataclass(frozen=True)
+class Joining:
+    """A joining row of the step: its row in the batch, how many of its prompt tokens come from
+    the prefix cache, and how many are computed now (its query tokens)."""
+
+    row: int
+    cached: int
+    new: int
+
+
+class PackedLM:
+    """The packed forward of a supported model (check :func:`packed_support` first).
+
+    Args:
+        model: the loaded causal LM; its modules are used as they are, so a weight swap
+            (copied in place) is seen at once.
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        reason = packed_support(model)
+        if reason is not None:
+            raise ValueError(f"the packed forward does not support this model: {reason}")
+        self._inner: nn.Module = model.model  # type: ignore[assignment]
+        self._lm_head: nn.Module = model.get_output_embeddings()
+        self._layers: Sequence[nn.Module] = list(self._inner.layers)  # type: ignore[arg-type]
+        attn = self._layers[0].self_attn
+        self._head_dim = int(attn.head_dim)
+        self._kv_heads = int(attn.k_proj.out_features) // self._head_dim
+        self._param = next(model.parameters())
+
+    def blank_row(self, prefix: RowKV | None, new: int) -> RowKV:
+        """A joining row's cache before its step: ``prefix`` then ``new`` zero columns that
+        the step overwrites with the keys and values it computes."""
+        layers = []
+        for layer in range(len(self._layers)):
+            zeros = self._param.new_zeros((self._kv_heads, new, self._head_dim))
+            if prefix is None:
+                layers.append((zeros, zeros.clone()))
+            else:
+                k, v = prefix[layer]
+                layers.append((torch.cat([k, zeros], dim=1), torch.cat([v, zeros], dim=1)))
+        return tuple(layers)
+
+    @torch.inference_mode()
+    def forward(
+        self, ids: Tensor, positions: Tensor, kv: BatchKV, decode: int, joining: Sequence[Joining]
+    ) -> Tensor:
+        """Logits (decode + len(joining), V) in float32: one per decode row (rows ``0..decode``,
+        one query token each) and one per joining row (at its last token).
+
+        Args:
+            ids: (T,) the packed query tokens: the decode rows' then each joining row's.
+            positions: (T,) their positions in their own sequences.
+            kv: the batch's cache and mask, room already made (module docstring).
+            decode: how many decode rows (the first rows of ``kv``).
+            joining: the joining rows, in the order their tokens are packed.
+        """
+        h = self._inner.embed_tokens(ids)  # (T, hidden)
+        cos, sin = self._inner.rotary_emb(h, positions[None])
+        cos, sin = cos[0], sin[0]  # (T, head_dim)
+        keep = kv.mask[:decode].bool()[:, None, None, :]  # (R, 1, 1, W)
+        causal = [_causal(j, h.device) for j in joining]
+        for layer, (keys, values) in zip(self._layers, kv.layer_views(), strict=True):
+            residual = h
+            h = layer.input_layernorm(h)
+            q, k, v = self._project(layer.self_attn, h, cos, sin)
+            out = _attend(q, k, v, keys, values, keep, decode, joining, causal, layer.self_attn)
+            h = residual + layer.self_attn.o_proj(out.reshape(h.shape[0], -1))
+            residual = h
+            h = residual + layer.mlp(layer.post_attention_layernorm(h))
+        last = [decode + sum(j.new for j in joining[: i + 1]) - 1 for i in range(len(joining))]
+        index = torch.tensor([*range(decode), *last], dtype=torch.long, device=h.device)
+        return self._lm_head(self._inner.norm(h[index])).float()
+
+    def _project(
+        self, attn: nn.Module, h: Tensor, cos: Tensor, sin: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (T, Hq, D), keys and values (T, Hkv, D), rotated at their positions."""
+        tokens = h.shape[0]
+        q = attn.q_proj(h).view(tokens, -1, self._head_dim)
+        k = attn.k_proj(h).view(tokens, -1, self._head_dim)
+        v = attn.v_proj(h).view(tokens, -1, self._head_dim)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
+        return q, k, v
+
+
+def _causal(joining: Joining, device: torch.device) -> Tensor:
+    """(new, cached + new) bool: query i sees the prefix and its own tokens up to itself."""
+    width = joining.cached + joining.new
+    seen = torch.arange(width, device=device)[None, :]
+    upto = torch.arange(joining.cached, width, device=device)[:, None]
+    return seen <= upto
+
+
+def _attend(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    keys: Tensor,
+    values: Tensor,
+    keep: Tensor,
+    decode: int,
+    joining: Sequence[Joining],
+    causal: Sequence[Tensor],
+    attn: nn.Module,
+) -> Tensor:
+    """Write the step's keys/values into the batch's (R', Hkv, W, D) views and attend; returns
+    (T, Hq, D) in packed order."""
+    out = torch.empty_like(q)
+    scale = float(attn.scaling)
+    if decode:
+        keys[:decode, :, -1] = k[:decode]
+        values[:decode, :, -1] = v[:decode]
+        o = F.scaled_dot_product_attention(
+            q[:decode, :, None],  # (R, Hq, 1, D)
+            keys[:decode],
+            values[:decode],
+            attn_mask=keep,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[:decode] = o[:, :, 0]
+    start = decode
+    for j, mask in zip(joining, causal, strict=True):
+        span = slice(start, start + j.new)
+        keys[j.row, :, -j.new :] = k[span].transpose(0, 1)
+        values[j.row, :, -j.new :] = v[span].transpose(0, 1)
+        seen = -(j.cached + j.new)
+        o = F.scaled_dot_product_attention(
+            q[span].transpose(0, 1)[None],  # (1, Hq, new, D)
+            keys[j.row : j.row + 1, :, seen:],
+            values[j.row : j.row + 1, :, seen:],
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[span] = o[0].transpose(0, 1)
+        start += j.new
+    return out
+
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "Joining", "PackedLM", "packed_support"]
