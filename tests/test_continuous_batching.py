@@ -37,9 +37,13 @@ def other_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def backend(model_dir: Path) -> Iterator[TransformersBackend]:
-    b = TransformersBackend.from_pretrained(model_dir, device="cpu", batch_wait_s=0)
+@pytest.fixture(params=[True, False], ids=["packed", "hf-forward"])
+def backend(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[TransformersBackend]:
+    """The backend with mixed steps (the packed forward) and with HF's forward."""
+    b = TransformersBackend.from_pretrained(
+        model_dir, device="cpu", batch_wait_s=0, packed_forward=request.param
+    )
+    assert b.packed_forward is request.param
     yield b
     b.close()
 
@@ -86,8 +90,8 @@ def test_greedy_rows_joining_at_different_steps_equal_each_alone(
     futures += [started(backend, p, GREEDY) for p in PROMPTS[1:]]  # each joins a later step
     joined = [f.result(timeout=60) for f in futures]
     assert backend.stats.batches == 1 and backend.stats.max_batch >= 4
-    with TransformersBackend(
-        Qwen2ForCausalLM.from_pretrained(model_dir), prefix_cache_bytes=0
+    with TransformersBackend(  # each alone, through HF's forward, nothing cached
+        Qwen2ForCausalLM.from_pretrained(model_dir), prefix_cache_bytes=0, packed_forward=False
     ) as plain:
         for prompt, together in zip(PROMPTS, joined, strict=True):
             params = long_params if prompt is PROMPTS[0] else GREEDY

@@ -40,7 +40,8 @@ class BackendStats:
         max_batch: the most requests decoded in one step so far.
         weight_loads: successful weight reloads.
         failed_requests: requests that ended with an error.
-        steps: decode steps run (one forward pass each, prefills not counted).
+        steps: decode steps run (one forward pass each; HF's prefill passes not counted, the
+            packed forward's mixed steps, which carry the joining rows' prompts, counted).
         prompt_tokens: prompt tokens admitted.
         cached_prompt_tokens: of those, the ones whose KV came from the prefix cache.
     """
