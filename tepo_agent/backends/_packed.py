@@ -92,6 +92,7 @@ class PackedLM:
         attn = self._layers[0].self_attn
         self._head_dim = int(attn.head_dim)
         self._kv_heads = int(attn.k_proj.out_features) // self._head_dim
+        self._q_heads = int(attn.q_proj.out_features) // self._head_dim
         self._param = next(model.parameters())
 
     def blank_row(self, prefix: RowKV | None, new: int) -> RowKV:
@@ -124,19 +125,20 @@ class PackedLM:
         h = self._inner.embed_tokens(ids)  # (T, hidden)
         cos, sin = self._inner.rotary_emb(h, positions[None])
         cos, sin = cos[0], sin[0]  # (T, head_dim)
-        keep = kv.mask[:decode].bool()[:, None, None, :]  # (R, 1, 1, W)
-        causal = [_causal(j, h.device) for j in joining]
+        group = self._q_heads // self._kv_heads
+        keep = _additive(kv.mask[:decode].bool()[:, None, None, :], h.dtype)  # (R, 1, 1, W)
+        causal = [_additive(_causal(j, h.device).repeat(group, 1), h.dtype) for j in joining]
         for layer, (keys, values) in zip(self._layers, kv.layer_views(), strict=True):
             residual = h
-            h = layer.input_layernorm(h)
+            h = _norm(layer.input_layernorm, h)
             q, k, v = self._project(layer.self_attn, h, cos, sin)
             out = _attend(q, k, v, keys, values, keep, decode, joining, causal, layer.self_attn)
             h = residual + layer.self_attn.o_proj(out.reshape(h.shape[0], -1))
             residual = h
-            h = residual + layer.mlp(layer.post_attention_layernorm(h))
+            h = residual + layer.mlp(_norm(layer.post_attention_layernorm, h))
         last = [decode + sum(j.new for j in joining[: i + 1]) - 1 for i in range(len(joining))]
         index = torch.tensor([*range(decode), *last], dtype=torch.long, device=h.device)
-        return self._lm_head(self._inner.norm(h[index])).float()
+        return self._lm_head(_norm(self._inner.norm, h[index])).float()
 
     def _project(
         self, attn: nn.Module, h: Tensor, cos: Tensor, sin: Tensor
@@ -148,6 +150,21 @@ class PackedLM:
         v = attn.v_proj(h).view(tokens, -1, self._head_dim)
         q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
         return q, k, v
+
+
+def _norm(norm: nn.Module, h: Tensor) -> Tensor:
+    """The model's RMSNorm: one fused op in float32 (the same numbers), its own code otherwise."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if h.dtype != torch.float32 or eps is None:
+        return norm(h)  # type: ignore[no-any-return]
+    return F.rms_norm(h, (h.shape[-1],), norm.weight, eps)
+
+
+def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bool mask as SDPA's additive one (0 or -inf): cheaper per call, made once per step."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+        ~allowed, float("-inf")
+    )
 
 
 def _causal(joining: Joining, device: torch.device) -> Tensor:
@@ -171,36 +188,44 @@ def _attend(
     attn: nn.Module,
 ) -> Tensor:
     """Write the step's keys/values into the batch's (R', Hkv, W, D) views and attend; returns
-    (T, Hq, D) in packed order."""
+    (T, Hq, D) in packed order.
+
+    Grouped-query attention without repeating keys: query head h reads key/value head
+    ``h // G`` (G = Hq / Hkv, HF's ``repeat_kv`` order), so a key/value head's G query heads are
+    folded into the query length: (R, Hkv, G, D) for the decode rows (one token each), and
+    (1, Hkv, G * new, D) for a joining row, its causal mask repeated G times."""
     out = torch.empty_like(q)
     scale = float(attn.scaling)
+    q_heads, dim = q.shape[1:]
+    kv_heads = k.shape[1]
+    group = q_heads // kv_heads
     if decode:
         keys[:decode, :, -1] = k[:decode]
         values[:decode, :, -1] = v[:decode]
         o = F.scaled_dot_product_attention(
-            q[:decode, :, None],  # (R, Hq, 1, D)
+            q[:decode].view(decode, kv_heads, group, dim),
             keys[:decode],
             values[:decode],
             attn_mask=keep,
             scale=scale,
-            enable_gqa=True,
         )
-        out[:decode] = o[:, :, 0]
+        out[:decode] = o.reshape(decode, q_heads, dim)
     start = decode
     for j, mask in zip(joining, causal, strict=True):
         span = slice(start, start + j.new)
         keys[j.row, :, -j.new :] = k[span].transpose(0, 1)
         values[j.row, :, -j.new :] = v[span].transpose(0, 1)
         seen = -(j.cached + j.new)
+        folded = q[span].view(j.new, kv_heads, group, dim).permute(1, 2, 0, 3)
         o = F.scaled_dot_product_attention(
-            q[span].transpose(0, 1)[None],  # (1, Hq, new, D)
+            folded.reshape(1, kv_heads, group * j.new, dim),
             keys[j.row : j.row + 1, :, seen:],
             values[j.row : j.row + 1, :, seen:],
             attn_mask=mask,
             scale=scale,
-            enable_gqa=True,
         )
-        out[span] = o[0].transpose(0, 1)
+        o = o.view(kv_heads, group, j.new, dim).permute(2, 0, 1, 3)
+        out[span] = o.reshape(j.new, q_heads, dim)
         start += j.new
     return out
 
