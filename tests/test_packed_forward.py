@@ -18,6 +18,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from tepo_agent.backends import _packed
 from tepo_agent.backends._kv import BatchKV, RowKV
 from tepo_agent.backends._packed import Joining, PackedLM, packed_support
 from tepo_agent.model.io import load_causal_lm
@@ -52,8 +53,8 @@ class Driver:
     """Runs rows through :class:`PackedLM` as the decode batch does: each step opens a column
     for the running rows and adds the joining rows with blank columns for their new tokens."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.lm = PackedLM(model)
+    def __init__(self, model: PreTrainedModel, lm: PackedLM | None = None) -> None:
+        self.lm = lm or PackedLM(model)
         self.kv = BatchKV.from_rows([], CPU, capacity=6)
         self.seqs: list[list[int]] = []
         self.fed: list[int] = []  # tokens of each row in the cache
@@ -144,3 +145,24 @@ def test_unsupported_models_are_named() -> None:
     assert reason is not None and "sliding" in reason
     with pytest.raises(ValueError, match="sliding"):
         PackedLM(Qwen2ForCausalLM(config))
+
+
+@pytest.mark.parametrize("fuse_below", [_packed.FUSE_BELOW_BYTES, 0], ids=["fused", "unfused"])
+def test_weights_changed_in_place_are_used_at_once(
+    fuse_below: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_packed, "FUSE_BELOW_BYTES", fuse_below)
+    model, other = tiny_model(1), tiny_model(2)
+    lm = PackedLM(model)
+    assert bool(lm._qkv) is (fuse_below > 0)
+    seq = [(5 * i + 1) % 500 for i in range(40)]
+    driver = Driver(model, lm)
+    _check(model, driver, driver.step([(seq, None, 0, 20)]))
+    with torch.no_grad():  # a weight swap: copied in place, as the backend does
+        target = model.state_dict()
+        for name, value in other.state_dict().items():
+            target[name].copy_(value)
+    driver = Driver(model, lm)  # a fresh batch: the old rows' KV belongs to the old weights
+    logits = driver.step([(seq, None, 0, 20)])
+    _check(model, driver, logits)
+    _check(other, driver, logits)

@@ -61,7 +61,49 @@ def packed_support(model: PreTrainedModel) -> str | None:
     attn = inner.layers[0].self_attn  # type: ignore[union-attr]
     if any(hasattr(attn, name) for name in ("q_norm", "k_norm")):
         return "q/k norms"
+    mlp = inner.layers[0].mlp  # type: ignore[union-attr]
+    if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
+        return "an MLP other than the gated one"
     return None
+
+
+FUSE_BELOW_BYTES = 64 * 2**20
+"""Fuse each layer's q/k/v and gate/up projections into one matmul each when all their weights
+together take less than this: a fused copy, rebuilt whenever an original changes in place (a
+weight swap). On small models the per-call overhead, not the arithmetic, is what a step costs;
+on large ones the copy is not worth its memory and the model's own projections are used."""
+
+
+class _Fused:
+    """Several linears over the same input as one: outputs split back in the same order. The
+    concatenated weights are rebuilt when any original's storage or version counter changes."""
+
+    def __init__(self, linears: Sequence[nn.Module]) -> None:
+        self._linears = list(linears)
+        self._sizes = [int(lin.out_features) for lin in self._linears]
+        self._key: tuple[tuple[int, int], ...] = ()
+        self._weight: Tensor | None = None
+        self._bias: Tensor | None = None
+
+    def __call__(self, x: Tensor) -> list[Tensor]:
+        params = [p for lin in self._linears for p in (lin.weight, lin.bias) if p is not None]
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if key != self._key or self._weight is None:
+            self._rebuild()
+            self._key = key
+        return list(F.linear(x, self._weight, self._bias).split(self._sizes, dim=-1))
+
+    def _rebuild(self) -> None:
+        self._weight = torch.cat([lin.weight.detach() for lin in self._linears])
+        if all(lin.bias is None for lin in self._linears):
+            self._bias = None
+            return
+        self._bias = torch.cat(
+            [
+                lin.weight.new_zeros(lin.out_features) if lin.bias is None else lin.bias.detach()
+                for lin in self._linears
+            ]
+        )
 
 
 @dataclass(frozen=True)
@@ -94,6 +136,15 @@ class PackedLM:
         self._kv_heads = int(attn.k_proj.out_features) // self._head_dim
         self._q_heads = int(attn.q_proj.out_features) // self._head_dim
         self._param = next(model.parameters())
+        fused = [
+            (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj)
+            for layer in self._layers
+        ] + [(layer.mlp.gate_proj, layer.mlp.up_proj) for layer in self._layers]
+        size = sum(lin.weight.numel() * lin.weight.element_size() for g in fused for lin in g)
+        self._qkv = (
+            [_Fused(g) for g in fused[: len(self._layers)]] if size < FUSE_BELOW_BYTES else []
+        )
+        self._gate_up = [_Fused(g) for g in fused[len(self._layers) :]] if self._qkv else []
 
     def blank_row(self, prefix: RowKV | None, new: int) -> RowKV:
         """A joining row's cache before its step: ``prefix`` then ``new`` zero columns that
@@ -128,28 +179,40 @@ class PackedLM:
         group = self._q_heads // self._kv_heads
         keep = _additive(kv.mask[:decode].bool()[:, None, None, :], h.dtype)  # (R, 1, 1, W)
         causal = [_additive(_causal(j, h.device).repeat(group, 1), h.dtype) for j in joining]
-        for layer, (keys, values) in zip(self._layers, kv.layer_views(), strict=True):
+        for i, (layer, (keys, values)) in enumerate(
+            zip(self._layers, kv.layer_views(), strict=True)
+        ):
             residual = h
             h = _norm(layer.input_layernorm, h)
-            q, k, v = self._project(layer.self_attn, h, cos, sin)
+            q, k, v = self._project(i, h, cos, sin)
             out = _attend(q, k, v, keys, values, keep, decode, joining, causal, layer.self_attn)
             h = residual + layer.self_attn.o_proj(out.reshape(h.shape[0], -1))
-            residual = h
-            h = residual + layer.mlp(_norm(layer.post_attention_layernorm, h))
+            h = h + self._mlp(i, _norm(layer.post_attention_layernorm, h))
         last = [decode + sum(j.new for j in joining[: i + 1]) - 1 for i in range(len(joining))]
         index = torch.tensor([*range(decode), *last], dtype=torch.long, device=h.device)
         return self._lm_head(_norm(self._inner.norm, h[index])).float()
 
     def _project(
-        self, attn: nn.Module, h: Tensor, cos: Tensor, sin: Tensor
+        self, i: int, h: Tensor, cos: Tensor, sin: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries (T, Hq, D), keys and values (T, Hkv, D), rotated at their positions."""
-        tokens = h.shape[0]
-        q = attn.q_proj(h).view(tokens, -1, self._head_dim)
-        k = attn.k_proj(h).view(tokens, -1, self._head_dim)
-        v = attn.v_proj(h).view(tokens, -1, self._head_dim)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-        return q, k, v
+        """Layer i's queries (T, Hq, D), keys and values (T, Hkv, D), rotated at their
+        positions."""
+        attn = self._layers[i].self_attn
+        if self._qkv:
+            q, k, v = self._qkv[i](h)
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        shape = (h.shape[0], -1, self._head_dim)
+        q, k = apply_rotary_pos_emb(q.view(shape), k.view(shape), cos, sin, unsqueeze_dim=1)
+        return q, k, v.view(shape)
+
+    def _mlp(self, i: int, h: Tensor) -> Tensor:
+        """Layer i's gated MLP: ``down(act(gate(h)) * up(h))``."""
+        mlp = self._layers[i].mlp
+        if not self._gate_up:
+            return mlp(h)  # type: ignore[no-any-return]
+        gate, up = self._gate_up[i](h)
+        return mlp.down_proj(mlp.act_fn(gate) * up)  # type: ignore[no-any-return]
 
 
 def _norm(norm: nn.Module, h: Tensor) -> Tensor:
