@@ -4,10 +4,11 @@ Starts `tepo-agent serve` in a subprocess whose backend worker times its phases 
 its own thread (admission = prefix-cache lookup + prefill forward + first sample + join; decode
 steps, of which the sampling with exact entropy and the rows leaving; handing results to the
 event loop; with the packed forward, admission is the lookup only and the joining rows' prompts
-are computed in the decode steps' packed forward pass, counted in both columns) and whose event-loop thread (HTTP: parsing, routes, JSON, sockets)
-is timed as a whole. Sends the benchmark's agent-shaped traffic
-(:class:`benchmarks.bench_continuous_batching.Traffic`) from 1 and 8 closed-loop clients,
-alternating, and prints per request: CPU ms of the HTTP thread and of each worker phase.
+are computed in the decode steps' packed forward pass, counted in both columns) and whose
+event-loop thread (HTTP: parsing, routes, JSON, sockets) is timed as a whole. Sends the
+benchmark's agent-shaped traffic (:class:`benchmarks.bench_continuous_batching.Traffic`) from 1
+and 8 closed-loop clients, alternating, and prints per request: CPU ms of the HTTP thread and
+of each worker phase.
 
 Run from the repository root::
 
