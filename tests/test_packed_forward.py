@@ -145,6 +145,11 @@ def test_unsupported_models_are_named() -> None:
     assert reason is not None and "sliding" in reason
     with pytest.raises(ValueError, match="sliding"):
         PackedLM(Qwen2ForCausalLM(config))
+    wrapped = tiny_model(1)  # a projection that is not a plain Linear (an unmerged adapter)
+    wrapped.model.layers[1].self_attn.q_proj = torch.nn.Sequential(
+        wrapped.model.layers[1].self_attn.q_proj
+    )
+    assert "nn.Linear" in (packed_support(wrapped) or "")
 
 
 @pytest.mark.parametrize("fuse_below", [_packed.FUSE_BELOW_BYTES, 0], ids=["fused", "unfused"])

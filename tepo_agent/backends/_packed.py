@@ -64,6 +64,11 @@ def packed_support(model: PreTrainedModel) -> str | None:
     mlp = inner.layers[0].mlp  # type: ignore[union-attr]
     if not all(hasattr(mlp, name) for name in ("gate_proj", "up_proj", "down_proj", "act_fn")):
         return "an MLP other than the gated one"
+    for layer in inner.layers:  # type: ignore[union-attr]
+        a, m = layer.self_attn, layer.mlp
+        projections = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, m.gate_proj, m.up_proj, m.down_proj)
+        if any(type(p) is not nn.Linear for p in projections):  # e.g. an unmerged LoRA layer
+            return "projections other than plain nn.Linear (an unmerged adapter?)"
     return None
 
 
