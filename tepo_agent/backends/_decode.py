@@ -242,7 +242,9 @@ class DecodeBatch:
 
     def _mixed_step(self, lm: PackedLM) -> Finished:
         """One packed forward over the running rows' last tokens and the joining rows' uncached
-        prompt tokens (:mod:`._packed`); every row samples, the joining ones their first."""
+        prompt tokens (:mod:`._packed`); every row samples, the joining ones their first. One
+        pass for all: if it raises (a joining prompt too long for the device's memory, say), the
+        running rows fail with the joining ones, where a prefill pass of its own failed alone."""
         joining = self._joining  # kept there until they run: a failed pass fails them too
         decode = len(self.rows)
         ids, pos = [self._last], [self._pos]
