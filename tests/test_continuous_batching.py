@@ -18,6 +18,7 @@ from _tiny_lm import recompute, tiny_model
 from transformers import Qwen2ForCausalLM
 
 from tepo_agent.backends import Generation, SamplingParams, TransformersBackend
+from tepo_agent.errors import BackendError
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 PROMPTS = [[1, 2, 3, 4], [7] * 10, [9, 8], [3] * 30, [100, 200, 300], [4] * 7, [11], [500, 1, 2]]
@@ -107,6 +108,27 @@ def test_seeded_sampling_draws_the_same_tokens_whatever_step_it_joins(
     joined = backend.generate_sync(PROMPTS[2], seeded)
     running.result(timeout=60)
     assert_same(joined, alone)
+
+
+def test_a_request_failing_as_it_joins_fails_alone(backend: TransformersBackend) -> None:
+    poisoned = [13, 13, 13, 1]
+
+    def refuse_poison(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if int((args[0] == 13).sum()) >= 3:  # the poisoned prompt's tokens, not a decode step's
+            raise RuntimeError("poisoned input")
+
+    long_params = SamplingParams(max_tokens=200, temperature=0)
+    handle = backend.model.get_input_embeddings().register_forward_pre_hook(refuse_poison)
+    try:
+        running = started(backend, PROMPTS[1], long_params)
+        with pytest.raises(BackendError, match="poisoned input"):
+            backend.generate_sync(poisoned, GREEDY)
+        assert not running.done()  # the running row went on
+        together = running.result(timeout=60)
+    finally:
+        handle.remove()
+    assert backend.stats.failed_requests == 1
+    assert_same(together, backend.generate_sync(PROMPTS[1], long_params))
 
 
 def test_requests_beyond_max_batch_size_wait_for_a_free_row(model_dir: Path) -> None:

@@ -94,6 +94,15 @@ class _Row:
 Finished = list[tuple[Request, Generation]]
 
 
+class JoinFailed(Exception):
+    """A mixed step failed with rows joining: these joining requests fail, the running rows go
+    on (the exception's ``__cause__`` is the error)."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        super().__init__(f"{len(requests)} joining requests failed")
+        self.requests = requests
+
+
 class DecodeBatch:
     """The rows decoding together, their KV cache, and the prefix cache they read and fill.
 
@@ -242,24 +251,24 @@ class DecodeBatch:
 
     def _mixed_step(self, lm: PackedLM) -> Finished:
         """One packed forward over the running rows' last tokens and the joining rows' uncached
-        prompt tokens (:mod:`._packed`); every row samples, the joining ones their first. One
-        pass for all: if it raises (a joining prompt too long for the device's memory, say), the
-        running rows fail with the joining ones, where a prefill pass of its own failed alone."""
-        joining = self._joining  # kept there until they run: a failed pass fails them too
+        prompt tokens (:mod:`._packed`); every row samples, the joining ones their first.
+
+        When the pass fails with rows joining, the cache is rolled back to the running rows and
+        :class:`JoinFailed` fails the joining ones only (as a failed prefill pass did); the
+        running rows retry at the next step, alone (if that fails too, they fail)."""
+        joining = self._joining
         decode = len(self.rows)
-        ids, pos = [self._last], [self._pos]
         if decode:
             self._kv.open_column()
-        plans, blanks = [], []
-        for i, (row, cached, prefix) in enumerate(joining):
-            prompt = row.request.prompt
-            plans.append(Joining(decode + i, cached, len(prompt) - cached))
-            blanks.append(lm.blank_row(prefix, len(prompt) - cached))
-            ids.append(torch.tensor(prompt[cached:], dtype=torch.long, device=self._device))
-            pos.append(torch.arange(cached, len(prompt), device=self._device))
-        if blanks:
-            self._kv.extend(BatchKV.from_rows(blanks, self._device, self._max_rows))
-        logits = lm.forward(torch.cat(ids), torch.cat(pos), self._kv, decode, plans)
+        try:
+            logits = self._packed_pass(lm, decode)
+        except Exception as exc:
+            if not joining:
+                raise
+            self._kv.select(list(range(decode)))  # the joining rows go, then the new column
+            self._kv.drop_last_column()
+            self._joining = []
+            raise JoinFailed([row.request for row, _, _ in joining]) from exc
         self.rows.extend(row for row, _, _ in joining)
         self._joining = []
         lengths = [len(row.request.prompt) for row, _, _ in joining]
@@ -267,6 +276,21 @@ class DecodeBatch:
             [self._pos + 1, torch.tensor(lengths, dtype=torch.long, device=self._device)]
         )
         return self._leave(self._sample(logits, self.rows))
+
+    def _packed_pass(self, lm: PackedLM, decode: int) -> Tensor:
+        """Add the joining rows to the cache (the running rows' column is open) and run the
+        packed forward; the logits (R + J, V)."""
+        ids, pos = [self._last], [self._pos]
+        plans, blanks = [], []
+        for i, (row, cached, prefix) in enumerate(self._joining):
+            prompt = row.request.prompt
+            plans.append(Joining(decode + i, cached, len(prompt) - cached))
+            blanks.append(lm.blank_row(prefix, len(prompt) - cached))
+            ids.append(torch.tensor(prompt[cached:], dtype=torch.long, device=self._device))
+            pos.append(torch.arange(cached, len(prompt), device=self._device))
+        if blanks:
+            self._kv.extend(BatchKV.from_rows(blanks, self._device, self._max_rows))
+        return lm.forward(torch.cat(ids), torch.cat(pos), self._kv, decode, plans)
 
     def _leave(self, done: set[int]) -> Finished:
         """Finished rows leave (their KV stored in the prefix cache); the rest feed next."""
@@ -319,4 +343,4 @@ class DecodeBatch:
         return min(request.params.max_tokens, self._max_positions - len(request.prompt))
 
 
-__all__ = ["DecodeBatch", "Finished", "Request"]
+__all__ = ["DecodeBatch", "Finished", "JoinFailed", "Request"]

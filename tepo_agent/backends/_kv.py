@@ -127,6 +127,11 @@ class GrowingLayer(DynamicLayer):
         if self._kbuf is not None and self._vbuf is not None and columns:
             self._hold(self._kbuf, self._vbuf, self._rows, self._start + columns, self._n - columns)
 
+    def drop_back(self, columns: int) -> None:
+        """Forget the last ``columns`` columns (no copy)."""
+        if self._kbuf is not None and self._vbuf is not None and columns:
+            self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n - columns)
+
     def can_add(self, rows: int, width: int) -> bool:
         """Whether ``rows`` rows of ``width`` columns fit without reallocating."""
         room_front = self._start if width > self._n else 0
@@ -249,6 +254,12 @@ class BatchKV:
         for layer in self.cache.growing_layers():
             layer.open(1)
         self.append_columns(self.mask.new_ones((self.rows, 1)))
+
+    def drop_last_column(self) -> None:
+        """Forget every row's last column (undo :meth:`open_column`; no copy)."""
+        for layer in self.cache.growing_layers():
+            layer.drop_back(1)
+        self.mask = self.mask[:, :-1]
 
     def append_columns(self, real: Tensor) -> None:
         """Extend the mask by the columns the next forward pass appends: ``real`` (R, S)."""
