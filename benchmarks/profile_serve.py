@@ -2,11 +2,13 @@
 
 Starts `tepo-agent serve` in a subprocess whose backend worker times its phases in CPU time of
 its own thread (admission = prefix-cache lookup + prefill forward + first sample + join; decode
-steps, of which the forward pass, the sampling with exact entropy, and the rows leaving; handing
-results to the event loop) and whose event-loop thread (HTTP: parsing, routes, JSON, sockets)
-is timed as a whole. Sends the benchmark's agent-shaped traffic
-(:class:`benchmarks.bench_continuous_batching.Traffic`) from 1 and 8 closed-loop clients,
-alternating, and prints per request: CPU ms of the HTTP thread and of each worker phase.
+steps, of which the sampling with exact entropy and the rows leaving; handing results to the
+event loop; with the packed forward, admission is the lookup only and the joining rows' prompts
+are computed in the decode steps' packed forward pass, counted in both columns) and whose
+event-loop thread (HTTP: parsing, routes, JSON, sockets) is timed as a whole. Sends the
+benchmark's agent-shaped traffic (:class:`benchmarks.bench_continuous_batching.Traffic`) from 1
+and 8 closed-loop clients, alternating, and prints per request: CPU ms of the HTTP thread and
+of each worker phase.
 
 Run from the repository root::
 
@@ -33,6 +35,7 @@ PHASES = {
     "admit": ("tepo_agent.backends._decode", "DecodeBatch", "admit"),
     "prefill (lookup + forward)": ("tepo_agent.backends._decode", "DecodeBatch", "_prefill"),
     "decode steps": ("tepo_agent.backends._decode", "DecodeBatch", "step"),
+    "packed forward": ("tepo_agent.backends._packed", "PackedLM", "forward"),
     "sampling + entropy": ("tepo_agent.backends._decode", "DecodeBatch", "_sample"),
     "rows leaving": ("tepo_agent.backends._kv", "BatchKV", "select"),
     "rows joining": ("tepo_agent.backends._kv", "BatchKV", "extend"),

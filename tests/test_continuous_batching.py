@@ -18,6 +18,7 @@ from _tiny_lm import recompute, tiny_model
 from transformers import Qwen2ForCausalLM
 
 from tepo_agent.backends import Generation, SamplingParams, TransformersBackend
+from tepo_agent.errors import BackendError
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
 PROMPTS = [[1, 2, 3, 4], [7] * 10, [9, 8], [3] * 30, [100, 200, 300], [4] * 7, [11], [500, 1, 2]]
@@ -37,9 +38,13 @@ def other_weights_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def backend(model_dir: Path) -> Iterator[TransformersBackend]:
-    b = TransformersBackend.from_pretrained(model_dir, device="cpu", batch_wait_s=0)
+@pytest.fixture(params=[True, False], ids=["packed", "hf-forward"])
+def backend(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[TransformersBackend]:
+    """The backend with mixed steps (the packed forward) and with HF's forward."""
+    b = TransformersBackend.from_pretrained(
+        model_dir, device="cpu", batch_wait_s=0, packed_forward=request.param
+    )
+    assert b.packed_forward is request.param
     yield b
     b.close()
 
@@ -86,8 +91,8 @@ def test_greedy_rows_joining_at_different_steps_equal_each_alone(
     futures += [started(backend, p, GREEDY) for p in PROMPTS[1:]]  # each joins a later step
     joined = [f.result(timeout=60) for f in futures]
     assert backend.stats.batches == 1 and backend.stats.max_batch >= 4
-    with TransformersBackend(
-        Qwen2ForCausalLM.from_pretrained(model_dir), prefix_cache_bytes=0
+    with TransformersBackend(  # each alone, through HF's forward, nothing cached
+        Qwen2ForCausalLM.from_pretrained(model_dir), prefix_cache_bytes=0, packed_forward=False
     ) as plain:
         for prompt, together in zip(PROMPTS, joined, strict=True):
             params = long_params if prompt is PROMPTS[0] else GREEDY
@@ -103,6 +108,27 @@ def test_seeded_sampling_draws_the_same_tokens_whatever_step_it_joins(
     joined = backend.generate_sync(PROMPTS[2], seeded)
     running.result(timeout=60)
     assert_same(joined, alone)
+
+
+def test_a_request_failing_as_it_joins_fails_alone(backend: TransformersBackend) -> None:
+    poisoned = [13, 13, 13, 1]
+
+    def refuse_poison(_module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if int((args[0] == 13).sum()) >= 3:  # the poisoned prompt's tokens, not a decode step's
+            raise RuntimeError("poisoned input")
+
+    long_params = SamplingParams(max_tokens=200, temperature=0)
+    handle = backend.model.get_input_embeddings().register_forward_pre_hook(refuse_poison)
+    try:
+        running = started(backend, PROMPTS[1], long_params)
+        with pytest.raises(BackendError, match="poisoned input"):
+            backend.generate_sync(poisoned, GREEDY)
+        assert not running.done()  # the running row went on
+        together = running.result(timeout=60)
+    finally:
+        handle.remove()
+    assert backend.stats.failed_requests == 1
+    assert_same(together, backend.generate_sync(PROMPTS[1], long_params))
 
 
 def test_requests_beyond_max_batch_size_wait_for_a_free_row(model_dir: Path) -> None:

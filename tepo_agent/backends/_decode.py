@@ -6,6 +6,11 @@ running rows; :meth:`DecodeBatch.step` feeds every running row its last token, s
 and lets finished rows leave. The scheduler calls ``admit`` between any two steps, so a request
 never waits for the batch ahead of it to finish.
 
+With the packed forward (:mod:`._packed`, Llama-shaped models), ``admit`` only looks up the
+cached prefixes and the next ``step`` is a *mixed* step: the joining rows' uncached prompt tokens
+are computed in the same forward pass as the running rows' next tokens (vLLM's chunked prefill),
+so a join costs no forward pass of its own; every row then samples its next (or first) token.
+
 Every row keeps its own sampling parameters and generator (a seeded request draws the same tokens
 alone or in any batch), and for every sampled token its raw temperature-1 log-probability and the
 exact full-vocabulary entropy (float32, :func:`tepo_agent.entropy.token_logprobs_and_entropy`).
@@ -24,6 +29,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from tepo_agent.backends._kv import BatchKV, RowKV, fill_holes
+from tepo_agent.backends._packed import Joining, PackedLM
 from tepo_agent.backends._prefix_cache import PrefixCache
 from tepo_agent.backends._sampling import sample_tokens, sampled_logprobs
 from tepo_agent.backends.base import Generation, SamplingParams
@@ -88,6 +94,15 @@ class _Row:
 Finished = list[tuple[Request, Generation]]
 
 
+class JoinFailed(Exception):
+    """A mixed step failed with rows joining: these joining requests fail, the running rows go
+    on (the exception's ``__cause__`` is the error)."""
+
+    def __init__(self, requests: list[Request]) -> None:
+        super().__init__(f"{len(requests)} joining requests failed")
+        self.requests = requests
+
+
 class DecodeBatch:
     """The rows decoding together, their KV cache, and the prefix cache they read and fill.
 
@@ -101,6 +116,8 @@ class DecodeBatch:
         generator: a request's generator from its seed (None: the backend's shared one).
         max_rows: the most rows decoded together (the cache's buffers are allocated for them, so
             a joining row is written into a free row instead of copying the batch).
+        packed: run mixed steps with :class:`~._packed.PackedLM` (the caller checks
+            :func:`~._packed.packed_support`); False: HF's forward, one prefill pass per admit.
     """
 
     def __init__(
@@ -113,6 +130,7 @@ class DecodeBatch:
         prefix_cache: PrefixCache | None,
         generator: Callable[[int | None], torch.Generator],
         max_rows: int = 8,
+        packed: bool = False,
     ) -> None:
         self._model = model
         self._eos = eos
@@ -126,6 +144,8 @@ class DecodeBatch:
         forward_params = inspect.signature(model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         self.rows: list[_Row] = []
+        self._packed = PackedLM(model) if packed else None
+        self._joining: list[tuple[_Row, int, RowKV | None]] = []  # admitted, (row, cached, kv)
         self._max_rows = max_rows
         self._kv = BatchKV.from_rows([], self._device, max_rows)
         self._last = torch.zeros(0, dtype=torch.long, device=self._device)  # (R,) to feed next
@@ -134,12 +154,13 @@ class DecodeBatch:
         self.cached_tokens = 0  # of which read from the prefix cache instead of computed
 
     def __len__(self) -> int:
-        return len(self.rows)
+        """Rows running, and admitted rows waiting for their mixed step."""
+        return len(self.rows) + len(self._joining)
 
     def clear(self) -> list[Request]:
-        """Drop every running row (after an error) and return their requests."""
-        dropped = [row.request for row in self.rows]
-        self.rows = []
+        """Drop every running and admitted row (after an error) and return their requests."""
+        dropped = [row.request for row in self.rows] + [row.request for row, _, _ in self._joining]
+        self.rows, self._joining = [], []
         self._kv = BatchKV.from_rows([], self._device, self._max_rows)
         self._last, self._pos = self._last[:0], self._pos[:0]
         return dropped
@@ -149,7 +170,10 @@ class DecodeBatch:
     @torch.inference_mode()
     def admit(self, requests: Sequence[Request], version: int) -> Finished:
         """Prefill ``requests`` together, sample their first token, and add the unfinished ones
-        to the running rows. Returns the requests that finished on their first token."""
+        to the running rows. Returns the requests that finished on their first token.
+
+        With the packed forward, only look up their cached prefixes: the next :meth:`step`
+        computes the rest of their prompts with the running rows' tokens (returns nothing)."""
         rows = [
             _Row(
                 r,
@@ -160,6 +184,13 @@ class DecodeBatch:
             )
             for r in requests
         ]
+        if self._packed is not None:
+            for row in rows:
+                cached, kv = self._lookup(row.request.prompt)
+                self._joining.append((row, cached, kv))
+                self.prompt_tokens += len(row.request.prompt)
+                self.cached_tokens += cached
+            return []
         kv, logits = self._prefill(rows)  # (N, V)
         done = self._sample(logits, rows)
         if self._prefix is not None:  # a row that goes on leaves its blocks when it finishes
@@ -208,11 +239,61 @@ class DecodeBatch:
 
     @torch.inference_mode()
     def step(self) -> Finished:
-        """Feed every running row its last token, sample the next; finished rows leave."""
+        """Feed every running row its last token, sample the next; finished rows leave. With
+        the packed forward, the admitted rows' prompts ride in the same pass (a mixed step)."""
+        if self._packed is not None:
+            return self._mixed_step(self._packed)
         self._kv.append_columns(torch.ones_like(self._last).unsqueeze(-1))
         out = self._forward(self._last.unsqueeze(-1), self._pos.unsqueeze(-1), self._kv)
         self._pos = self._pos + 1
         done = self._sample(out.logits[:, -1, :].float(), self.rows)  # (R, V)
+        return self._leave(done)
+
+    def _mixed_step(self, lm: PackedLM) -> Finished:
+        """One packed forward over the running rows' last tokens and the joining rows' uncached
+        prompt tokens (:mod:`._packed`); every row samples, the joining ones their first.
+
+        When the pass fails with rows joining, the cache is rolled back to the running rows and
+        :class:`JoinFailed` fails the joining ones only (as a failed prefill pass did); the
+        running rows retry at the next step, alone (if that fails too, they fail)."""
+        joining = self._joining
+        decode = len(self.rows)
+        if decode:
+            self._kv.open_column()
+        try:
+            logits = self._packed_pass(lm, decode)
+        except Exception as exc:
+            if not joining:
+                raise
+            self._kv.select(list(range(decode)))  # the joining rows go, then the new column
+            self._kv.drop_last_column()
+            self._joining = []
+            raise JoinFailed([row.request for row, _, _ in joining]) from exc
+        self.rows.extend(row for row, _, _ in joining)
+        self._joining = []
+        lengths = [len(row.request.prompt) for row, _, _ in joining]
+        self._pos = torch.cat(
+            [self._pos + 1, torch.tensor(lengths, dtype=torch.long, device=self._device)]
+        )
+        return self._leave(self._sample(logits, self.rows))
+
+    def _packed_pass(self, lm: PackedLM, decode: int) -> Tensor:
+        """Add the joining rows to the cache (the running rows' column is open) and run the
+        packed forward; the logits (R + J, V)."""
+        ids, pos = [self._last], [self._pos]
+        plans, blanks = [], []
+        for i, (row, cached, prefix) in enumerate(self._joining):
+            prompt = row.request.prompt
+            plans.append(Joining(decode + i, cached, len(prompt) - cached))
+            blanks.append(lm.blank_row(prefix, len(prompt) - cached))
+            ids.append(torch.tensor(prompt[cached:], dtype=torch.long, device=self._device))
+            pos.append(torch.arange(cached, len(prompt), device=self._device))
+        if blanks:
+            self._kv.extend(BatchKV.from_rows(blanks, self._device, self._max_rows))
+        return lm.forward(torch.cat(ids), torch.cat(pos), self._kv, decode, plans)
+
+    def _leave(self, done: set[int]) -> Finished:
+        """Finished rows leave (their KV stored in the prefix cache); the rest feed next."""
         if not done:
             self._last = self._last_tokens()
             return []
@@ -262,4 +343,4 @@ class DecodeBatch:
         return min(request.params.max_tokens, self._max_positions - len(request.prompt))
 
 
-__all__ = ["DecodeBatch", "Finished", "Request"]
+__all__ = ["DecodeBatch", "Finished", "JoinFailed", "Request"]

@@ -100,6 +100,15 @@ class GrowingLayer(DynamicLayer):
         self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n + new)
         return self.keys, self.values  # type: ignore[return-value]
 
+    def open(self, new: int) -> None:
+        """Append ``new`` columns, unwritten: the caller writes them before anything reads them
+        (the packed forward, :mod:`._packed`). Needs buffers (a layer holding rows)."""
+        assert self._kbuf is not None and self.keys is not None and self.values is not None
+        if self._start + self._n + new > self._kbuf.shape[-2]:
+            self._grow(self.keys, self.values, self._n + new)
+        assert self._kbuf is not None and self._vbuf is not None
+        self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n + new)
+
     def _grow(self, key_states: Tensor, value_states: Tensor, need: int) -> None:
         k, v = key_states, value_states
         rows = max(self.capacity, k.shape[0], self._reserve)
@@ -117,6 +126,11 @@ class GrowingLayer(DynamicLayer):
         """Forget the first ``columns`` columns (no copy)."""
         if self._kbuf is not None and self._vbuf is not None and columns:
             self._hold(self._kbuf, self._vbuf, self._rows, self._start + columns, self._n - columns)
+
+    def drop_back(self, columns: int) -> None:
+        """Forget the last ``columns`` columns (no copy)."""
+        if self._kbuf is not None and self._vbuf is not None and columns:
+            self._hold(self._kbuf, self._vbuf, self._rows, self._start, self._n - columns)
 
     def can_add(self, rows: int, width: int) -> bool:
         """Whether ``rows`` rows of ``width`` columns fit without reallocating."""
@@ -230,6 +244,22 @@ class BatchKV:
 
     def _layers(self) -> list[tuple[Tensor, Tensor]]:
         return [(layer.keys, layer.values) for layer in self.cache.growing_layers()]  # type: ignore[misc]
+
+    def layer_views(self) -> list[tuple[Tensor, Tensor]]:
+        """Per layer the (R, H, W, D) keys and values: views of the buffers (writes land)."""
+        return self._layers()
+
+    def open_column(self) -> None:
+        """Append one real, unwritten column to every row (a packed step writes it)."""
+        for layer in self.cache.growing_layers():
+            layer.open(1)
+        self.append_columns(self.mask.new_ones((self.rows, 1)))
+
+    def drop_last_column(self) -> None:
+        """Forget every row's last column (undo :meth:`open_column`; no copy)."""
+        for layer in self.cache.growing_layers():
+            layer.drop_back(1)
+        self.mask = self.mask[:, :-1]
 
     def append_columns(self, real: Tensor) -> None:
         """Extend the mask by the columns the next forward pass appends: ``real`` (R, S)."""

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tepo_agent.backends._decode import DecodeBatch, Finished, Request
+from tepo_agent.backends._decode import DecodeBatch, Finished, JoinFailed, Request
 from tepo_agent.errors import BackendError
 
 
@@ -40,7 +40,8 @@ class BackendStats:
         max_batch: the most requests decoded in one step so far.
         weight_loads: successful weight reloads.
         failed_requests: requests that ended with an error.
-        steps: decode steps run (one forward pass each, prefills not counted).
+        steps: decode steps run (one forward pass each; HF's prefill passes not counted, the
+            packed forward's mixed steps, which carry the joining rows' prompts, counted).
         prompt_tokens: prompt tokens admitted.
         cached_prompt_tokens: of those, the ones whose KV came from the prefix cache.
     """
@@ -198,6 +199,10 @@ class Scheduler:
     def _step(self) -> None:
         try:
             finished = self._batch.step()
+        except JoinFailed as failed:  # a mixed step: the joining requests fail, the rest go on
+            cause = failed.__cause__
+            self._fail(failed.requests, cause if isinstance(cause, Exception) else failed)
+            return
         except Exception as exc:  # the whole step failed: so did every row in it
             self._fail(self._batch.clear(), exc)
             return

@@ -38,6 +38,7 @@ from torch import Tensor
 from transformers import PreTrainedModel
 
 from tepo_agent.backends._decode import DecodeBatch, Request
+from tepo_agent.backends._packed import packed_support
 from tepo_agent.backends._prefix_cache import PrefixCache
 from tepo_agent.backends._scheduler import BackendStats, Control, Scheduler
 from tepo_agent.backends.base import Generation, SamplingParams
@@ -70,6 +71,11 @@ class TransformersBackend:
             for others to join with it (one prefill pass for all of them; TGI's
             ``max_waiting_tokens``); 0 (the default) joins at the next step, which measured
             better on the default model (benchmarks/RESULTS.md). An idle backend admits at once.
+        packed_forward: compute a joining request's prompt in the same forward pass as the
+            running rows' next tokens (mixed steps, :mod:`._packed`) instead of a prefill pass
+            of its own. Used for Llama-shaped models (Qwen2, Llama: :func:`._packed.
+            packed_support`); other models, and False, use HF's forward. Equal within float
+            tolerance either way.
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class TransformersBackend:
         compute_entropy: bool = True,
         prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES,
         join_delay_steps: int = 0,
+        packed_forward: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -103,6 +110,7 @@ class TransformersBackend:
         self._prefix = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes else None
         self._default_gen = torch.Generator(device=self.device)
         self._default_gen.seed()
+        self._packed = bool(packed_forward) and packed_support(self._model) is None
         batch = DecodeBatch(
             self._model,
             eos=frozenset(int(t) for t in eos_token_ids),
@@ -111,6 +119,7 @@ class TransformersBackend:
             prefix_cache=self._prefix,
             generator=self._generator,
             max_rows=int(max_batch_size),
+            packed=self._packed,
         )
         self._scheduler = Scheduler(
             batch,
@@ -169,6 +178,11 @@ class TransformersBackend:
     def model(self) -> PreTrainedModel:
         """The served model. Read it freely; change weights only through ``load_*``."""
         return self._model
+
+    @property
+    def packed_forward(self) -> bool:
+        """Whether joining requests' prompts ride in the running batch's step (mixed steps)."""
+        return self._packed
 
     @property
     def stats(self) -> BackendStats:
