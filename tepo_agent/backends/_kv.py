@@ -34,19 +34,51 @@ from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
 RowKV = tuple[tuple[Tensor, Tensor], ...]
-"""One sequence's cache: per layer (keys, values), each (H, L, D) for its L tokens in order."""
+"""One sequence's cache: per layer (keys, values), each (H, L, D) for its L tokens in order. A
+stacked (layers, 2, H, L, D) tensor indexes the same way (``kv[l][0]`` keys, ``kv[l][1]``
+values), as the prefix cache hands its prefixes out."""
 
 SPARE_COLUMNS = 128
 """Columns allocated beyond those in use: a buffer is copied once per this many decode steps."""
 
 
-def row_length(kv: RowKV) -> int:
+def row_length(kv: RowKV | Tensor) -> int:
     """Number of tokens ``kv`` holds."""
     return int(kv[0][0].shape[1])
 
 
 FRONT_COLUMNS = 64
 """Spare columns allocated in front of those in use, for joining rows longer than the batch."""
+
+
+class RowSource:
+    """One sequence's cache, read out in stacked pieces (layers, 2, H, n, D) on demand, so that
+    a caller that keeps only some of its columns (the prefix cache, its new blocks) copies only
+    those, each with one op.
+
+    Args:
+        parts: per layer keys then values (2 x layers tensors (H, >= length, D)), whose first
+            ``length`` columns are the sequence's tokens in order (views are fine: nothing is
+            copied until :meth:`read`).
+        length: tokens held.
+    """
+
+    def __init__(self, parts: Sequence[Tensor], length: int) -> None:
+        self.parts = list(parts)
+        self.length = length
+
+    @classmethod
+    def of(cls, kv: RowKV | Tensor) -> RowSource:
+        """A source over a per-layer or stacked cache."""
+        return cls([t for pair in kv for t in pair], row_length(kv))
+
+    def __len__(self) -> int:
+        return self.length
+
+    def read(self, start: int, end: int) -> Tensor:
+        """Columns ``[start, end)`` of every layer as one fresh (layers, 2, H, n, D) tensor."""
+        stacked = torch.stack([t[:, start:end] for t in self.parts])
+        return stacked.unflatten(0, (len(self.parts) // 2, 2))
 
 
 class GrowingLayer(DynamicLayer):
@@ -212,7 +244,7 @@ class BatchKV:
 
     @classmethod
     def from_rows(
-        cls, rows: Sequence[RowKV | None], device: torch.device, capacity: int = 0
+        cls, rows: Sequence[RowKV | Tensor | None], device: torch.device, capacity: int = 0
     ) -> BatchKV:
         """Rows of cached tokens (None: nothing cached) stacked right-aligned into one batch."""
         width = max((row_length(r) for r in rows if r is not None), default=0)
@@ -322,10 +354,25 @@ class BatchKV:
             layers.append(GrowingLayer.holding(kbuf, vbuf, width, rows=rows, start=FRONT_COLUMNS))
         return GrowingCache(layers)
 
-    def row(self, r: int) -> RowKV:
-        """Row ``r``'s real keys and values, as one contiguous sequence (copies)."""
-        real = self.mask[r].bool()
-        return tuple((k[r][:, real], v[r][:, real]) for k, v in self._layers())
+    def row(self, r: int) -> Tensor:
+        """Row ``r``'s real keys and values, as one contiguous sequence: a fresh (layers, 2, H,
+        n, D) tensor (``row(r)[l][0]`` layer l's keys)."""
+        source = self.row_source(r)
+        return source.read(0, source.length)
+
+    def row_source(self, r: int) -> RowSource:
+        """Row ``r``'s real keys and values, copied only when read (:class:`RowSource`); read
+        it before the batch changes. Its real columns end at the last column; when they are
+        contiguous (always, but after a prefill that reused a cached prefix without the packed
+        forward) these are views, else the row is gathered once here."""
+        real = self.mask[r]
+        n = int(real.sum())
+        layers = self._layers()
+        if bool(real[self.width - n :].all()):
+            return RowSource([t[r, :, self.width - n :] for pair in layers for t in pair], n)
+        index = real.nonzero().squeeze(1)
+        gathered = torch.stack([t[r] for pair in layers for t in pair])[:, :, index]
+        return RowSource(gathered.unbind(0), n)
 
 
 def _buffers(k: Tensor, v: Tensor, rows: int, width: int) -> tuple[Tensor, Tensor]:
@@ -337,7 +384,7 @@ def _buffers(k: Tensor, v: Tensor, rows: int, width: int) -> tuple[Tensor, Tenso
     return kbuf, vbuf
 
 
-def _one(row: RowKV | None, layer: int, which: int) -> Tensor | None:
+def _one(row: RowKV | Tensor | None, layer: int, which: int) -> Tensor | None:
     return None if row is None else row[layer][which][None]
 
 
@@ -363,6 +410,7 @@ __all__ = [
     "GrowingCache",
     "GrowingLayer",
     "RowKV",
+    "RowSource",
     "fill_holes",
     "row_length",
 ]
