@@ -281,15 +281,15 @@ class DecodeBatch:
         """Add the joining rows to the cache (the running rows' column is open) and run the
         packed forward; the logits (R + J, V)."""
         ids, pos = [self._last], [self._pos]
-        plans, blanks = [], []
+        plans, joins = [], []
         for i, (row, cached, prefix) in enumerate(self._joining):
             prompt = row.request.prompt
             plans.append(Joining(decode + i, cached, len(prompt) - cached))
-            blanks.append(lm.blank_row(prefix, len(prompt) - cached))
+            joins.append((prefix, len(prompt) - cached))
             ids.append(torch.tensor(prompt[cached:], dtype=torch.long, device=self._device))
             pos.append(torch.arange(cached, len(prompt), device=self._device))
-        if blanks:
-            self._kv.extend(BatchKV.from_rows(blanks, self._device, self._max_rows))
+        if joins:  # each prefix written once, into the row's place in the batch's buffers
+            self._kv.join(joins, lm.blank_row)
         return lm.forward(torch.cat(ids), torch.cat(pos), self._kv, decode, plans)
 
     def _leave(self, done: set[int]) -> Finished:

@@ -25,7 +25,7 @@ them, and positions are passed explicitly, so the numbers are those of a contigu
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -185,6 +185,32 @@ class GrowingLayer(DynamicLayer):
         _place(self._vbuf[new, :, self._start :], values, self._n)
         self._hold(self._kbuf, self._vbuf, rows + keys.shape[0], self._start, self._n)
 
+    def place_rows(
+        self, parts: Sequence[tuple[Tensor, Tensor] | None], lengths: Sequence[int]
+    ) -> None:
+        """Add rows of ``lengths`` columns after the running ones, right-aligned (see
+        :meth:`can_add`): each starts with ``parts``' keys and values (H, c, D) (or nothing),
+        its other columns are left unwritten for the caller (the packed step); the padding in
+        front of it is zeroed."""
+        assert self._kbuf is not None and self._vbuf is not None
+        width, rows = max(lengths), self._rows
+        if width > self._n:
+            extra = width - self._n
+            self._kbuf[:rows, :, self._start - extra : self._start].zero_()
+            self._vbuf[:rows, :, self._start - extra : self._start].zero_()
+            self._start, self._n = self._start - extra, width
+        end = self._start + self._n
+        for r, (part, length) in enumerate(zip(parts, lengths, strict=True), start=rows):
+            first = end - length
+            if first > self._start:
+                self._kbuf[r, :, self._start : first].zero_()
+                self._vbuf[r, :, self._start : first].zero_()
+            if part is not None:
+                cached = part[0].shape[1]
+                self._kbuf[r, :, first : first + cached] = part[0]
+                self._vbuf[r, :, first : first + cached] = part[1]
+        self._hold(self._kbuf, self._vbuf, rows + len(lengths), self._start, self._n)
+
     def keep_rows(self, order: Sequence[int]) -> None:
         """Keep rows ``order`` in that order: in place when every row that moves comes from past
         the kept ones (:func:`fill_holes`), else gathered into new buffers."""
@@ -331,6 +357,30 @@ class BatchKV:
             self.cache = self._joined(other, width)
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
 
+    def join(
+        self,
+        rows: Sequence[tuple[RowKV | Tensor | None, int]],
+        blank: Callable[[RowKV | Tensor | None, int], RowKV],
+    ) -> None:
+        """Add rows after these, right-aligned: each its cached ``prefix`` (or none) then ``new``
+        real columns left unwritten (a packed step writes them before reading). Written once,
+        straight into the free rows of the buffers when they fit; else ``blank(prefix, new)``
+        (the same row with its new columns zeroed) goes through :meth:`extend`."""
+        lengths = [(0 if p is None else row_length(p)) + new for p, new in rows]
+        width, layers = max(self.width, *lengths), self.cache.growing_layers()
+        if not self.rows or not all(layer.can_add(len(rows), width) for layer in layers):
+            blanks = [blank(prefix, new) for prefix, new in rows]
+            self.extend(BatchKV.from_rows(blanks, self.mask.device, self.capacity))
+            return
+        flat = [None if p is None else _flat(p) for p, _ in rows]
+        for i, layer in enumerate(layers):
+            parts = [None if f is None else (f[2 * i], f[2 * i + 1]) for f in flat]
+            layer.place_rows(parts, lengths)
+        first = width - torch.tensor(lengths, device=self.mask.device)
+        columns = torch.arange(width, device=self.mask.device)
+        real = (columns[None, :] >= first[:, None]).to(self.mask.dtype)
+        self.mask = torch.cat([_left_pad(self.mask, width), real])
+
     def _room(self) -> int:
         """Rows the buffers hold (0 before any)."""
         return min((layer.capacity for layer in self.cache.growing_layers()), default=0)
@@ -382,6 +432,13 @@ def _buffers(k: Tensor, v: Tensor, rows: int, width: int) -> tuple[Tensor, Tenso
     kbuf = k.new_empty((rows, k.shape[1], columns, k.shape[3]))
     vbuf = v.new_empty((rows, v.shape[1], columns, v.shape[3]))
     return kbuf, vbuf
+
+
+def _flat(row: RowKV | Tensor) -> Sequence[Tensor]:
+    """Per layer keys then values: 2 x layers tensors (H, n, D) (views)."""
+    if isinstance(row, Tensor):
+        return row.flatten(0, 1).unbind(0)
+    return [t for pair in row for t in pair]
 
 
 def _one(row: RowKV | Tensor | None, layer: int, which: int) -> Tensor | None:
