@@ -108,3 +108,25 @@ def test_joining_rows_are_written_once_into_free_rows_with_zeroed_padding() -> N
     empty = BatchKV.from_rows([], CPU, capacity=6)
     empty.join([(short, 2)], _nan_blank)
     assert empty.rows == 1 and empty.row(0)[:, :, :, 3:].isnan().all()
+
+
+def test_a_row_with_masked_columns_between_its_real_ones_reads_back_in_order() -> None:
+    # HF's prefill after a cached prefix leaves masked columns between the prefix and the
+    # newly computed tokens (left-padding of the shorter prompts): the row reads past them
+    prefix = _row(3, 0)
+    kv = BatchKV.from_rows([prefix], CPU, capacity=2)
+    g = torch.Generator().manual_seed(1)
+    new = [(torch.randn(1, HEADS, 4, DIM, generator=g), torch.randn(1, HEADS, 4, DIM, generator=g))]
+    new.append(
+        (torch.randn(1, HEADS, 4, DIM, generator=g), torch.randn(1, HEADS, 4, DIM, generator=g))
+    )
+    kv.append_columns(torch.tensor([[0, 0, 1, 1]]))
+    for layer, (k, v) in zip(kv.cache.growing_layers(), new, strict=True):
+        layer.update(k, v)
+    want = tuple(
+        (torch.cat([pk, k[0, :, 2:]], 1), torch.cat([pv, v[0, :, 2:]], 1))
+        for (pk, pv), (k, v) in zip(prefix, new, strict=True)
+    )
+    assert _equal(kv.row(0), want)
+    source = kv.row_source(0)
+    assert source.length == 5 and torch.equal(source.read(2, 4)[1][0], want[1][0][:, 2:4])
