@@ -33,52 +33,14 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-RowKV = tuple[tuple[Tensor, Tensor], ...]
-"""One sequence's cache: per layer (keys, values), each (H, L, D) for its L tokens in order. A
-stacked (layers, 2, H, L, D) tensor indexes the same way (``kv[l][0]`` keys, ``kv[l][1]``
-values), as the prefix cache hands its prefixes out."""
+from tepo_agent.backends._row_kv import RowKV, RowSource, row_length
 
 SPARE_COLUMNS = 128
 """Columns allocated beyond those in use: a buffer is copied once per this many decode steps."""
 
 
-def row_length(kv: RowKV | Tensor) -> int:
-    """Number of tokens ``kv`` holds."""
-    return int(kv[0][0].shape[1])
-
-
 FRONT_COLUMNS = 64
 """Spare columns allocated in front of those in use, for joining rows longer than the batch."""
-
-
-class RowSource:
-    """One sequence's cache, read out in stacked pieces (layers, 2, H, n, D) on demand, so that
-    a caller that keeps only some of its columns (the prefix cache, its new blocks) copies only
-    those, each with one op.
-
-    Args:
-        parts: per layer keys then values (2 x layers tensors (H, >= length, D)), whose first
-            ``length`` columns are the sequence's tokens in order (views are fine: nothing is
-            copied until :meth:`read`).
-        length: tokens held.
-    """
-
-    def __init__(self, parts: Sequence[Tensor], length: int) -> None:
-        self.parts = list(parts)
-        self.length = length
-
-    @classmethod
-    def of(cls, kv: RowKV | Tensor) -> RowSource:
-        """A source over a per-layer or stacked cache."""
-        return cls([t for pair in kv for t in pair], row_length(kv))
-
-    def __len__(self) -> int:
-        return self.length
-
-    def read(self, start: int, end: int) -> Tensor:
-        """Columns ``[start, end)`` of every layer as one fresh (layers, 2, H, n, D) tensor."""
-        stacked = torch.stack([t[:, start:end] for t in self.parts])
-        return stacked.unflatten(0, (len(self.parts) // 2, 2))
 
 
 class GrowingLayer(DynamicLayer):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tepo_agent.backends._kv import RowKV, RowSource
+from tepo_agent.backends._row_kv import RowKV, RowSource
 
 _Key = tuple[int, tuple[int, ...]]  # (parent block id, this block's tokens)
 
