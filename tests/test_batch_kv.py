@@ -75,3 +75,58 @@ def test_rows_join_leave_and_grow_keeping_their_own_keys_and_values() -> None:
     for i, r in enumerate(order):
         assert _equal(kv.row(i), rows[r])
     assert kv.mask.sum(dim=1).tolist() == [rows[r][0][0].shape[1] for r in order]
+
+
+def _nan_blank(prefix: RowKV | torch.Tensor | None, new: int) -> RowKV:
+    """A blank row whose new columns are NaN: they must be overwritten before being read."""
+    assert prefix is not None
+    nan = torch.full((HEADS, new, DIM), float("nan"))
+    return tuple((torch.cat([k, nan], 1), torch.cat([v, nan], 1)) for k, v in prefix)
+
+
+def test_joining_rows_are_written_once_into_free_rows_with_zeroed_padding() -> None:
+    rows = {0: _row(10, 0), 1: _row(6, 1)}
+    kv = BatchKV.from_rows([rows[0], rows[1]], CPU, capacity=6)
+    buffers = [layer.keys.untyped_storage().data_ptr() for layer in kv.cache.growing_layers()]
+    for layer in kv.cache.growing_layers():  # the free rows hold garbage, as new_empty may
+        layer._kbuf[2:].fill_(float("nan"))
+        layer._vbuf[2:].fill_(float("nan"))
+    short = torch.stack([torch.stack(pair) for pair in _row(3, 2)])  # stacked, as cached
+    long = _row(20, 3)  # longer than the batch: it widens to the left
+    kv.join([(short, 2), (long, 1)], _nan_blank)
+    now = [layer.keys.untyped_storage().data_ptr() for layer in kv.cache.growing_layers()]
+    assert now == buffers and kv.rows == 4 and kv.width == 21
+    assert kv.mask.sum(dim=1).tolist() == [10, 6, 5, 21]
+    for i in (0, 1):  # the running rows are untouched; their new front columns are zeros
+        assert _equal(kv.row(i), rows[i])
+        assert all(not k[i].isnan().any() for k, _ in kv.layer_views())
+    for (k, v), (sk, sv), (lk, lv) in zip(kv.layer_views(), short, long, strict=True):
+        assert torch.equal(k[2, :, :16], torch.zeros(HEADS, 16, DIM))  # padding: zeroed
+        assert torch.equal(k[2, :, 16:19], sk) and torch.equal(v[2, :, 16:19], sv)
+        assert torch.equal(k[3, :, :20], lk) and torch.equal(v[3, :, :20], lv)
+    # into an empty batch (no buffers to write into): the blank rows, as they are
+    empty = BatchKV.from_rows([], CPU, capacity=6)
+    empty.join([(short, 2)], _nan_blank)
+    assert empty.rows == 1 and empty.row(0)[:, :, :, 3:].isnan().all()
+
+
+def test_a_row_with_masked_columns_between_its_real_ones_reads_back_in_order() -> None:
+    # HF's prefill after a cached prefix leaves masked columns between the prefix and the
+    # newly computed tokens (left-padding of the shorter prompts): the row reads past them
+    prefix = _row(3, 0)
+    kv = BatchKV.from_rows([prefix], CPU, capacity=2)
+    g = torch.Generator().manual_seed(1)
+    new = [(torch.randn(1, HEADS, 4, DIM, generator=g), torch.randn(1, HEADS, 4, DIM, generator=g))]
+    new.append(
+        (torch.randn(1, HEADS, 4, DIM, generator=g), torch.randn(1, HEADS, 4, DIM, generator=g))
+    )
+    kv.append_columns(torch.tensor([[0, 0, 1, 1]]))
+    for layer, (k, v) in zip(kv.cache.growing_layers(), new, strict=True):
+        layer.update(k, v)
+    want = tuple(
+        (torch.cat([pk, k[0, :, 2:]], 1), torch.cat([pv, v[0, :, 2:]], 1))
+        for (pk, pv), (k, v) in zip(prefix, new, strict=True)
+    )
+    assert _equal(kv.row(0), want)
+    source = kv.row_source(0)
+    assert source.length == 5 and torch.equal(source.read(2, 4)[1][0], want[1][0][:, 2:4])

@@ -69,16 +69,16 @@ class Driver:
             ids.append(self.seqs[r][self.fed[r]])
             pos.append(self.fed[r])
             self.fed[r] += 1
-        plans, blanks = [], []
+        plans, rows = [], []
         for i, (seq, prefix, cached, upto) in enumerate(joins):
             plans.append(Joining(decode + i, cached, upto - cached))
-            blanks.append(self.lm.blank_row(prefix, upto - cached))
+            rows.append((prefix, upto - cached))
             ids += seq[cached:upto]
             pos += range(cached, upto)
             self.seqs.append(seq)
             self.fed.append(upto)
-        if blanks:
-            self.kv.extend(BatchKV.from_rows(blanks, CPU, capacity=6))
+        if rows:  # into the free rows of the buffers, or (first step) blank rows extended
+            self.kv.join(rows, self.lm.blank_row)
         return self.lm.forward(torch.tensor(ids), torch.tensor(pos), self.kv, decode, plans)
 
 

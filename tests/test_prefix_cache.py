@@ -7,6 +7,7 @@ result can be read off); the backend tests use a random-weight tiny Qwen2 (tests
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from _tiny_lm import recompute, tiny_model
 from transformers import Qwen2ForCausalLM
 
 from tepo_agent.backends import Generation, SamplingParams, TransformersBackend
+from tepo_agent.backends._kv import BatchKV
 from tepo_agent.backends._prefix_cache import PrefixCache
 
 BS = 4  # block size in the PrefixCache unit tests
@@ -55,6 +57,29 @@ def test_memory_stays_bounded_and_a_prefix_outlives_its_extensions() -> None:
     # the deepest block of the chain went, not its root: the shared prefix survives
     assert cache.lookup(conversation, limit=12)[0] == 8
     assert cache.lookup(other, limit=4)[0] == 4
+
+
+def test_blocks_hold_their_own_memory_and_eviction_frees_what_it_counts() -> None:
+    # rows stored straight from a running batch: each block must be a tensor of its own, not a
+    # view keeping the batch's buffers (or the whole row) alive
+    rows = [[*range(i * 100, i * 100 + 9)] for i in range(3)]  # 2 whole blocks each, 1 spare
+    batch = BatchKV.from_rows([row_kv(r) for r in rows], torch.device("cpu"), capacity=4)
+    one_block = 2 * 2 * BS * 4
+    cache = PrefixCache(max_bytes=4 * one_block, block_size=BS)
+    for r, tokens in enumerate(rows[:2]):
+        cache.store(tokens, batch.row_source(r))
+    assert cache.blocks == 4 and cache.nbytes == 4 * one_block
+    blocks = list(cache._blocks.values())
+    assert sum(b.kv.untyped_storage().nbytes() for b in blocks) == cache.nbytes
+    alive = [weakref.ref(b.kv) for b in blocks]
+    del blocks
+    cache.store(rows[2], batch.row_source(2))  # two blocks in: the two least recent go
+    assert cache.blocks == 4 and cache.nbytes == 4 * one_block
+    assert [ref() is None for ref in alive] == [True, True, False, False]  # row 0's: freed
+    assert cache.lookup(rows[0], limit=8) == (0, None)
+    n, kv = cache.lookup(rows[2], limit=9)
+    assert n == 8 and kv is not None
+    assert kv[1][0].flatten().tolist() == [t + 1.0 for t in rows[2][:8]]
 
 
 def test_clear_forgets_everything() -> None:

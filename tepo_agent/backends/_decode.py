@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel
 
-from tepo_agent.backends._kv import BatchKV, RowKV, fill_holes
+from tepo_agent.backends._kv import BatchKV, fill_holes
 from tepo_agent.backends._packed import Joining, PackedLM
 from tepo_agent.backends._prefix_cache import PrefixCache
 from tepo_agent.backends._sampling import sample_tokens, sampled_logprobs
@@ -145,7 +145,7 @@ class DecodeBatch:
         self._cache_kwarg = "cache" if "cache" in forward_params else "past_key_values"
         self.rows: list[_Row] = []
         self._packed = PackedLM(model) if packed else None
-        self._joining: list[tuple[_Row, int, RowKV | None]] = []  # admitted, (row, cached, kv)
+        self._joining: list[tuple[_Row, int, Tensor | None]] = []  # admitted, (row, cached, kv)
         self._max_rows = max_rows
         self._kv = BatchKV.from_rows([], self._device, max_rows)
         self._last = torch.zeros(0, dtype=torch.long, device=self._device)  # (R,) to feed next
@@ -195,7 +195,7 @@ class DecodeBatch:
         done = self._sample(logits, rows)
         if self._prefix is not None:  # a row that goes on leaves its blocks when it finishes
             for i in done:
-                self._prefix.store(rows[i].request.prompt, kv.row(i))
+                self._prefix.store(rows[i].request.prompt, kv.row_source(i))
         keep = fill_holes(len(rows), done)
         finished = [(rows[i].request, rows[i].generation()) for i in done]
         if keep:
@@ -229,7 +229,7 @@ class DecodeBatch:
         self.cached_tokens += sum(n for n, _ in hits)
         return kv, out.logits[:, -1, :].float()
 
-    def _lookup(self, prompt: tuple[int, ...]) -> tuple[int, RowKV | None]:
+    def _lookup(self, prompt: tuple[int, ...]) -> tuple[int, Tensor | None]:
         if self._prefix is None:
             return 0, None
         # at least the last prompt token is computed: its logits give the first sampled token
@@ -281,15 +281,15 @@ class DecodeBatch:
         """Add the joining rows to the cache (the running rows' column is open) and run the
         packed forward; the logits (R + J, V)."""
         ids, pos = [self._last], [self._pos]
-        plans, blanks = [], []
+        plans, joins = [], []
         for i, (row, cached, prefix) in enumerate(self._joining):
             prompt = row.request.prompt
             plans.append(Joining(decode + i, cached, len(prompt) - cached))
-            blanks.append(lm.blank_row(prefix, len(prompt) - cached))
+            joins.append((prefix, len(prompt) - cached))
             ids.append(torch.tensor(prompt[cached:], dtype=torch.long, device=self._device))
             pos.append(torch.arange(cached, len(prompt), device=self._device))
-        if blanks:
-            self._kv.extend(BatchKV.from_rows(blanks, self._device, self._max_rows))
+        if joins:  # each prefix written once, into the row's place in the batch's buffers
+            self._kv.join(joins, lm.blank_row)
         return lm.forward(torch.cat(ids), torch.cat(pos), self._kv, decode, plans)
 
     def _leave(self, done: set[int]) -> Finished:
@@ -301,7 +301,7 @@ class DecodeBatch:
         for i in done:
             row = self.rows[i]
             if self._prefix is not None:  # the conversation's next turn starts with these
-                self._prefix.store(row.fed(), self._kv.row(i))
+                self._prefix.store(row.fed(), self._kv.row_source(i))
             finished.append((row.request, row.generation()))
         keep = fill_holes(len(self.rows), done)  # the last rows take the leaving rows' places
         self._kv.select(keep)

@@ -25,7 +25,7 @@ them, and positions are passed explicitly, so the numbers are those of a contigu
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,16 +33,10 @@ from torch import Tensor
 from transformers import DynamicCache
 from transformers.cache_utils import Cache, DynamicLayer
 
-RowKV = tuple[tuple[Tensor, Tensor], ...]
-"""One sequence's cache: per layer (keys, values), each (H, L, D) for its L tokens in order."""
+from tepo_agent.backends._row_kv import RowKV, RowSource, row_length
 
 SPARE_COLUMNS = 128
 """Columns allocated beyond those in use: a buffer is copied once per this many decode steps."""
-
-
-def row_length(kv: RowKV) -> int:
-    """Number of tokens ``kv`` holds."""
-    return int(kv[0][0].shape[1])
 
 
 FRONT_COLUMNS = 64
@@ -153,6 +147,32 @@ class GrowingLayer(DynamicLayer):
         _place(self._vbuf[new, :, self._start :], values, self._n)
         self._hold(self._kbuf, self._vbuf, rows + keys.shape[0], self._start, self._n)
 
+    def place_rows(
+        self, parts: Sequence[tuple[Tensor, Tensor] | None], lengths: Sequence[int]
+    ) -> None:
+        """Add rows of ``lengths`` columns after the running ones, right-aligned (see
+        :meth:`can_add`): each starts with ``parts``' keys and values (H, c, D) (or nothing),
+        its other columns are left unwritten for the caller (the packed step); the padding in
+        front of it is zeroed."""
+        assert self._kbuf is not None and self._vbuf is not None
+        width, rows = max(lengths), self._rows
+        if width > self._n:
+            extra = width - self._n
+            self._kbuf[:rows, :, self._start - extra : self._start].zero_()
+            self._vbuf[:rows, :, self._start - extra : self._start].zero_()
+            self._start, self._n = self._start - extra, width
+        end = self._start + self._n
+        for r, (part, length) in enumerate(zip(parts, lengths, strict=True), start=rows):
+            first = end - length
+            if first > self._start:
+                self._kbuf[r, :, self._start : first].zero_()
+                self._vbuf[r, :, self._start : first].zero_()
+            if part is not None:
+                cached = part[0].shape[1]
+                self._kbuf[r, :, first : first + cached] = part[0]
+                self._vbuf[r, :, first : first + cached] = part[1]
+        self._hold(self._kbuf, self._vbuf, rows + len(lengths), self._start, self._n)
+
     def keep_rows(self, order: Sequence[int]) -> None:
         """Keep rows ``order`` in that order: in place when every row that moves comes from past
         the kept ones (:func:`fill_holes`), else gathered into new buffers."""
@@ -212,7 +232,7 @@ class BatchKV:
 
     @classmethod
     def from_rows(
-        cls, rows: Sequence[RowKV | None], device: torch.device, capacity: int = 0
+        cls, rows: Sequence[RowKV | Tensor | None], device: torch.device, capacity: int = 0
     ) -> BatchKV:
         """Rows of cached tokens (None: nothing cached) stacked right-aligned into one batch."""
         width = max((row_length(r) for r in rows if r is not None), default=0)
@@ -299,6 +319,30 @@ class BatchKV:
             self.cache = self._joined(other, width)
         self.mask = torch.cat([_left_pad(self.mask, width), _left_pad(other.mask, width)])
 
+    def join(
+        self,
+        rows: Sequence[tuple[RowKV | Tensor | None, int]],
+        blank: Callable[[RowKV | Tensor | None, int], RowKV],
+    ) -> None:
+        """Add rows after these, right-aligned: each its cached ``prefix`` (or none) then ``new``
+        real columns left unwritten (a packed step writes them before reading). Written once,
+        straight into the free rows of the buffers when they fit; else ``blank(prefix, new)``
+        (the same row with its new columns zeroed) goes through :meth:`extend`."""
+        lengths = [(0 if p is None else row_length(p)) + new for p, new in rows]
+        width, layers = max(self.width, *lengths), self.cache.growing_layers()
+        if not self.rows or not all(layer.can_add(len(rows), width) for layer in layers):
+            blanks = [blank(prefix, new) for prefix, new in rows]
+            self.extend(BatchKV.from_rows(blanks, self.mask.device, self.capacity))
+            return
+        flat = [None if p is None else _flat(p) for p, _ in rows]
+        for i, layer in enumerate(layers):
+            parts = [None if f is None else (f[2 * i], f[2 * i + 1]) for f in flat]
+            layer.place_rows(parts, lengths)
+        first = width - torch.tensor(lengths, device=self.mask.device)
+        columns = torch.arange(width, device=self.mask.device)
+        real = (columns[None, :] >= first[:, None]).to(self.mask.dtype)
+        self.mask = torch.cat([_left_pad(self.mask, width), real])
+
     def _room(self) -> int:
         """Rows the buffers hold (0 before any)."""
         return min((layer.capacity for layer in self.cache.growing_layers()), default=0)
@@ -322,10 +366,25 @@ class BatchKV:
             layers.append(GrowingLayer.holding(kbuf, vbuf, width, rows=rows, start=FRONT_COLUMNS))
         return GrowingCache(layers)
 
-    def row(self, r: int) -> RowKV:
-        """Row ``r``'s real keys and values, as one contiguous sequence (copies)."""
-        real = self.mask[r].bool()
-        return tuple((k[r][:, real], v[r][:, real]) for k, v in self._layers())
+    def row(self, r: int) -> Tensor:
+        """Row ``r``'s real keys and values, as one contiguous sequence: a fresh (layers, 2, H,
+        n, D) tensor (``row(r)[l][0]`` layer l's keys)."""
+        source = self.row_source(r)
+        return source.read(0, source.length)
+
+    def row_source(self, r: int) -> RowSource:
+        """Row ``r``'s real keys and values, copied only when read (:class:`RowSource`); read
+        it before the batch changes. Its real columns end at the last column; when they are
+        contiguous (always, but after a prefill that reused a cached prefix without the packed
+        forward) these are views, else the row is gathered once here."""
+        real = self.mask[r]
+        n = int(real.sum())
+        layers = self._layers()
+        if bool(real[self.width - n :].all()):
+            return RowSource([t[r, :, self.width - n :] for pair in layers for t in pair], n)
+        index = real.nonzero().squeeze(1)
+        gathered = torch.stack([t[r] for pair in layers for t in pair])[:, :, index]
+        return RowSource(gathered.unbind(0), n)
 
 
 def _buffers(k: Tensor, v: Tensor, rows: int, width: int) -> tuple[Tensor, Tensor]:
@@ -337,7 +396,14 @@ def _buffers(k: Tensor, v: Tensor, rows: int, width: int) -> tuple[Tensor, Tenso
     return kbuf, vbuf
 
 
-def _one(row: RowKV | None, layer: int, which: int) -> Tensor | None:
+def _flat(row: RowKV | Tensor) -> Sequence[Tensor]:
+    """Per layer keys then values: 2 x layers tensors (H, n, D) (views)."""
+    if isinstance(row, Tensor):
+        return row.flatten(0, 1).unbind(0)
+    return [t for pair in row for t in pair]
+
+
+def _one(row: RowKV | Tensor | None, layer: int, which: int) -> Tensor | None:
     return None if row is None else row[layer][which][None]
 
 
@@ -363,6 +429,7 @@ __all__ = [
     "GrowingCache",
     "GrowingLayer",
     "RowKV",
+    "RowSource",
     "fill_holes",
     "row_length",
 ]

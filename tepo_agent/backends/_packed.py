@@ -151,7 +151,7 @@ class PackedLM:
         )
         self._gate_up = [_Fused(g) for g in fused[len(self._layers) :]] if self._qkv else []
 
-    def blank_row(self, prefix: RowKV | None, new: int) -> RowKV:
+    def blank_row(self, prefix: RowKV | Tensor | None, new: int) -> RowKV:
         """A joining row's cache before its step: ``prefix`` then ``new`` zero columns that
         the step overwrites with the keys and values it computes."""
         layers = []

@@ -7,7 +7,9 @@ with the tool schemas (every run starts with it) and a conversation's earlier tu
 prompt is turn k's prompt, its sampled tokens and the tool result), so a new turn computes only
 the tokens after the last full block it shares with an earlier sequence.
 
-The keys are the token tuples themselves (no hash that could collide), memory is bounded by
+A block holds the keys and values of every layer in one tensor (layers, 2, H, block_size, D), so
+storing a block is one copy and a lookup one concatenation, whatever the number of layers. The
+keys are the token tuples themselves (no hash that could collide), memory is bounded by
 ``max_bytes`` with least-recently-used eviction (a hit refreshes its ancestors after its
 descendants, so a prefix outlives its extensions), and the owner clears the cache on every weight
 swap: the KV was computed by the old weights (docs/architecture.md, invariant 7).
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tepo_agent.backends._kv import RowKV, row_length
+from tepo_agent.backends._row_kv import RowKV, RowSource
 
 _Key = tuple[int, tuple[int, ...]]  # (parent block id, this block's tokens)
 
@@ -31,7 +33,7 @@ _Key = tuple[int, tuple[int, ...]]  # (parent block id, this block's tokens)
 @dataclass(frozen=True)
 class _Block:
     id: int
-    kv: RowKV  # per layer (keys, values), each (H, block_size, D)
+    kv: torch.Tensor  # (layers, 2, H, block_size, D): [l, 0] keys, [l, 1] values; its own storage
     nbytes: int
 
 
@@ -64,10 +66,11 @@ class PrefixCache:
         self._blocks.clear()
         self._bytes = 0
 
-    def lookup(self, tokens: Sequence[int], limit: int) -> tuple[int, RowKV | None]:
+    def lookup(self, tokens: Sequence[int], limit: int) -> tuple[int, torch.Tensor | None]:
         """The longest cached prefix of ``tokens`` of at most ``limit`` tokens, whole blocks.
 
-        Returns its length and its KV (per layer (H, n, D), a fresh tensor), or ``(0, None)``.
+        Returns its length and its KV (layers, 2, H, n, D) (a fresh tensor: ``kv[l][0]`` is
+        layer l's keys, ``kv[l][1]`` its values), or ``(0, None)``.
         """
         bs = self.block_size
         parent, found = 0, []
@@ -81,26 +84,22 @@ class PrefixCache:
         if not found:
             return 0, None
         self._touch([key for key, _ in found])
-        kv = tuple(
-            (
-                torch.cat([b.kv[layer][0] for _, b in found], dim=1),
-                torch.cat([b.kv[layer][1] for _, b in found], dim=1),
-            )
-            for layer in range(len(found[0][1].kv))
-        )
-        return len(found) * bs, kv
+        return len(found) * bs, torch.cat([b.kv for _, b in found], dim=3)
 
-    def store(self, tokens: Sequence[int], kv: RowKV) -> None:
-        """Keep the whole blocks of ``kv``, the cache of ``tokens[:row_length(kv)]``."""
+    def store(self, tokens: Sequence[int], kv: RowSource | RowKV | torch.Tensor) -> None:
+        """Keep the whole blocks of ``kv``, the cache of ``tokens[:len(kv)]``: a
+        :class:`~._kv.RowSource` (only the blocks not cached yet are copied out of it), or a
+        row's keys and values (per layer, or stacked as :meth:`lookup` returns them)."""
         if self.max_bytes <= 0:
             return
+        source = kv if isinstance(kv, RowSource) else RowSource.of(kv)
         bs = self.block_size
         parent, path = 0, []
-        for start in range(0, row_length(kv) - bs + 1, bs):
+        for start in range(0, source.length - bs + 1, bs):
             key = (parent, tuple(int(t) for t in tokens[start : start + bs]))
             block = self._blocks.get(key)
             if block is None:
-                block = self._new_block(kv, start)
+                block = self._new_block(source, start)
                 self._blocks[key] = block
                 self._bytes += block.nbytes
             parent = block.id
@@ -108,12 +107,11 @@ class PrefixCache:
         self._touch(path)
         self._evict()
 
-    def _new_block(self, kv: RowKV, start: int) -> _Block:
-        end = start + self.block_size
-        # clone: a slice would keep the whole row's tensor alive and break the byte count
-        parts = tuple((k[:, start:end].clone(), v[:, start:end].clone()) for k, v in kv)
-        nbytes = sum(k.nbytes + v.nbytes for k, v in parts)
-        block = _Block(self._next_id, parts, nbytes)
+    def _new_block(self, source: RowSource, start: int) -> _Block:
+        # a fresh tensor of exactly the block (a slice would keep the whole row alive and
+        # break the byte count)
+        kv = source.read(start, start + self.block_size)
+        block = _Block(self._next_id, kv, kv.untyped_storage().nbytes())
         self._next_id += 1
         return block
 
