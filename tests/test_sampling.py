@@ -185,3 +185,43 @@ def test_tied_logits_draw_the_same_tokens_alone_and_beside_wider_top_k_rows() ->
             for x in steps
         ]
         assert drawn == alone, params
+
+
+def _multinomial_per_row(
+    logits: torch.Tensor, params: list[SamplingParams], seeds: list[int]
+) -> list[int]:
+    """The sampler before it was vectorised: per row temperature, top-k, top-p, then
+    ``torch.multinomial`` with the row's generator (the reference a seed must keep drawing)."""
+    out = []
+    for row, p, seed in zip(logits, params, seeds, strict=True):
+        x = row / p.temperature
+        if 0 < p.top_k < x.shape[-1]:
+            x = x.masked_fill(x < x.topk(p.top_k).values[-1], -math.inf)
+        probs = torch.softmax(x, -1)
+        if p.top_p < 1:
+            sorted_p, order = probs.sort(descending=True, stable=True)
+            drop = (sorted_p.cumsum(-1) - sorted_p) >= p.top_p
+            probs = probs.scatter(0, order, sorted_p.masked_fill(drop, 0.0))
+        gen = torch.Generator().manual_seed(seed)
+        out.append(int(torch.multinomial(probs, 1, generator=gen)[0]))
+    return out
+
+
+def test_a_seed_draws_the_token_torch_multinomial_draws() -> None:
+    # The agent derives its seeds from the sample index and turn, shared by every question of an
+    # evaluation; a draw that maps one uniform through the inverse CDF made those runs lucky or
+    # unlucky together (the demo's gain vanished). The race keeps what multinomial drew.
+    torch.manual_seed(5)
+    params = [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7),
+        SamplingParams(temperature=1.0, top_k=20),
+        SamplingParams(temperature=1.3, top_p=0.9),
+        SamplingParams(temperature=1.0, top_k=50, top_p=0.8),
+    ]
+    for trial in range(40):
+        logits = torch.randn(len(params), 300) * 3
+        seeds = [1000 * trial + j for j in range(len(params))]
+        gens = [torch.Generator().manual_seed(s) for s in seeds]
+        drawn = sample_tokens(logits, params, gens).tolist()
+        assert drawn == _multinomial_per_row(logits, params, seeds)
