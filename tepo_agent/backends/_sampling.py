@@ -25,10 +25,9 @@ The distribution drawn from is exactly the temperature → top-k → top-p one:
 - top-p walks the kept tokens from the most likely (a stable sort: among equal logits the lower id
   first) and drops a token when the mass before it already reaches ``top_p`` (so the first token
   is always kept); ``top_p`` = 1 drops nothing.
-- the kept probabilities are renormalised.
+- the kept probabilities are renormalised (the race needs no normalising).
 
-Rows without top-k/top-p draw in vocabulary order, rows with them in that sorted order; which
-order a row uses depends only on its own parameters, never on its batch.
+Every row races in vocabulary order; the sorted order serves only to find what top-p drops.
 """
 
 from __future__ import annotations
@@ -83,42 +82,32 @@ def _ranked(x: Tensor, k: list[int]) -> tuple[Tensor, Tensor]:
     return sorted_x.gather(-1, k_index), order
 
 
-def _weights(
-    logits: Tensor, params: Sequence[SamplingParams], filtered: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Unnormalised sampling weights of non-greedy rows, and the order they are in.
-
-    ``filtered`` False: softmax of the tempered logits (n, V) in vocabulary order (order None).
-    ``filtered`` True: top-k and top-p applied, weights (n, L) of the candidates ranked by logit,
-    ties by lower id (order (n, L): the token id at each rank; :func:`_ranked`).
-    """
+def _weights(logits: Tensor, params: Sequence[SamplingParams], filtered: bool) -> Tensor:
+    """Unnormalised sampling weights (n, V) of non-greedy rows, in vocabulary order: the
+    softmax of the tempered logits, with top-k and top-p applied when ``filtered``."""
     temperature = _per_row([p.temperature for p in params], logits)
     x = logits if isinstance(temperature, float) and temperature == 1 else logits / temperature
     if not filtered:
-        return torch.softmax(x, -1), None
+        return torch.softmax(x, -1)
     vocab = x.shape[-1]
     k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
     kth, order = _ranked(x, k)  # (n, 1), (n, L)
     # over the whole row, so a row's probabilities do not depend on the ranking's width
     probs = torch.softmax(x.masked_fill(x < kth, -math.inf), -1)  # (n, V)
-    ranked_p = probs.gather(-1, order)  # (n, L)
     if all(p.top_p == 1 for p in params):
-        return ranked_p, order
+        return probs
+    ranked_p = probs.gather(-1, order)  # (n, L); the tokens outside ``order`` are 0 already
     # top_p = 1 drops nothing (a cumulative sum may round to >= 1 before the end)
     top_p = _per_row([p.top_p if p.top_p < 1 else math.inf for p in params], ranked_p)
     drop = (ranked_p.cumsum(-1) - ranked_p) >= top_p  # the mass before it reaches top_p
-    return ranked_p.masked_fill(drop, 0.0), order
+    return probs.scatter(-1, order, ranked_p.masked_fill(drop, 0.0))
 
 
-def _draw(
-    weights: Tensor, order: Tensor | None, gens: Sequence[torch.Generator], vocab: int
-) -> Tensor:
-    """The token (n,) each row draws from its unnormalised ``weights``: (n, V) in vocabulary
-    order, or (n, L) over the ranked candidates ``order`` (n, L). The exponential race of
-    ``torch.multinomial`` (one sample, without replacement): V exponentials from the row's own
-    generator, then ``argmax(w / q)``; a zero weight is never drawn."""
-    if order is not None:  # back to vocabulary order, the order the race runs in
-        weights = weights.new_zeros((weights.shape[0], vocab)).scatter_(-1, order, weights)
+def _draw(weights: Tensor, gens: Sequence[torch.Generator]) -> Tensor:
+    """The token (n,) each row draws from its unnormalised ``weights`` (n, V): the exponential
+    race of ``torch.multinomial`` (one sample, without replacement), V exponentials from the
+    row's own generator, then ``argmax(w / q)``; a zero weight is never drawn."""
+    vocab = weights.shape[-1]
     q = torch.stack(
         [torch.empty(vocab, dtype=weights.dtype, device=g.device).exponential_(1, generator=g)
          for g in gens]
@@ -129,8 +118,7 @@ def _draw(
 def _tokens(
     logits: Tensor, params: list[SamplingParams], gens: list[torch.Generator], filtered: bool
 ) -> Tensor:
-    weights, order = _weights(logits, params, filtered)
-    return _draw(weights, order, gens, logits.shape[-1])
+    return _draw(_weights(logits, params, filtered), gens)
 
 
 def sample_tokens(
@@ -159,11 +147,8 @@ def sampling_distribution(logits: Tensor, params: Sequence[SamplingParams]) -> T
     probs.scatter_(-1, logits.argmax(-1, keepdim=True), 1.0)
     for rows, sort in zip(_split(params, logits.shape[-1]), (False, True), strict=True):
         if rows:
-            weights, order = _weights(logits[rows], [params[j] for j in rows], sort)
-            w = weights.double() / weights.double().sum(-1, keepdim=True)
-            if order is not None:  # ranked candidates back to token ids
-                w = torch.zeros_like(probs[rows]).scatter_(-1, order, w)
-            probs[rows] = w
+            weights = _weights(logits[rows], [params[j] for j in rows], sort).double()
+            probs[rows] = weights / weights.sum(-1, keepdim=True)
     return probs
 
 
